@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Speed benchmark: loqt's own trainer beside a PyTorch baseline of the same model, same shapes, same
+# thread count, run one after the other.  Run by `make bench` (env BUILD, PYTHON).
+#
+# Environment (defaults in brackets):
+#   BENCH_MODELS  model sizes                 [20m 60m]
+#   BENCH_METHODS loqt methods per model      [full]   e.g. "full loqt"; non-full rows get --rank
+#   BENCH_RANK    rank for non-full methods   [128]
+#   BENCH_STEPS   timed steps per run         [10]     (2 cores: ~6 min in all for the defaults)
+#   BENCH_WARMUP  untimed steps first         [2]
+#   BENCH_THREADS threads for both programs   [2]
+#   BENCH_BATCH, BENCH_SEQ                    [8, 256]
+#   BENCH_TIMEOUT seconds per run             [1800]
+#   BENCH_TORCH   0 to skip the PyTorch runs  [1]
+#   BENCH_LOQT_ARGS extra arguments for `loqt bench`
+# Writes bench/results/bench-<date>.json (raw numbers + machine) and the table between the
+# <!-- bench:start --> and <!-- bench:end --> markers of docs/benchmarks.md.  Full rows compare
+# with PyTorch; other methods compare with loqt's own full run of the same model.
+# A failed run is reported and the others still run; the exit status is then 1.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+BUILD=${BUILD:-build}
+PYTHON=${PYTHON:-/usr/bin/python3}
+MODELS=${BENCH_MODELS:-20m 60m}
+METHODS=${BENCH_METHODS:-full}
+RANK=${BENCH_RANK:-128}
+STEPS=${BENCH_STEPS:-10}
+WARMUP=${BENCH_WARMUP:-2}
+THREADS=${BENCH_THREADS:-2}
+BATCH=${BENCH_BATCH:-8}
+SEQ=${BENCH_SEQ:-256}
+TIMEOUT=${BENCH_TIMEOUT:-1800}
+RUN_TORCH=${BENCH_TORCH:-1}
+LOQT=$BUILD/loqt
+
+stamp=$(date -u +%Y%m%d-%H%M%S)
+logdir=$BUILD/bench-logs/$stamp
+mkdir -p "$logdir" bench/results docs
+records=$logdir/records.tsv
+: >"$records"
+failed=0
+
+# Only pass the options `loqt bench` declares (its --help lists them).
+loqt_help=$("$LOQT" bench --help 2>&1 || true)
+loqt_opts=()
+has_opt() { printf '%s\n' "$loqt_help" | grep -q -- "--$1\b"; }
+has_opt warmup-steps && loqt_opts+=(--warmup-steps "$WARMUP")
+has_opt threads && loqt_opts+=(--threads "$THREADS")
+
+# run NAME MODEL METHOD CMD...: runs with a time limit, logs, appends one record line.
+run() {
+    local prog=$1 model=$2 method=$3; shift 3
+    local log=$logdir/$prog-$model-$method.log
+    echo "== $prog $model $method: $*"
+    local t0=$SECONDS
+    OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS timeout "$TIMEOUT" "$@" >"$log" 2>&1
+    local rc=$? wall=$((SECONDS - t0))
+    local tps rss
+    tps=$(sed -n 's/^tokens_per_s:[[:space:]]*\([0-9.eE+-]*\).*/\1/p' "$log" | tail -n 1)
+    rss=$(sed -n 's/^peak_rss_mib:[[:space:]]*\([0-9.eE+-]*\).*/\1/p' "$log" | tail -n 1)
+    local status=ok
+    if [ $rc -ne 0 ] || [ -z "$tps" ] || [ -z "$rss" ]; then
+        status=failed; failed=1
+        echo "error: $prog $model $method failed (exit $rc, wall ${wall}s); last lines of $log:" >&2
+        tail -n 5 "$log" | sed 's/^/    /' >&2
+    else
+        echo "   tokens_per_s $tps, peak_rss_mib $rss, wall ${wall}s"
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$prog" "$model" "$method" "$status" \
+        "${tps:-}" "${rss:-}" "$rc" "$wall" "$log" >>"$records"
+}
+
+if [ ! -x "$LOQT" ]; then
+    echo "error: $LOQT not found; run make first" >&2
+    failed=1
+fi
+for model in $MODELS; do
+    for method in $METHODS; do
+        extra=()
+        [ "$method" != full ] && extra=(--rank "$RANK")
+        if [ -x "$LOQT" ]; then
+            # shellcheck disable=SC2086  # BENCH_LOQT_ARGS is a word list on purpose
+            run loqt "$model" "$method" "$LOQT" bench --model "$model" --method "$method" \
+                ${extra[@]+"${extra[@]}"} --batch-size "$BATCH" --seq-len "$SEQ" --steps "$STEPS" \
+                ${loqt_opts[@]+"${loqt_opts[@]}"} ${BENCH_LOQT_ARGS:-}
+        else
+            printf 'loqt\t%s\t%s\tfailed\t\t\t127\t0\t\n' "$model" "$method" >>"$records"
+        fi
+    done
+    if [ "$RUN_TORCH" = 1 ]; then
+        run torch "$model" full "$PYTHON" bench/torch_baseline.py --model "$model" \
+            --batch-size "$BATCH" --seq-len "$SEQ" --steps "$STEPS" --warmup-steps "$WARMUP" \
+            --threads "$THREADS"
+    fi
+done
+
+# Machine description.
+cpu=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo 2>/dev/null | head -n 1)
+[ -z "$cpu" ] && cpu=$(uname -m)
+gemm=$(sed -n 's/^gemm\(_backend\)\{0,1\}:[[:space:]]*//p' "$logdir"/loqt-*.log 2>/dev/null | head -n 1)
+if [ -z "$gemm" ] && [ -x "$LOQT" ]; then
+    if ldd "$LOQT" 2>/dev/null | grep -q openblas; then gemm=openblas; else gemm=portable; fi
+fi
+
+out=bench/results/bench-$stamp.json
+RECORDS=$records OUT=$out STAMP=$stamp NPROC=$(nproc) CPU=$cpu GEMM=${gemm:-unknown} \
+MEM_KIB=$(sed -n 's/^MemTotal:[[:space:]]*\([0-9]*\).*/\1/p' /proc/meminfo) \
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo none) \
+STEPS=$STEPS WARMUP=$WARMUP THREADS=$THREADS BATCH=$BATCH SEQ=$SEQ RANK=$RANK \
+"$PYTHON" - <<'EOF' || failed=1
+import json, os, platform, re, time
+
+e = os.environ
+runs = []
+for line in open(e["RECORDS"]):
+    prog, model, method, status, tps, rss, rc, wall, log = line.rstrip("\n").split("\t")
+    r = {"program": prog, "model": model, "method": method, "status": status,
+         "tokens_per_s": float(tps) if tps else None, "peak_rss_mib": float(rss) if rss else None,
+         "exit_code": int(rc), "wall_s": int(wall)}
+    if log and os.path.exists(log):
+        lines = open(log, errors="replace").read().splitlines()
+        if prog == "torch" and lines:
+            r["info"] = lines[0]
+        if status != "ok":
+            r["output_tail"] = lines[-20:]
+    runs.append(r)
+
+settings = {k.lower(): int(e[k]) for k in ("STEPS", "WARMUP", "THREADS", "BATCH", "SEQ", "RANK")}
+machine = {"nproc": int(e["NPROC"]), "cpu": e["CPU"], "gemm_backend": e["GEMM"],
+           "mem_total_mib": int(e["MEM_KIB"] or 0) // 1024, "os": platform.platform(),
+           "python": platform.python_version()}
+doc = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": e["COMMIT"],
+       "settings": settings, "machine": machine, "runs": runs}
+with open(e["OUT"], "w") as f:
+    json.dump(doc, f, indent=2)
+    f.write("\n")
+
+def find(prog, model, method):
+    for r in runs:
+        if r["program"] == prog and r["model"] == model and r["method"] == method:
+            return r
+    return None
+
+def num(x, fmt="%.0f"):
+    return fmt % x if x is not None else "—"
+
+def ratio(a, b):
+    return "%.2f" % (a / b) if a is not None and b else "—"
+
+rows = []
+for r in runs:
+    if r["program"] != "loqt":
+        continue
+    base_name, base = ("PyTorch", find("torch", r["model"], "full")) if r["method"] == "full" \
+        else ("loqt full", find("loqt", r["model"], "full"))
+    bt = base["tokens_per_s"] if base else None
+    br = base["peak_rss_mib"] if base else None
+    lt = r["tokens_per_s"] if r["status"] == "ok" else None
+    lr = r["peak_rss_mib"] if r["status"] == "ok" else None
+    rows.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        r["model"], r["method"], num(lt) if r["status"] == "ok" else "failed", base_name,
+        num(bt), ratio(lt, bt), num(lr), num(br), ratio(lr, br)))
+for r in runs:  # PyTorch runs with no loqt row (loqt missing entirely)
+    if r["program"] == "torch" and not find("loqt", r["model"], "full"):
+        rows.append("| %s | (torch only) | — | PyTorch | %s | — | — | %s | — |" % (
+            r["model"], num(r["tokens_per_s"]), num(r["peak_rss_mib"])))
+
+s = settings
+block = "\n".join([
+    "<!-- bench:start -->",
+    "Last run %s (commit %s): batch %d x %d tokens, %d timed steps after %d warm-up steps, "
+    "%d threads each; %s, %d cores, loqt GEMM backend %s. Raw numbers: `bench/results/%s`."
+    % (doc["date"], doc["commit"], s["batch"], s["seq"], s["steps"], s["warmup"], s["threads"],
+       machine["cpu"], machine["nproc"], machine["gemm_backend"], os.path.basename(e["OUT"])),
+    "",
+    "| model | method | loqt tokens/s | baseline | baseline tokens/s | speed ratio "
+    "| loqt peak RSS (MiB) | baseline peak RSS (MiB) | RSS ratio |",
+    "|---|---|---:|---|---:|---:|---:|---:|---:|",
+    *rows,
+    "<!-- bench:end -->",
+])
+
+path = "docs/benchmarks.md"
+if os.path.exists(path):
+    text = open(path).read()
+else:
+    text = "# Benchmarks\n\nRun `make bench` to fill in the table.\n\n"
+m = re.search(r"<!-- bench:start -->.*?<!-- bench:end -->", text, flags=re.S)
+if m:
+    text = text[:m.start()] + block + text[m.end():]
+else:
+    text = text.rstrip("\n") + "\n\n" + block + "\n"
+with open(path, "w") as f:
+    f.write(text)
+print("wrote %s and %s" % (e["OUT"], path))
+EOF
+
+[ $failed -ne 0 ] && echo "bench: some runs failed (logs in $logdir)" >&2
+exit $failed

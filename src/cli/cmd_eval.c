@@ -1,0 +1,46 @@
+/* loqt eval: held-out perplexity of a checkpoint. */
+#include "cli/commands.h"
+#include "cli/options.h"
+
+#include "core/error.h"
+
+#include <math.h>
+#include <stdio.h>
+
+int cmd_eval(int argc, char **argv) {
+    const char *ckpt = NULL, *data = "data/corpus", *split = "val";
+    int batch = 8, T = 256, threads = 0;
+    long ntok = 1000000;
+    const opt_spec specs[] = {
+        {"checkpoint", OPT_STRING, &ckpt, "checkpoint directory (from 'loqt train' or 'loqt export')", NULL},
+        {"data", OPT_STRING, &data, "directory of token shards", NULL},
+        {"split", OPT_STRING, &split, "which split to evaluate", "val|train"},
+        {"num-eval-tokens", OPT_LONG, &ntok, "tokens to evaluate (from the start of the split)", NULL},
+        {"batch-size", OPT_INT, &batch, "sequences per batch", NULL},
+        {"max-length", OPT_INT, &T, "tokens per sequence", NULL},
+        {"threads", OPT_INT, &threads, "CPU threads; 0 = all cores", NULL},
+    };
+    opts_parse(specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "eval",
+               "Prints the mean token cross-entropy and perplexity exp(loss) of a checkpoint on\n"
+               "held-out text, in non-overlapping windows of --max-length tokens.");
+    if (!ckpt) loqt_die("eval: --checkpoint is required");
+    if (batch <= 0 || T <= 1 || ntok <= 0) loqt_die("eval: --batch-size, --max-length and --num-eval-tokens must be positive");
+    cli_set_threads(threads);
+    llama_model m;
+    cli_load_checkpoint(&m, ckpt, 1);
+    if (T > m.cfg.max_position_embeddings)
+        loqt_die("--max-length %d exceeds the model's max_position_embeddings %d", T, m.cfg.max_position_embeddings);
+    data_loader L;
+    if (loader_open(&L, data, split)) loqt_die_last("--data");
+    if (loader_vocab_size(&L) > (uint32_t)m.cfg.vocab_size)
+        loqt_die("the data's vocabulary (%u) is larger than the model's (%d)", loader_vocab_size(&L), m.cfg.vocab_size);
+    llama_set_batch(&m, batch, T);
+    double loss = 0, t0 = cli_now();
+    uint64_t n = cli_evaluate(&m, &L, (uint64_t)ntok, &loss);
+    if (!n) loqt_die("the %s split has fewer than %d tokens: nothing to evaluate", split, batch * T + 1);
+    printf("checkpoint: %s\nsplit: %s, %llu tokens in windows of %d\nloss: %.6f\nperplexity: %.4f\n"
+           "time: %.1f s\n", ckpt, split, (unsigned long long)n, T, loss, exp(loss), cli_now() - t0);
+    llama_free(&m);
+    loader_close(&L);
+    return 0;
+}

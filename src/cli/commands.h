@@ -1,0 +1,26 @@
+/* The subcommands of the loqt program; each takes the arguments after its name. */
+#ifndef LOQT_COMMANDS_H
+#define LOQT_COMMANDS_H
+
+#include "data/loader.h"
+#include "model/llama.h"
+
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_data(int argc, char **argv);
+int cmd_export(int argc, char **argv);
+
+/* Shared by the commands (cli/common.c). */
+void cli_set_threads(int threads); /* 0 = all cores */
+int cli_threads(void);
+double cli_now(void);              /* monotonic seconds */
+void cli_format_duration(double seconds, char *buf, int cap);
+/* Mean token loss over up to max_tokens tokens of a split, from its start, in batches of B x T.
+ * Returns the number of tokens evaluated (0 if the split is too small). */
+uint64_t cli_evaluate(llama_model *m, data_loader *L, uint64_t max_tokens, double *mean_loss);
+/* Creates the model stored in a checkpoint directory and loads its weights. */
+void cli_load_checkpoint(llama_model *m, const char *dir, int weights_only);
+
+#endif

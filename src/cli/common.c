@@ -1,0 +1,86 @@
+#include "cli/commands.h"
+
+#include "core/error.h"
+#include "kernels/gemm.h"
+#include "model/checkpoint.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static int n_threads = 1;
+
+void cli_set_threads(int threads) {
+    if (threads <= 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = c > 0 ? (int)c : 1;
+    }
+    n_threads = threads;
+    gemm_set_threads(threads);
+}
+
+int cli_threads(void) { return n_threads; }
+
+double cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void cli_format_duration(double s, char *buf, int cap) {
+    if (s < 0 || s != s) s = 0;
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(buf, (size_t)cap, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+    else if (t >= 60) snprintf(buf, (size_t)cap, "%ldm%02lds", t / 60, t % 60);
+    else snprintf(buf, (size_t)cap, "%lds", t);
+}
+
+uint64_t cli_evaluate(llama_model *m, data_loader *L, uint64_t max_tokens, double *mean_loss) {
+    const int B = m->B, T = m->T;
+    const uint64_t per = (uint64_t)B * T;
+    uint64_t avail = loader_tokens(L) > 0 ? (loader_tokens(L) - 1) / per : 0;
+    uint64_t batches = (max_tokens + per - 1) / per;
+    if (batches > avail) batches = avail;
+    int32_t *in = malloc(sizeof(int32_t) * per), *tg = malloc(sizeof(int32_t) * per);
+    uint64_t saved = loader_position(L);
+    loader_seek(L, 0);
+    double sum = 0;
+    for (uint64_t i = 0; i < batches; i++) {
+        loader_next_batch(L, B, T, in, tg);
+        sum += llama_forward(m, in, tg, 0.0f, NULL) * (double)per;
+    }
+    loader_seek(L, saved);
+    free(in);
+    free(tg);
+    *mean_loss = batches ? sum / (double)(batches * per) : 0.0;
+    return batches * per;
+}
+
+void cli_load_checkpoint(llama_model *m, const char *dir, int weights_only) {
+    llama_config cfg;
+    trainer_meta tm;
+    if (checkpoint_read_config(dir, &cfg)) loqt_die_last(NULL);
+    char state[4096];
+    snprintf(state, sizeof state, "%s/trainer_state.safetensors", dir);
+    if (access(state, F_OK) != 0) {
+        /* a plain dense LLaMA (from `loqt export` or elsewhere): weights only */
+        if (!weights_only) loqt_die("%s: no trainer state in this checkpoint; it cannot be resumed", dir);
+        memset(&tm, 0, sizeof tm);
+        snprintf(tm.method, sizeof tm.method, "full");
+    } else if (checkpoint_read_meta(dir, &tm)) {
+        loqt_die_last(NULL);
+    }
+    const linear_method *meth = method_find(tm.method);
+    if (!meth) loqt_die("%s: checkpoint uses method '%s', which this build does not know", dir, tm.method);
+    method_opts mo;
+    method_opts_defaults(&mo);
+    int ok;
+    mo.optimizer = optim_kind_parse(tm.optimizer, &ok);
+    if (llama_create(m, &cfg, meth, &mo, tm.seed)) loqt_die_last(dir);
+    if (checkpoint_load(m, dir, weights_only)) loqt_die_last(NULL);
+}

@@ -1,0 +1,132 @@
+#include "cli/options.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_GIVEN 128
+static char given[MAX_GIVEN][64];
+static int n_given;
+
+static void normalize(char *dst, size_t cap, const char *src) {
+    size_t i = 0;
+    for (; src[i] && src[i] != '=' && i + 1 < cap; i++) dst[i] = src[i] == '_' ? '-' : src[i];
+    dst[i] = 0;
+}
+
+static void usage_exit(const opt_spec *s, int n, const char *command, const char *summary) {
+    printf("usage: loqt %s [options]\n\n%s\n\noptions:\n", command, summary);
+    for (int i = 0; i < n; i++) {
+        char def[96] = "";
+        switch (s[i].type) {
+        case OPT_INT: snprintf(def, sizeof def, "%d", *(int *)s[i].dst); break;
+        case OPT_LONG: snprintf(def, sizeof def, "%ld", *(long *)s[i].dst); break;
+        case OPT_FLOAT: snprintf(def, sizeof def, "%g", *(double *)s[i].dst); break;
+        case OPT_STRING: {
+            const char *v = *(const char **)s[i].dst;
+            snprintf(def, sizeof def, "%s", v ? v : "(none)");
+            break;
+        }
+        case OPT_FLAG: break;
+        }
+        const char *arg = s[i].type == OPT_FLAG ? "" : s[i].choices ? s[i].choices : "VALUE";
+        char left[128];
+        snprintf(left, sizeof left, "--%s %s", s[i].name, arg);
+        printf("  %-36s %s", left, s[i].help);
+        if (s[i].type != OPT_FLAG) printf(" [default: %s]", def);
+        printf("\n");
+    }
+    printf("  %-36s %s\n", "--help", "show this help");
+    exit(0);
+}
+
+static void bad(const char *command, const char *fmt, const char *a, const char *b) {
+    fprintf(stderr, "loqt %s: error: ", command);
+    fprintf(stderr, fmt, a, b);
+    fprintf(stderr, " (see 'loqt %s --help')\n", command);
+    exit(2);
+}
+
+static int in_choices(const char *choices, const char *v) {
+    size_t n = strlen(v);
+    for (const char *p = choices; *p;) {
+        const char *e = strchr(p, '|');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == n && strncmp(p, v, n) == 0) return 1;
+        if (!e) break;
+        p = e + 1;
+    }
+    return 0;
+}
+
+void opts_parse(const opt_spec *s, int n, int argc, char **argv, const char *command,
+                const char *summary) {
+    n_given = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) usage_exit(s, n, command, summary);
+        if (strncmp(a, "--", 2) != 0) bad(command, "unexpected argument '%s'%s", a, "");
+        char name[64];
+        normalize(name, sizeof name, a + 2);
+        const char *eq = strchr(a, '=');
+        const opt_spec *o = NULL;
+        for (int j = 0; j < n; j++)
+            if (strcmp(s[j].name, name) == 0) o = &s[j];
+        if (!o) bad(command, "unknown option '--%s'%s", name, "");
+        if (n_given < MAX_GIVEN) snprintf(given[n_given++], sizeof given[0], "%s", name);
+        if (o->type == OPT_FLAG) {
+            if (eq) {
+                const char *v = eq + 1;
+                if (!strcmp(v, "1") || !strcmp(v, "true")) *(int *)o->dst = 1;
+                else if (!strcmp(v, "0") || !strcmp(v, "false")) *(int *)o->dst = 0;
+                else bad(command, "--%s takes no value or true/false, got '%s'", name, v);
+            } else {
+                *(int *)o->dst = 1;
+            }
+            continue;
+        }
+        const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (!v) bad(command, "--%s needs a value%s", name, "");
+        char *end = NULL;
+        errno = 0;
+        switch (o->type) {
+        case OPT_INT: {
+            long x = strtol(v, &end, 10);
+            if (!*v || *end || errno || x < -2147483647L || x > 2147483647L)
+                bad(command, "--%s expects an integer, got '%s'", name, v);
+            *(int *)o->dst = (int)x;
+            break;
+        }
+        case OPT_LONG: {
+            long x = strtol(v, &end, 10);
+            if (!*v || *end || errno) bad(command, "--%s expects an integer, got '%s'", name, v);
+            *(long *)o->dst = x;
+            break;
+        }
+        case OPT_FLOAT: {
+            double x = strtod(v, &end);
+            if (!*v || *end || errno || !isfinite(x))
+                bad(command, "--%s expects a number, got '%s'", name, v);
+            *(double *)o->dst = x;
+            break;
+        }
+        case OPT_STRING:
+            if (o->choices && !in_choices(o->choices, v)) {
+                char msg[200];
+                snprintf(msg, sizeof msg, "--%s must be one of %s, got '%%s'%%s", name, o->choices);
+                bad(command, msg, v, "");
+            }
+            *(const char **)o->dst = v;
+            break;
+        case OPT_FLAG: break;
+        }
+    }
+}
+
+int opts_given(const char *name) {
+    for (int i = 0; i < n_given; i++)
+        if (strcmp(given[i], name) == 0) return 1;
+    return 0;
+}

@@ -1,0 +1,69 @@
+/* safetensors files: 8-byte little-endian header length N, N bytes of JSON header, data buffer.
+ * The reader maps the file and validates everything before use: header size (<= 100 MB),
+ * JSON shape, dtypes, shapes against byte ranges, offsets inside the buffer, no overlaps, and the
+ * buffer exactly covered.  The writer writes to "<path>.tmp", fsyncs and renames, so a crash
+ * never leaves a half-written file under the final name. */
+#ifndef LOQT_SAFETENSORS_H
+#define LOQT_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { ST_F32, ST_F16, ST_BF16, ST_I8, ST_U8, ST_I16, ST_U16, ST_I32, ST_I64, ST_NDTYPE } st_dtype;
+
+#define ST_MAX_DIMS 8
+
+typedef struct {
+    char *name;
+    st_dtype dtype;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    size_t offset; /* into the data buffer */
+    size_t nbytes;
+} st_tensor;
+
+typedef struct {
+    void *map;
+    size_t map_size;
+    const uint8_t *data; /* start of the data buffer */
+    size_t data_size;
+    st_tensor *tensors;
+    int n_tensors;
+    char **meta_keys, **meta_values; /* __metadata__ */
+    int n_meta;
+} st_file;
+
+const char *st_dtype_name(st_dtype t);
+size_t st_dtype_size(st_dtype t);
+
+/* 0 on success; -1 with an error naming the file and the problem. */
+int st_open(st_file *f, const char *path);
+/* The same checks on a file already in memory, buf[0..size), which must outlive f (not copied,
+ * not freed by st_close); `name` is used in messages.  For tests and fuzzing. */
+int st_open_memory(st_file *f, const char *name, const void *buf, size_t size);
+void st_close(st_file *f);
+const st_tensor *st_find(const st_file *f, const char *name);
+const void *st_data(const st_file *f, const st_tensor *t);
+const char *st_meta(const st_file *f, const char *key); /* NULL if absent */
+
+/* Copies tensor `name` into dst as float32, converting from F32, F16 or BF16.  The stored shape
+ * must equal shape[0..ndim) exactly; -1 with a clear error otherwise (missing, wrong shape/dtype). */
+int st_read_f32(const st_file *f, const char *name, float *dst, int ndim, const int64_t *shape);
+/* Exact conversions of one value (subnormals, infinities, signed zeros, NaN payloads kept). */
+float st_f16_to_f32(uint16_t h);
+float st_bf16_to_f32(uint16_t h);
+/* Copies raw bytes of tensor `name`; dtype and shape must match exactly. */
+int st_read_raw(const st_file *f, const char *name, void *dst, st_dtype dtype, int ndim,
+                const int64_t *shape);
+
+typedef struct st_writer st_writer;
+st_writer *st_writer_new(void);
+void st_writer_meta(st_writer *w, const char *key, const char *value);
+/* Records a tensor; `data` is not copied and must stay valid until st_writer_write returns. */
+void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
+                   const void *data);
+/* Writes the file atomically (tmp + fsync + rename).  0 on success, -1 with error. */
+int st_writer_write(st_writer *w, const char *path);
+void st_writer_free(st_writer *w);
+
+#endif

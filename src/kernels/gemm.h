@@ -1,0 +1,26 @@
+/* Dense single-precision matrix multiply, row-major.
+ *
+ *   C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C
+ *
+ * op(A) = A (M x K, leading dimension lda) or A^T when ta (A stored K x M).  Same for B.
+ * Built on OpenBLAS's cblas_sgemm when compiled with BLAS=openblas, otherwise on a blocked,
+ * OpenMP-parallel C kernel.  Called inside an OpenMP parallel region it runs on the calling
+ * thread only (OpenBLAS's OpenMP build does the same). */
+#ifndef LOQT_GEMM_H
+#define LOQT_GEMM_H
+
+#include <stdbool.h>
+
+void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
+          const float *B, int ldb, float beta, float *C, int ldc);
+
+/* The portable kernel, exposed so tests can compare it with the BLAS path. */
+void gemm_portable(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc);
+
+/* Name of the backend in use ("openblas" or "portable"). */
+const char *gemm_backend(void);
+/* Sets the threads used by the backend (also OpenMP's). */
+void gemm_set_threads(int n);
+
+#endif

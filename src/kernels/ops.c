@@ -1,0 +1,235 @@
+#include "kernels/ops.h"
+
+#include "kernels/gemm.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+void embedding_forward(float *out, const int32_t *tok, const float *E, int N, int d) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) memcpy(out + (size_t)n * d, E + (size_t)tok[n] * d, sizeof(float) * d);
+}
+
+void embedding_backward(float *dE, const int32_t *tok, const float *dout, int N, int d) {
+    /* Rows of the same token would race; parallelise over columns instead. */
+#pragma omp parallel for schedule(static)
+    for (int j0 = 0; j0 < d; j0 += 64) {
+        int j1 = j0 + 64 < d ? j0 + 64 : d;
+        for (int n = 0; n < N; n++) {
+            float *e = dE + (size_t)tok[n] * d;
+            const float *g = dout + (size_t)n * d;
+            for (int j = j0; j < j1; j++) e[j] += g[j];
+        }
+    }
+}
+
+void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int d,
+                     float eps) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (size_t)n * d;
+        float *yr = y + (size_t)n * d;
+        float ss = 0;
+        for (int j = 0; j < d; j++) ss += xr[j] * xr[j];
+        float r = 1.0f / sqrtf(ss / d + eps);
+        rstd[n] = r;
+        for (int j = 0; j < d; j++) yr[j] = xr[j] * r * w[j];
+    }
+}
+
+void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                      const float *rstd, int N, int d, int accumulate) {
+    /* dw is summed over rows in fixed blocks and the block sums are added in order, so the result
+     * does not depend on thread scheduling (a resumed run must repeat the same numbers). */
+    enum { ROWS = 64 };
+    int nblk = (N + ROWS - 1) / ROWS;
+    float *part = malloc(sizeof(float) * (size_t)nblk * d);
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < nblk; blk++) {
+        float *pw = part + (size_t)blk * d;
+        memset(pw, 0, sizeof(float) * d);
+        int n1 = (blk + 1) * ROWS < N ? (blk + 1) * ROWS : N;
+        for (int n = blk * ROWS; n < n1; n++) {
+            const float *xr = x + (size_t)n * d, *g = dy + (size_t)n * d;
+            float *o = dx + (size_t)n * d;
+            float r = rstd[n], dot = 0;
+            for (int j = 0; j < d; j++) {
+                dot += g[j] * w[j] * xr[j];
+                pw[j] += g[j] * xr[j] * r;
+            }
+            float c = dot * r * r * r / d;
+            if (accumulate)
+                for (int j = 0; j < d; j++) o[j] += g[j] * w[j] * r - xr[j] * c;
+            else
+                for (int j = 0; j < d; j++) o[j] = g[j] * w[j] * r - xr[j] * c;
+        }
+    }
+    for (int blk = 0; blk < nblk; blk++)
+        for (int j = 0; j < d; j++) dw[j] += part[(size_t)blk * d + j];
+    free(part);
+}
+
+void rope_tables(float *cos_t, float *sin_t, int max_pos, int hd, double theta) {
+    int half = hd / 2;
+    for (int p = 0; p < max_pos; p++)
+        for (int i = 0; i < half; i++) {
+            /* as Hugging Face computes it, in float32: inv_freq = 1 / theta^(2i/hd), angle = p * inv_freq */
+            float inv = 1.0f / powf((float)theta, (float)(2 * i) / (float)hd);
+            float a = (float)p * inv;
+            cos_t[(size_t)p * half + i] = (float)cos(a);
+            sin_t[(size_t)p * half + i] = (float)sin(a);
+        }
+}
+
+static void rope_apply(float *x, const float *cos_t, const float *sin_t, int B, int T, int H,
+                       int hd, float sign) {
+    int half = hd / 2;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < B * T; n++) {
+        int t = n % T;
+        const float *c = cos_t + (size_t)t * half, *s = sin_t + (size_t)t * half;
+        for (int h = 0; h < H; h++) {
+            float *v = x + (size_t)n * H * hd + (size_t)h * hd;
+            for (int i = 0; i < half; i++) {
+                float a = v[i], b = v[i + half], sn = sign * s[i];
+                v[i] = a * c[i] - b * sn;
+                v[i + half] = b * c[i] + a * sn;
+            }
+        }
+    }
+}
+
+void rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T, int H, int hd) {
+    rope_apply(x, cos_t, sin_t, B, T, H, hd, 1.0f);
+}
+
+void rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int T, int H, int hd) {
+    rope_apply(dx, cos_t, sin_t, B, T, H, hd, -1.0f);
+}
+
+void swiglu_forward(float *h, const float *g, const float *u, long n) {
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) {
+        float sg = 1.0f / (1.0f + expf(-g[i]));
+        h[i] = g[i] * sg * u[i];
+    }
+}
+
+void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, long n) {
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) {
+        float sg = 1.0f / (1.0f + expf(-g[i]));
+        float silu = g[i] * sg;
+        float gu = dh[i] * u[i];
+        du[i] = dh[i] * silu;
+        dg[i] = gu * sg * (1.0f + g[i] * (1.0f - sg));
+    }
+}
+
+long attention_scratch_floats(int T) { return 2L * T * T; }
+
+/* Probabilities of one (b, h): P[i, j] = exp(S[i, j] - lse[i]) for j <= i, 0 above the diagonal. */
+static void causal_scores(float *S, const float *q, const float *k, int T, int ld, int hd,
+                          float scale) {
+    gemm(false, true, T, T, hd, scale, q, ld, k, ld, 0.0f, S, T);
+}
+
+void attention_forward(float *o, float *lse, const float *q, const float *k, const float *v, int B,
+                       int T, int H, int hd, float *scratch) {
+    const int ld = H * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H;
+        float *S = scratch + (size_t)thread_id() * attention_scratch_floats(T);
+        size_t off = (size_t)b * T * ld + (size_t)h * hd;
+        causal_scores(S, q + off, k + off, T, ld, hd, scale);
+        float *l = lse + (size_t)bh * T;
+        for (int i = 0; i < T; i++) {
+            float *row = S + (size_t)i * T, mx = -FLT_MAX, sum = 0;
+            for (int j = 0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
+            for (int j = 0; j <= i; j++) {
+                row[j] = expf(row[j] - mx);
+                sum += row[j];
+            }
+            float inv = 1.0f / sum;
+            for (int j = 0; j <= i; j++) row[j] *= inv;
+            for (int j = i + 1; j < T; j++) row[j] = 0.0f;
+            l[i] = mx + logf(sum);
+        }
+        gemm(false, false, T, hd, T, 1.0f, S, T, v + off, ld, 0.0f, o + off, ld);
+    }
+}
+
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *o,
+                        const float *lse, const float *q, const float *k, const float *v, int B,
+                        int T, int H, int hd, float *scratch) {
+    const int ld = H * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H;
+        float *P = scratch + (size_t)thread_id() * attention_scratch_floats(T);
+        float *dP = P + (size_t)T * T;
+        size_t off = (size_t)b * T * ld + (size_t)h * hd;
+        const float *l = lse + (size_t)bh * T;
+        causal_scores(P, q + off, k + off, T, ld, hd, scale);
+        for (int i = 0; i < T; i++) {
+            float *row = P + (size_t)i * T;
+            for (int j = 0; j <= i; j++) row[j] = expf(row[j] - l[i]);
+            for (int j = i + 1; j < T; j++) row[j] = 0.0f;
+        }
+        /* dV = P^T dO;  dP = dO V^T */
+        gemm(true, false, T, hd, T, 1.0f, P, T, dout + off, ld, 0.0f, dv + off, ld);
+        gemm(false, true, T, T, hd, 1.0f, dout + off, ld, v + off, ld, 0.0f, dP, T);
+        /* dS = P * (dP - rowsum(dO * O)), scaled for the 1/sqrt(hd) inside S */
+        for (int i = 0; i < T; i++) {
+            const float *dor = dout + off + (size_t)i * ld, *orow = o + off + (size_t)i * ld;
+            float D = 0;
+            for (int j = 0; j < hd; j++) D += dor[j] * orow[j];
+            float *pr = P + (size_t)i * T, *dpr = dP + (size_t)i * T;
+            for (int j = 0; j <= i; j++) dpr[j] = pr[j] * (dpr[j] - D) * scale;
+            for (int j = i + 1; j < T; j++) dpr[j] = 0.0f;
+        }
+        /* dQ = dS K;  dK = dS^T Q */
+        gemm(false, false, T, hd, T, 1.0f, dP, T, k + off, ld, 0.0f, dq + off, ld);
+        gemm(true, false, T, hd, T, 1.0f, dP, T, q + off, ld, 0.0f, dk + off, ld);
+    }
+}
+
+double softmax_xent(float *dlogits, const float *logits, const int32_t *targets, int n, int V,
+                    float scale) {
+    double *row_loss = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) {
+        const float *row = logits + (size_t)i * V;
+        float mx = -FLT_MAX;
+        for (int j = 0; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+        float sum = 0;
+        for (int j = 0; j < V; j++) sum += expf(row[j] - mx);
+        float lse = mx + logf(sum);
+        row_loss[i] = (double)lse - row[targets[i]];
+        if (dlogits) {
+            float *dr = dlogits + (size_t)i * V;
+            for (int j = 0; j < V; j++) dr[j] = expf(row[j] - lse) * scale;
+            dr[targets[i]] -= scale;
+        }
+    }
+    double loss = 0; /* summed in row order: deterministic */
+    for (int i = 0; i < n; i++) loss += row_loss[i];
+    free(row_loss);
+    return loss;
+}

@@ -1,0 +1,266 @@
+#include "model/checkpoint.h"
+
+#include "core/error.h"
+#include "core/json.h"
+#include "core/mem.h"
+#include "io/fileutil.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+void llama_save_tensors(const llama_model *m, st_writer *model, st_writer *state) {
+    dense_param *ps[2 * 1024 + 3];
+    int n = llama_dense_params((llama_model *)m, ps, 2 * 1024 + 3);
+    for (int i = 0; i < n; i++) {
+        st_writer_add(model, ps[i]->name, ST_F32, ps[i]->ndim, ps[i]->shape, ps[i]->w);
+        if (state) {
+            char name[160];
+            snprintf(name, sizeof name, "optimizer.%s", ps[i]->name);
+            optim_state_save(&ps[i]->opt, state, name);
+        }
+    }
+    st_writer *dummy = state ? NULL : st_writer_new();
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        for (int j = 0; j < LIN_PER_BLOCK; j++)
+            m->method->save(&m->blocks[l].lin[j], model, state ? state : dummy);
+    if (dummy) st_writer_free(dummy);
+}
+
+int llama_load_tensors(llama_model *m, const st_file *model, const st_file *state) {
+    dense_param *ps[2 * 1024 + 3];
+    int n = llama_dense_params(m, ps, 2 * 1024 + 3);
+    for (int i = 0; i < n; i++) {
+        if (st_read_f32(model, ps[i]->name, ps[i]->w, ps[i]->ndim, ps[i]->shape)) return -1;
+        if (state) {
+            char name[160];
+            snprintf(name, sizeof name, "optimizer.%s", ps[i]->name);
+            if (optim_state_load(&ps[i]->opt, state, name)) return -1;
+        }
+    }
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        for (int j = 0; j < LIN_PER_BLOCK; j++)
+            if (m->method->load(&m->blocks[l].lin[j], model, state)) return -1;
+    return 0;
+}
+
+static int write_config(const llama_config *c, const char *dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return loqt_set_error("%s: cannot create config", path);
+    config_write_json(c, f);
+    fclose(f);
+    int rc = file_write_atomic(path, buf, len);
+    free(buf);
+    return rc;
+}
+
+static void meta_strings(const trainer_meta *tm, char v[6][64]) {
+    snprintf(v[0], 64, "%ld", tm->step);
+    snprintf(v[1], 64, "%" PRIu64, tm->tokens_seen);
+    snprintf(v[2], 64, "%" PRIu64, tm->data_position);
+    snprintf(v[3], 64, "%" PRIu64, tm->seed);
+    snprintf(v[4], 64, "%.17g", tm->loss);
+    snprintf(v[5], 64, "%s", tm->method);
+}
+static const char *meta_keys[6] = {"step", "tokens_seen", "data_position", "seed", "loss", "method"};
+
+/* Removes a directory tree that loqt itself wrote (a stale .tmp or .old checkpoint). */
+static void remove_tree(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char p[4096];
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        struct stat st;
+        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) remove_tree(p);
+        else unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+int checkpoint_save(const llama_model *m, const trainer_meta *tm, const char *dir) {
+    char tmp[4096], path[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", dir);
+    remove_tree(tmp);
+    if (file_mkdir_p(tmp)) return -1;
+    if (write_config(&m->cfg, tmp)) return -1;
+
+    st_writer *wm = st_writer_new(), *ws = st_writer_new();
+    char vals[6][64];
+    meta_strings(tm, vals);
+    for (int i = 0; i < 6; i++) st_writer_meta(ws, meta_keys[i], vals[i]);
+    st_writer_meta(ws, "optimizer", tm->optimizer);
+    st_writer_meta(wm, "format", "pt");
+    llama_save_tensors(m, wm, ws);
+    snprintf(path, sizeof path, "%s/model.safetensors", tmp);
+    int rc = st_writer_write(wm, path);
+    snprintf(path, sizeof path, "%s/trainer_state.safetensors", tmp);
+    if (!rc) rc = st_writer_write(ws, path);
+    st_writer_free(wm);
+    st_writer_free(ws);
+    if (rc) return -1;
+
+    char *js = NULL;
+    size_t jlen = 0;
+    FILE *f = open_memstream(&js, &jlen);
+    fprintf(f, "{\n");
+    for (int i = 0; i < 6; i++) {
+        fprintf(f, "  \"%s\": ", meta_keys[i]);
+        if (i == 5) json_write_string(f, vals[i]);
+        else fprintf(f, "%s", vals[i]);
+        fprintf(f, ",\n");
+    }
+    fprintf(f, "  \"optimizer\": ");
+    json_write_string(f, tm->optimizer);
+    fprintf(f, "\n}\n");
+    fclose(f);
+    snprintf(path, sizeof path, "%s/trainer_state.json", tmp);
+    rc = file_write_atomic(path, js, jlen);
+    free(js);
+    if (rc) return -1;
+    if (file_fsync_dir(tmp)) return -1;
+
+    /* replace an existing checkpoint of the same name only after the new one is complete */
+    char old[4096];
+    snprintf(old, sizeof old, "%s.old", dir);
+    remove_tree(old);
+    struct stat st;
+    if (stat(dir, &st) == 0 && rename(dir, old) != 0)
+        return loqt_set_error("%s: cannot move the previous checkpoint aside: %s", dir,
+                              strerror(errno));
+    if (rename(tmp, dir) != 0)
+        return loqt_set_error("%s: cannot rename %s into place: %s", dir, tmp, strerror(errno));
+    remove_tree(old);
+    return file_fsync_parent(dir);
+}
+
+int checkpoint_read_config(const char *dir, llama_config *c) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    size_t len = 0;
+    char *text = file_read_all(path, 1 << 20, &len);
+    if (!text) return -1;
+    int rc = config_parse(c, text, len, path);
+    mem_free(text);
+    return rc;
+}
+
+static int parse_u64(const char *s, uint64_t *out) {
+    if (!s || !*s) return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end || errno || *s == '-') return -1;
+    *out = v;
+    return 0;
+}
+
+int checkpoint_read_meta(const char *dir, trainer_meta *tm) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/trainer_state.safetensors", dir);
+    st_file f;
+    if (st_open(&f, path)) return -1;
+    memset(tm, 0, sizeof *tm);
+    uint64_t step = 0;
+    int rc = 0;
+    const char *v;
+    if (parse_u64(st_meta(&f, "step"), &step) ||
+        parse_u64(st_meta(&f, "tokens_seen"), &tm->tokens_seen) ||
+        parse_u64(st_meta(&f, "data_position"), &tm->data_position) ||
+        parse_u64(st_meta(&f, "seed"), &tm->seed) || !(v = st_meta(&f, "method")))
+        rc = loqt_set_error("%s: missing or malformed trainer metadata", path);
+    else {
+        tm->step = (long)step;
+        snprintf(tm->method, sizeof tm->method, "%s", v);
+        v = st_meta(&f, "optimizer");
+        snprintf(tm->optimizer, sizeof tm->optimizer, "%s", v ? v : "adamw");
+        v = st_meta(&f, "loss");
+        tm->loss = v ? strtod(v, NULL) : 0;
+    }
+    st_close(&f);
+    return rc;
+}
+
+int checkpoint_load(llama_model *m, const char *dir, int weights_only) {
+    char path[4096];
+    st_file fm, fs;
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (st_open(&fm, path)) return -1;
+    int have_state = 0;
+    if (!weights_only) {
+        snprintf(path, sizeof path, "%s/trainer_state.safetensors", dir);
+        if (st_open(&fs, path)) {
+            st_close(&fm);
+            return -1;
+        }
+        have_state = 1;
+    }
+    int rc = llama_load_tensors(m, &fm, have_state ? &fs : NULL);
+    if (rc) loqt_set_error("%s: %s", dir, loqt_last_error());
+    st_close(&fm);
+    if (have_state) st_close(&fs);
+    return rc;
+}
+
+int checkpoint_find_latest(const char *root, char *out, size_t cap) {
+    DIR *d = opendir(root);
+    if (!d) return loqt_set_error("%s: no checkpoints (%s)", root, strerror(errno));
+    long best = -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long s;
+        char rest[8];
+        /* complete checkpoints only: "step-N" exactly, never "step-N.tmp" */
+        if (sscanf(e->d_name, "step-%ld%7s", &s, rest) == 1 && s > best) {
+            char cfg[4096];
+            struct stat st;
+            snprintf(cfg, sizeof cfg, "%s/%s/trainer_state.json", root, e->d_name);
+            if (stat(cfg, &st) == 0) best = s;
+        }
+    }
+    closedir(d);
+    if (best < 0) return loqt_set_error("%s: no complete checkpoint found", root);
+    snprintf(out, cap, "%s/step-%08ld", root, best);
+    return 0;
+}
+
+int llama_export_dense(const llama_model *m, const char *dir) {
+    if (file_mkdir_p(dir) || write_config(&m->cfg, dir)) return -1;
+    st_writer *w = st_writer_new();
+    st_writer_meta(w, "format", "pt");
+    dense_param *ps[2 * 1024 + 3];
+    int n = llama_dense_params((llama_model *)m, ps, 2 * 1024 + 3);
+    for (int i = 0; i < n; i++) st_writer_add(w, ps[i]->name, ST_F32, ps[i]->ndim, ps[i]->shape, ps[i]->w);
+    int nl = m->cfg.num_hidden_layers * LIN_PER_BLOCK;
+    float **dense = calloc((size_t)nl, sizeof *dense);
+    char(*names)[128] = calloc((size_t)nl, sizeof *names);
+    for (int l = 0, k = 0; l < m->cfg.num_hidden_layers; l++)
+        for (int j = 0; j < LIN_PER_BLOCK; j++, k++) {
+            const linear_layer *L = &m->blocks[l].lin[j];
+            dense[k] = mem_alloc(MEM_SCRATCH, (size_t)L->out * L->in * sizeof(float));
+            m->method->export_dense(L, dense[k]);
+            snprintf(names[k], sizeof names[k], "%s.weight", L->name);
+            int64_t shape[2] = {L->out, L->in};
+            st_writer_add(w, names[k], ST_F32, 2, shape, dense[k]);
+        }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    int rc = st_writer_write(w, path);
+    st_writer_free(w);
+    for (int k = 0; k < nl; k++) mem_free(dense[k]);
+    free(dense);
+    free(names);
+    return rc;
+}

@@ -1,0 +1,162 @@
+#include "model/config.h"
+
+#include "core/error.h"
+#include "core/json.h"
+#include "core/mem.h"
+#include "io/fileutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* name, hidden, intermediate, layers, heads, max seq (vocab 32000 for all) */
+static const llama_config builtins[] = {
+#define C(n, d, f, l, h, s) {n, d, f, l, h, h, 32000, s, 1e-6, 10000.0, 0}
+    C("9m", 128, 352, 4, 4, 1024),      C("20m", 256, 688, 4, 4, 1024),
+    C("35m", 384, 1024, 6, 8, 1024),    C("60m", 512, 1376, 8, 8, 1024),
+    C("130m", 768, 2048, 12, 12, 1024), C("350m", 1024, 2736, 24, 16, 1024),
+    C("1b", 2048, 5461, 24, 32, 1024),  C("3b", 2560, 6848, 32, 32, 1024),
+    C("7b", 4096, 11008, 32, 32, 2048), C("13b", 5120, 13824, 40, 40, 2048),
+#undef C
+};
+
+int config_builtin_count(void) { return (int)(sizeof builtins / sizeof builtins[0]); }
+const llama_config *config_builtin(int i) {
+    return i >= 0 && i < config_builtin_count() ? &builtins[i] : NULL;
+}
+
+int config_validate(const llama_config *c) {
+    if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->num_hidden_layers <= 0 ||
+        c->num_attention_heads <= 0 || c->vocab_size <= 0 || c->max_position_embeddings <= 0)
+        return loqt_set_error("config %s: sizes must be positive", c->name);
+    if (c->hidden_size > 65536 || c->intermediate_size > 262144 || c->num_hidden_layers > 1024 ||
+        c->vocab_size > 65536 || c->max_position_embeddings > 1048576)
+        return loqt_set_error("config %s: sizes out of the supported range (hidden <= 65536, "
+                              "intermediate <= 262144, layers <= 1024, vocab <= 65536)", c->name);
+    if (c->hidden_size % c->num_attention_heads != 0)
+        return loqt_set_error("config %s: hidden_size %d is not divisible by num_attention_heads %d",
+                              c->name, c->hidden_size, c->num_attention_heads);
+    if ((c->hidden_size / c->num_attention_heads) % 2 != 0)
+        return loqt_set_error("config %s: head dimension %d must be even for RoPE", c->name,
+                              c->hidden_size / c->num_attention_heads);
+    if (c->num_key_value_heads != c->num_attention_heads)
+        return loqt_set_error("config %s: num_key_value_heads %d != num_attention_heads %d: "
+                              "grouped-query attention is not supported", c->name,
+                              c->num_key_value_heads, c->num_attention_heads);
+    if (!(c->rms_norm_eps > 0) || !(c->rope_theta > 0) || !isfinite(c->rope_theta))
+        return loqt_set_error("config %s: rms_norm_eps and rope_theta must be positive", c->name);
+    if (c->tie_word_embeddings)
+        return loqt_set_error("config %s: tie_word_embeddings is not supported (LLaMA's lm_head is "
+                              "untied)", c->name);
+    return 0;
+}
+
+static int get_int_key(const json_value *o, const char *key, int *dst, int required,
+                       const char *what) {
+    const json_value *v = json_get(o, key);
+    if (!v) return required ? loqt_set_error("%s: missing key '%s'", what, key) : 0;
+    if (v->type != JSON_NUMBER || v->number != floor(v->number) || fabs(v->number) > 2e9)
+        return loqt_set_error("%s: '%s' must be an integer", what, key);
+    *dst = (int)v->number;
+    return 0;
+}
+
+static int get_num_key(const json_value *o, const char *key, double *dst, const char *what) {
+    const json_value *v = json_get(o, key);
+    if (!v) return 0;
+    if (v->type != JSON_NUMBER) return loqt_set_error("%s: '%s' must be a number", what, key);
+    *dst = v->number;
+    return 0;
+}
+
+int config_parse(llama_config *c, const char *text, size_t len, const char *what) {
+    json_value *root = json_parse(text, len);
+    if (!root) return loqt_set_error("%s: %s", what, loqt_last_error());
+    int rc = -1;
+    if (root->type != JSON_OBJECT) {
+        loqt_set_error("%s: expected a JSON object", what);
+        goto done;
+    }
+    memset(c, 0, sizeof *c);
+    c->rms_norm_eps = 1e-6;
+    c->rope_theta = 10000.0;
+    c->max_position_embeddings = 2048;
+    c->num_key_value_heads = -1;
+    if (get_int_key(root, "hidden_size", &c->hidden_size, 1, what) ||
+        get_int_key(root, "intermediate_size", &c->intermediate_size, 1, what) ||
+        get_int_key(root, "num_hidden_layers", &c->num_hidden_layers, 1, what) ||
+        get_int_key(root, "num_attention_heads", &c->num_attention_heads, 1, what) ||
+        get_int_key(root, "vocab_size", &c->vocab_size, 1, what) ||
+        get_int_key(root, "num_key_value_heads", &c->num_key_value_heads, 0, what) ||
+        get_int_key(root, "max_position_embeddings", &c->max_position_embeddings, 0, what) ||
+        get_num_key(root, "rms_norm_eps", &c->rms_norm_eps, what) ||
+        get_num_key(root, "rope_theta", &c->rope_theta, what))
+        goto done;
+    if (c->num_key_value_heads < 0) c->num_key_value_heads = c->num_attention_heads;
+    const json_value *tie = json_get(root, "tie_word_embeddings");
+    if (tie) {
+        if (tie->type != JSON_BOOL) {
+            loqt_set_error("%s: 'tie_word_embeddings' must be true or false", what);
+            goto done;
+        }
+        c->tie_word_embeddings = tie->boolean;
+    }
+    const json_value *rs = json_get(root, "rope_scaling");
+    if (rs && rs->type != JSON_NULL) {
+        loqt_set_error("%s: rope_scaling is not supported", what);
+        goto done;
+    }
+    const json_value *nm = json_get(root, "loqt_name");
+    snprintf(c->name, sizeof c->name, "%s", nm && nm->type == JSON_STRING ? nm->string : what);
+    rc = config_validate(c);
+done:
+    json_free(root);
+    return rc;
+}
+
+int config_load(llama_config *c, const char *spec) {
+    const char *name = spec;
+    if (strncmp(name, "llama_", 6) == 0) name += 6;
+    for (int i = 0; i < config_builtin_count(); i++)
+        if (strcmp(builtins[i].name, name) == 0) {
+            *c = builtins[i];
+            return 0;
+        }
+    size_t len = 0;
+    char *text = file_read_all(spec, 1 << 20, &len);
+    if (!text) {
+        if (!strchr(spec, '/') && !strstr(spec, ".json"))
+            return loqt_set_error("unknown model '%s' (built-in: 9m 20m 35m 60m 130m 350m 1b 3b 7b "
+                                  "13b, or a path to a JSON config)", spec);
+        return -1;
+    }
+    int rc = config_parse(c, text, len, spec);
+    mem_free(text);
+    return rc;
+}
+
+void config_write_json(const llama_config *c, FILE *f) {
+    fprintf(f,
+            "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n"
+            "  \"hidden_act\": \"silu\",\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n"
+            "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n"
+            "  \"num_key_value_heads\": %d,\n  \"vocab_size\": %d,\n"
+            "  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": %g,\n  \"rope_theta\": %g,\n"
+            "  \"tie_word_embeddings\": false,\n  \"bos_token_id\": 1,\n  \"eos_token_id\": 2,\n"
+            "  \"torch_dtype\": \"float32\",\n  \"loqt_name\": ",
+            c->hidden_size, c->intermediate_size, c->num_hidden_layers, c->num_attention_heads,
+            c->num_key_value_heads, c->vocab_size, c->max_position_embeddings, c->rms_norm_eps,
+            c->rope_theta);
+    json_write_string(f, c->name);
+    fprintf(f, "\n}\n");
+}
+
+long long config_params_linear(const llama_config *c) {
+    long long d = c->hidden_size, F = c->intermediate_size;
+    return (long long)c->num_hidden_layers * (4 * d * d + 3 * d * F);
+}
+
+long long config_params_total(const llama_config *c) {
+    long long d = c->hidden_size, V = c->vocab_size;
+    return config_params_linear(c) + 2 * V * d + (long long)(2 * c->num_hidden_layers + 1) * d;
+}

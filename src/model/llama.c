@@ -1,0 +1,339 @@
+#include "model/llama.h"
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "kernels/gemm.h"
+#include "kernels/ops.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Rows of the lm_head / loss computed at once: bounds the [rows, V] logits buffer. */
+enum { LOGIT_CHUNK = 256 };
+
+static const char *lin_names[LIN_PER_BLOCK] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj",
+};
+
+static void param_init(dense_param *p, const char *name, int ndim, int64_t d0, int64_t d1,
+                       optim_kind opt) {
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->ndim = ndim;
+    p->shape[0] = d0;
+    p->shape[1] = d1;
+    p->n = (size_t)d0 * (ndim == 2 ? (size_t)d1 : 1);
+    p->w = mem_alloc(MEM_DENSE, p->n * sizeof(float));
+    p->g = mem_alloc(MEM_GRADS, p->n * sizeof(float));
+    optim_state_init(&p->opt, p->n, opt);
+}
+
+static void param_fill(dense_param *p, uint64_t seed, float std) {
+    if (std > 0) rng_fill_normal(p->w, p->n, std, seed, rng_stream_id(p->name));
+    else
+        for (size_t i = 0; i < p->n; i++) p->w[i] = 1.0f;
+}
+
+static void param_free(dense_param *p) {
+    mem_free(p->w);
+    mem_free(p->g);
+    optim_state_free(&p->opt);
+}
+
+int llama_create(llama_model *m, const llama_config *cfg, const linear_method *method,
+                 const method_opts *mo, uint64_t seed) {
+    memset(m, 0, sizeof *m);
+    if (config_validate(cfg)) return -1;
+    m->cfg = *cfg;
+    m->method = method;
+    m->mopts = *mo;
+    m->mopts.seed = seed;
+    const int d = cfg->hidden_size, F = cfg->intermediate_size, V = cfg->vocab_size;
+    const int hd = d / cfg->num_attention_heads;
+    optim_kind ok = mo->optimizer;
+    param_init(&m->embed, "model.embed_tokens.weight", 2, V, d, ok);
+    param_fill(&m->embed, seed, 0.02f);
+    m->blocks = calloc((size_t)cfg->num_hidden_layers, sizeof *m->blocks);
+    for (int l = 0; l < cfg->num_hidden_layers; l++) {
+        llama_block *b = &m->blocks[l];
+        char name[96];
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        param_init(&b->attn_norm, name, 1, d, 0, ok);
+        param_fill(&b->attn_norm, seed, 0);
+        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+        param_init(&b->mlp_norm, name, 1, d, 0, ok);
+        param_fill(&b->mlp_norm, seed, 0);
+        for (int j = 0; j < LIN_PER_BLOCK; j++) {
+            linear_layer *L = &b->lin[j];
+            L->m = method;
+            L->out = j == LIN_GATE || j == LIN_UP ? F : d;
+            L->in = j == LIN_DOWN ? F : d;
+            snprintf(L->name, sizeof L->name, "model.layers.%d.%s", l, lin_names[j]);
+            if (method->init(L, &m->mopts, NULL)) {
+                loqt_set_error("%s: %s", L->name, loqt_last_error());
+                return -1;
+            }
+        }
+    }
+    param_init(&m->final_norm, "model.norm.weight", 1, d, 0, ok);
+    param_fill(&m->final_norm, seed, 0);
+    param_init(&m->lm_head, "lm_head.weight", 2, V, d, ok);
+    param_fill(&m->lm_head, seed, 0.02f);
+    size_t half = (size_t)cfg->max_position_embeddings * (hd / 2);
+    m->rope_cos = mem_alloc(MEM_DENSE, half * sizeof(float));
+    m->rope_sin = mem_alloc(MEM_DENSE, half * sizeof(float));
+    rope_tables(m->rope_cos, m->rope_sin, cfg->max_position_embeddings, hd, cfg->rope_theta);
+#ifdef _OPENMP
+    m->n_threads = omp_get_max_threads();
+#else
+    m->n_threads = 1;
+#endif
+    return 0;
+}
+
+static void free_acts(llama_model *m) {
+    if (!m->acts) return;
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
+        block_acts *a = &m->acts[l];
+        float **bufs[] = {&a->x, &a->rstd1, &a->xn1, &a->q,  &a->k,    &a->v,    &a->att,
+                          &a->lse, &a->x2, &a->rstd2, &a->xn2, &a->g, &a->u, &a->h};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mem_free(*bufs[i]);
+    }
+    free(m->acts);
+    m->acts = NULL;
+    float **bufs[] = {&m->xf, &m->rstdf, &m->xnf, &m->dxnf, &m->logits_chunk, &m->d_res, &m->d_a,
+                      &m->d_b, &m->d_c, &m->d_F1, &m->d_F2, &m->attn_scratch};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        mem_free(*bufs[i]);
+        *bufs[i] = NULL;
+    }
+    mem_free(m->targets);
+    m->targets = NULL;
+}
+
+void llama_set_batch(llama_model *m, int B, int T) {
+    if (m->acts && m->B == B && m->T == T) return;
+    free_acts(m);
+    m->B = B;
+    m->T = T;
+    const size_t N = (size_t)B * T, d = m->cfg.hidden_size, F = m->cfg.intermediate_size;
+    const size_t H = m->cfg.num_attention_heads, V = m->cfg.vocab_size;
+    const size_t f = sizeof(float);
+    m->acts = calloc((size_t)m->cfg.num_hidden_layers, sizeof *m->acts);
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
+        block_acts *a = &m->acts[l];
+        a->x = mem_alloc(MEM_ACTS, N * d * f);
+        a->rstd1 = mem_alloc(MEM_ACTS, N * f);
+        a->xn1 = mem_alloc(MEM_ACTS, N * d * f);
+        a->q = mem_alloc(MEM_ACTS, N * d * f);
+        a->k = mem_alloc(MEM_ACTS, N * d * f);
+        a->v = mem_alloc(MEM_ACTS, N * d * f);
+        a->att = mem_alloc(MEM_ACTS, N * d * f);
+        a->lse = mem_alloc(MEM_ACTS, N * H * f);
+        a->x2 = mem_alloc(MEM_ACTS, N * d * f);
+        a->rstd2 = mem_alloc(MEM_ACTS, N * f);
+        a->xn2 = mem_alloc(MEM_ACTS, N * d * f);
+        a->g = mem_alloc(MEM_ACTS, N * F * f);
+        a->u = mem_alloc(MEM_ACTS, N * F * f);
+        a->h = mem_alloc(MEM_ACTS, N * F * f);
+    }
+    m->xf = mem_alloc(MEM_ACTS, N * d * f);
+    m->rstdf = mem_alloc(MEM_ACTS, N * f);
+    m->xnf = mem_alloc(MEM_ACTS, N * d * f);
+    m->dxnf = mem_alloc(MEM_ACTS, N * d * f);
+    m->targets = mem_alloc(MEM_ACTS, N * sizeof(int32_t));
+    size_t chunk = N < LOGIT_CHUNK ? N : LOGIT_CHUNK;
+    m->logits_chunk = mem_alloc(MEM_SCRATCH, chunk * V * f);
+    m->d_res = mem_alloc(MEM_SCRATCH, N * d * f);
+    m->d_a = mem_alloc(MEM_SCRATCH, N * d * f);
+    m->d_b = mem_alloc(MEM_SCRATCH, N * d * f);
+    m->d_c = mem_alloc(MEM_SCRATCH, N * d * f);
+    /* the F-sized buffers also hold dk and dv in the attention backward */
+    size_t FF = F > d ? F : d;
+    m->d_F1 = mem_alloc(MEM_SCRATCH, N * FF * f);
+    m->d_F2 = mem_alloc(MEM_SCRATCH, N * FF * f);
+    m->attn_scratch = mem_alloc(MEM_SCRATCH, (size_t)m->n_threads * attention_scratch_floats(T) * f);
+}
+
+void llama_free(llama_model *m) {
+    free_acts(m);
+    if (m->blocks) {
+        for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
+            param_free(&m->blocks[l].attn_norm);
+            param_free(&m->blocks[l].mlp_norm);
+            for (int j = 0; j < LIN_PER_BLOCK; j++)
+                if (m->blocks[l].lin[j].state) m->method->free(&m->blocks[l].lin[j]);
+        }
+        free(m->blocks);
+    }
+    param_free(&m->embed);
+    param_free(&m->final_norm);
+    param_free(&m->lm_head);
+    mem_free(m->rope_cos);
+    mem_free(m->rope_sin);
+    memset(m, 0, sizeof *m);
+}
+
+static void add_inplace(float *y, const float *x, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < (long)n; i++) y[i] += x[i];
+}
+
+double llama_forward(llama_model *m, const int32_t *inputs, const int32_t *targets,
+                     float loss_scale, float *logits) {
+    const llama_config *c = &m->cfg;
+    const int B = m->B, T = m->T, N = B * T, d = c->hidden_size, F = c->intermediate_size;
+    const int H = c->num_attention_heads, hd = d / H, V = c->vocab_size;
+    const float eps = (float)c->rms_norm_eps;
+    float *tmp = m->d_a;
+
+    embedding_forward(m->acts[0].x, inputs, m->embed.w, N, d);
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        llama_block *b = &m->blocks[l];
+        block_acts *a = &m->acts[l];
+        float *x_next = l + 1 < c->num_hidden_layers ? m->acts[l + 1].x : m->xf;
+        rmsnorm_forward(a->xn1, a->rstd1, a->x, b->attn_norm.w, N, d, eps);
+        m->method->forward(&b->lin[LIN_Q], a->xn1, a->q, N);
+        m->method->forward(&b->lin[LIN_K], a->xn1, a->k, N);
+        m->method->forward(&b->lin[LIN_V], a->xn1, a->v, N);
+        rope_forward(a->q, m->rope_cos, m->rope_sin, B, T, H, hd);
+        rope_forward(a->k, m->rope_cos, m->rope_sin, B, T, H, hd);
+        attention_forward(a->att, a->lse, a->q, a->k, a->v, B, T, H, hd, m->attn_scratch);
+        m->method->forward(&b->lin[LIN_O], a->att, a->x2, N);
+        add_inplace(a->x2, a->x, (size_t)N * d);
+        rmsnorm_forward(a->xn2, a->rstd2, a->x2, b->mlp_norm.w, N, d, eps);
+        m->method->forward(&b->lin[LIN_GATE], a->xn2, a->g, N);
+        m->method->forward(&b->lin[LIN_UP], a->xn2, a->u, N);
+        swiglu_forward(a->h, a->g, a->u, (long)N * F);
+        m->method->forward(&b->lin[LIN_DOWN], a->h, tmp, N);
+        memcpy(x_next, a->x2, sizeof(float) * (size_t)N * d);
+        add_inplace(x_next, tmp, (size_t)N * d);
+    }
+    rmsnorm_forward(m->xnf, m->rstdf, m->xf, m->final_norm.w, N, d, eps);
+
+    /* lm_head and loss, LOGIT_CHUNK rows at a time; with loss_scale > 0 the gradient of the loss
+     * w.r.t. the logits is formed in place and pushed through lm_head right away, so the full
+     * [N, V] logits never exist. */
+    double loss = 0;
+    int train = loss_scale > 0 && targets;
+    for (int r0 = 0; r0 < N; r0 += LOGIT_CHUNK) {
+        int rows = N - r0 < LOGIT_CHUNK ? N - r0 : LOGIT_CHUNK;
+        float *lc = m->logits_chunk;
+        const float *xr = m->xnf + (size_t)r0 * d;
+        gemm(false, true, rows, V, d, 1.0f, xr, d, m->lm_head.w, d, 0.0f, lc, V);
+        if (logits) memcpy(logits + (size_t)r0 * V, lc, sizeof(float) * (size_t)rows * V);
+        if (!targets) continue;
+        loss += softmax_xent(train ? lc : NULL, lc, targets + r0, rows, V, loss_scale);
+        if (train) {
+            gemm(true, false, V, d, rows, 1.0f, lc, V, xr, d, 1.0f, m->lm_head.g, d);
+            gemm(false, false, rows, d, V, 1.0f, lc, V, m->lm_head.w, d, 0.0f,
+                 m->dxnf + (size_t)r0 * d, d);
+        }
+    }
+    return targets ? loss / N : 0.0;
+}
+
+void llama_backward(llama_model *m, const int32_t *inputs) {
+    const llama_config *c = &m->cfg;
+    const int B = m->B, T = m->T, N = B * T, d = c->hidden_size, F = c->intermediate_size;
+    const int H = c->num_attention_heads, hd = d / H;
+    const linear_method *M = m->method;
+    float *dres = m->d_res, *dxn = m->d_a, *datt = m->d_b, *dq = m->d_c;
+    float *dF1 = m->d_F1, *dF2 = m->d_F2;
+
+    rmsnorm_backward(dres, m->final_norm.g, m->dxnf, m->xf, m->final_norm.w, m->rstdf, N, d, 0);
+    for (int l = c->num_hidden_layers - 1; l >= 0; l--) {
+        llama_block *b = &m->blocks[l];
+        block_acts *a = &m->acts[l];
+        /* MLP: x_next = x2 + down(silu(gate(xn2)) * up(xn2)) */
+        M->backward(&b->lin[LIN_DOWN], a->h, dres, dF1, N, 0);
+        swiglu_backward(dF1, dF2, dF1, a->g, a->u, (long)N * F);
+        M->backward(&b->lin[LIN_GATE], a->xn2, dF1, dxn, N, 0);
+        M->backward(&b->lin[LIN_UP], a->xn2, dF2, dxn, N, 1);
+        rmsnorm_backward(dres, b->mlp_norm.g, dxn, a->x2, b->mlp_norm.w, a->rstd2, N, d, 1);
+        /* attention: x2 = x + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))) */
+        M->backward(&b->lin[LIN_O], a->att, dres, datt, N, 0);
+        /* dq, dk, dv: reuse datt's neighbours; dk and dv live in the F-sized buffers */
+        float *dk = dF1, *dv = dF2;
+        attention_backward(dq, dk, dv, datt, a->att, a->lse, a->q, a->k, a->v, B, T, H, hd,
+                           m->attn_scratch);
+        rope_backward(dq, m->rope_cos, m->rope_sin, B, T, H, hd);
+        rope_backward(dk, m->rope_cos, m->rope_sin, B, T, H, hd);
+        M->backward(&b->lin[LIN_Q], a->xn1, dq, dxn, N, 0);
+        M->backward(&b->lin[LIN_K], a->xn1, dk, dxn, N, 1);
+        M->backward(&b->lin[LIN_V], a->xn1, dv, dxn, N, 1);
+        rmsnorm_backward(dres, b->attn_norm.g, dxn, a->x, b->attn_norm.w, a->rstd1, N, d, 1);
+    }
+    embedding_backward(m->embed.g, inputs, dres, N, d);
+}
+
+int llama_dense_params(llama_model *m, dense_param **out, int cap) {
+    int n = 0;
+#define ADD(p)                  \
+    do {                        \
+        if (n < cap) out[n] = p; \
+        n++;                    \
+    } while (0)
+    ADD(&m->embed);
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
+        ADD(&m->blocks[l].attn_norm);
+        ADD(&m->blocks[l].mlp_norm);
+    }
+    ADD(&m->final_norm);
+    ADD(&m->lm_head);
+#undef ADD
+    return n;
+}
+
+#define FOR_DENSE(m, p)                                                   \
+    dense_param *p##_list[2 * 1024 + 3];                                  \
+    int p##_n = llama_dense_params(m, p##_list, 2 * 1024 + 3);            \
+    for (int p##_i = 0; p##_i < p##_n; p##_i++)                           \
+        for (dense_param *p = p##_list[p##_i]; p; p = NULL)
+
+#define FOR_LINEAR(m, L)                                                  \
+    for (int L##_l = 0; L##_l < (m)->cfg.num_hidden_layers; L##_l++)      \
+        for (int L##_j = 0; L##_j < LIN_PER_BLOCK; L##_j++)               \
+            for (linear_layer *L = &(m)->blocks[L##_l].lin[L##_j]; L; L = NULL)
+
+void llama_zero_grad(llama_model *m) {
+    FOR_DENSE(m, p) memset(p->g, 0, p->n * sizeof(float));
+    FOR_LINEAR(m, L) m->method->zero_grad(L);
+}
+
+void llama_begin_step(llama_model *m, long step) {
+    if (!m->method->begin_step) return;
+    FOR_LINEAR(m, L) m->method->begin_step(L, step);
+}
+
+void llama_end_step(llama_model *m, long step) {
+    if (!m->method->end_step) return;
+    FOR_LINEAR(m, L) m->method->end_step(L, step);
+}
+
+double llama_grad_norm(llama_model *m) {
+    double ss = 0;
+    FOR_DENSE(m, p) ss += optim_sqnorm(p->g, p->n);
+    FOR_LINEAR(m, L) ss += m->method->grad_sqnorm(L);
+    return sqrt(ss);
+}
+
+void llama_optimizer_step(llama_model *m, const optim_hparams *h) {
+    FOR_DENSE(m, p) optim_update(&p->opt, p->w, p->g, h);
+    FOR_LINEAR(m, L) m->method->step(L, h);
+}
+
+void llama_param_bytes(const llama_model *m, size_t bytes[MEM_NCAT]) {
+    llama_model *mm = (llama_model *)m;
+    FOR_DENSE(mm, p) {
+        bytes[MEM_DENSE] += mem_size(p->w);
+        bytes[MEM_GRADS] += mem_size(p->g);
+        bytes[MEM_OPTIM] += optim_state_bytes(&p->opt);
+    }
+    FOR_LINEAR(mm, L) m->method->mem_bytes(L, bytes);
+}

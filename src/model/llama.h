@@ -1,0 +1,95 @@
+/* The LLaMA model: embedding, L blocks of (RMSNorm, attention with RoPE, residual, RMSNorm, SwiGLU
+ * MLP, residual), final RMSNorm, untied lm_head, mean cross-entropy.
+ *
+ * The seven projections of each block are linear_layer objects of one training method; the model
+ * owns the dense parameters (embedding, norms, lm_head), their gradients and optimizer state, and
+ * the activations of one micro-batch shape (B, T). */
+#ifndef LOQT_LLAMA_H
+#define LOQT_LLAMA_H
+
+#include "methods/linear.h"
+#include "model/config.h"
+#include "optim/optim.h"
+
+#include <stdint.h>
+
+enum { LIN_Q, LIN_K, LIN_V, LIN_O, LIN_GATE, LIN_UP, LIN_DOWN, LIN_PER_BLOCK };
+
+/* A dense parameter with its gradient and optimizer state. */
+typedef struct {
+    char name[96];
+    float *w, *g;
+    size_t n;
+    int ndim;
+    int64_t shape[2];
+    optim_state opt;
+} dense_param;
+
+typedef struct {
+    dense_param attn_norm, mlp_norm;
+    linear_layer lin[LIN_PER_BLOCK];
+} llama_block;
+
+/* Saved activations of one block for one micro-batch. */
+typedef struct {
+    float *x;          /* block input (residual stream) [N, d] */
+    float *rstd1, *xn1;
+    float *q, *k, *v;  /* after RoPE */
+    float *att, *lse;  /* attention output [N, d], log-sum-exp [B, H, T] */
+    float *x2;         /* residual after attention */
+    float *rstd2, *xn2;
+    float *g, *u, *h;  /* [N, F] */
+} block_acts;
+
+typedef struct {
+    llama_config cfg;
+    const linear_method *method;
+    method_opts mopts;
+    dense_param embed, final_norm, lm_head;
+    llama_block *blocks;
+    float *rope_cos, *rope_sin;
+
+    /* activations and scratch for micro-batches of shape (B, T) */
+    int B, T;
+    block_acts *acts;
+    float *xf, *rstdf, *xnf; /* final residual, its norm */
+    int32_t *targets;
+    float *dxnf;             /* gradient w.r.t. xnf, produced by the fused lm_head + loss */
+    float *logits_chunk;     /* [chunk, V] */
+    float *d_res, *d_a, *d_b, *d_c, *d_F1, *d_F2; /* backward scratch */
+    float *attn_scratch;
+    int n_threads;
+} llama_model;
+
+/* Creates a model with random init (normal(0, 0.02), norms 1) from `seed`, every tensor drawn from
+ * its own named stream so the init does not depend on thread count or creation order. */
+int llama_create(llama_model *m, const llama_config *cfg, const linear_method *method,
+                 const method_opts *mo, uint64_t seed);
+void llama_free(llama_model *m);
+
+/* (Re)allocates activations for micro-batches of B sequences of T tokens. */
+void llama_set_batch(llama_model *m, int B, int T);
+
+/* Forward pass on inputs[B*T].  With targets: returns the mean cross-entropy; if `loss_scale` > 0
+ * it also computes the lm_head gradient and the gradient flowing into the network (scaled so that
+ * gradients are d(loss_scale * sum of token losses)), to be continued by llama_backward.  If logits
+ * is non-NULL it receives all [B*T, V] logits (small models / tests / generation). */
+double llama_forward(llama_model *m, const int32_t *inputs, const int32_t *targets,
+                     float loss_scale, float *logits);
+/* Backward through the blocks and embedding; accumulates gradients (call after a forward with
+ * loss_scale > 0 on the same inputs). */
+void llama_backward(llama_model *m, const int32_t *inputs);
+
+void llama_zero_grad(llama_model *m);
+void llama_begin_step(llama_model *m, long step);
+void llama_end_step(llama_model *m, long step);
+double llama_grad_norm(llama_model *m);
+void llama_optimizer_step(llama_model *m, const optim_hparams *h);
+
+/* Enumerates the dense parameters (embed, norms, lm_head) in HF order. */
+int llama_dense_params(llama_model *m, dense_param **out, int cap);
+
+/* Bytes per memory category held by parameters, gradients and optimizer state (not activations). */
+void llama_param_bytes(const llama_model *m, size_t bytes[MEM_NCAT]);
+
+#endif

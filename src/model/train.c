@@ -1,0 +1,51 @@
+#include "model/train.h"
+
+void train_hparams_defaults(train_hparams *h) {
+    h->sched.kind = SCHED_COSINE;
+    h->sched.lr = 1e-3;
+    h->sched.warmup_steps = 0;
+    h->sched.total_steps = 1000;
+    h->sched.min_lr_ratio = 0.1;
+    h->beta1 = 0.9f;
+    h->beta2 = 0.999f;
+    h->eps = 1e-6f;
+    h->weight_decay = 0.0f;
+    h->grad_clipping = 0.0f;
+    h->optimizer = OPTIM_ADAMW;
+}
+
+step_result train_step(llama_model *m, long step, const int32_t *const *inputs,
+                       const int32_t *const *targets, int accum, const train_hparams *h) {
+    step_result r = {0};
+    const int N = m->B * m->T;
+    /* each token's loss weighs 1 / (all tokens of the step), so accumulated gradients are those of
+     * the mean loss of the whole batch */
+    const float scale = 1.0f / ((float)N * (float)accum);
+    llama_zero_grad(m);
+    llama_begin_step(m, step);
+    for (int i = 0; i < accum; i++) {
+        r.loss += llama_forward(m, inputs[i], targets[i], scale, NULL);
+        llama_backward(m, inputs[i]);
+    }
+    r.loss /= accum;
+    llama_end_step(m, step);
+    r.grad_norm = llama_grad_norm(m);
+    optim_hparams oh = {
+        .kind = h->optimizer,
+        .lr = (float)sched_lr(&h->sched, step),
+        .beta1 = h->beta1,
+        .beta2 = h->beta2,
+        .eps = h->eps,
+        .weight_decay = h->weight_decay,
+        .grad_scale = 1.0f,
+        .t = step + 1,
+    };
+    /* torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1 */
+    if (h->grad_clipping > 0) {
+        float coef = (float)(h->grad_clipping / (r.grad_norm + 1e-6));
+        if (coef < 1.0f) oh.grad_scale = coef;
+    }
+    r.lr = oh.lr;
+    llama_optimizer_step(m, &oh);
+    return r;
+}

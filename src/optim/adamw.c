@@ -1,0 +1,130 @@
+/* AdamW with bias correction and decoupled weight decay, written to match torch.optim.AdamW:
+ *   w <- w * (1 - lr * wd)
+ *   m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
+ *   w <- w - (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)            */
+#include "optim/optim.h"
+
+#include "core/error.h"
+#include "core/mem.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+optim_kind optim_kind_parse(const char *name, int *ok) {
+    *ok = 1;
+    if (!strcmp(name, "adamw") || !strcmp(name, "adam")) return OPTIM_ADAMW;
+    if (!strcmp(name, "adam8bit") || !strcmp(name, "adamw8bit")) return OPTIM_ADAM8BIT;
+    *ok = 0;
+    return OPTIM_ADAMW;
+}
+
+const char *optim_kind_name(optim_kind k) { return k == OPTIM_ADAM8BIT ? "adam8bit" : "adamw"; }
+
+void optim_state_init(optim_state *s, size_t n, optim_kind kind) {
+    memset(s, 0, sizeof *s);
+    s->kind = kind;
+    s->n = n;
+}
+
+void optim_state_free(optim_state *s) {
+    mem_free(s->m);
+    mem_free(s->v);
+    mem_free(s->q);
+    s->m = s->v = NULL;
+    s->q = NULL;
+}
+
+void optim_state_reset(optim_state *s) {
+    if (s->m) memset(s->m, 0, s->n * sizeof(float));
+    if (s->v) memset(s->v, 0, s->n * sizeof(float));
+    if (s->q) memset(s->q, 0, mem_size(s->q));
+}
+
+size_t optim_state_bytes(const optim_state *s) {
+    return mem_size(s->m) + mem_size(s->v) + (s->q ? mem_size(s->q) : 0);
+}
+
+static void adamw_update(optim_state *s, float *w, const float *g, const optim_hparams *h) {
+    if (!s->m) {
+        s->m = mem_alloc(MEM_OPTIM, s->n * sizeof(float));
+        s->v = mem_alloc(MEM_OPTIM, s->n * sizeof(float));
+    }
+    const float b1 = h->beta1, b2 = h->beta2, eps = h->eps, gs = h->grad_scale;
+    const double bc1 = 1.0 - pow(h->beta1, (double)h->t), bc2 = 1.0 - pow(h->beta2, (double)h->t);
+    const float step = (float)(h->lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+    const float decay = 1.0f - h->lr * h->weight_decay;
+    float *m = s->m, *v = s->v;
+    const long n = (long)s->n;
+#pragma omp parallel for schedule(static) if (n > 32768)
+    for (long i = 0; i < n; i++) {
+        float gi = g[i] * gs;
+        m[i] = b1 * m[i] + (1.0f - b1) * gi;
+        v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+        w[i] = w[i] * decay - step * m[i] / (sqrtf(v[i]) * inv_sqrt_bc2 + eps);
+    }
+}
+
+void adam8bit_update(optim_state *s, float *w, const float *g, const optim_hparams *h);
+
+void optim_update(optim_state *s, float *w, const float *g, const optim_hparams *h) {
+    if (s->kind == OPTIM_ADAM8BIT) adam8bit_update(s, w, g, h);
+    else adamw_update(s, w, g, h);
+}
+
+double optim_sqnorm(const float *g, size_t n) {
+    /* fixed chunks summed in order: the clipping coefficient must not depend on scheduling */
+    enum { CHUNKS = 64 };
+    double part[CHUNKS];
+    size_t per = (n + CHUNKS - 1) / CHUNKS;
+#pragma omp parallel for schedule(static) if (n > 32768)
+    for (int c = 0; c < CHUNKS; c++) {
+        size_t i0 = (size_t)c * per, i1 = i0 + per < n ? i0 + per : n;
+        double acc = 0;
+        for (size_t i = i0; i < i1; i++) acc += (double)g[i] * g[i];
+        part[c] = acc;
+    }
+    double acc = 0;
+    for (int c = 0; c < CHUNKS; c++) acc += part[c];
+    return acc;
+}
+
+void optim_state_save(const optim_state *s, st_writer *w, const char *prefix) {
+    char name[256];
+    int64_t shape[1] = {(int64_t)s->n};
+    if (s->m) {
+        snprintf(name, sizeof name, "%s.exp_avg", prefix);
+        st_writer_add(w, name, ST_F32, 1, shape, s->m);
+        snprintf(name, sizeof name, "%s.exp_avg_sq", prefix);
+        st_writer_add(w, name, ST_F32, 1, shape, s->v);
+    }
+    if (s->q) {
+        int64_t qshape[1] = {(int64_t)mem_size(s->q)};
+        snprintf(name, sizeof name, "%s.state8", prefix);
+        st_writer_add(w, name, ST_U8, 1, qshape, s->q);
+    }
+}
+
+int optim_state_load(optim_state *s, const st_file *f, const char *prefix) {
+    char name[256];
+    int64_t shape[1] = {(int64_t)s->n};
+    snprintf(name, sizeof name, "%s.exp_avg", prefix);
+    if (st_find(f, name)) {
+        if (!s->m) {
+            s->m = mem_alloc(MEM_OPTIM, s->n * sizeof(float));
+            s->v = mem_alloc(MEM_OPTIM, s->n * sizeof(float));
+        }
+        if (st_read_f32(f, name, s->m, 1, shape)) return -1;
+        snprintf(name, sizeof name, "%s.exp_avg_sq", prefix);
+        if (st_read_f32(f, name, s->v, 1, shape)) return -1;
+    }
+    snprintf(name, sizeof name, "%s.state8", prefix);
+    const st_tensor *t = st_find(f, name);
+    if (t) {
+        if (!s->q || mem_size(s->q) != t->nbytes)
+            return loqt_set_error("optimizer state '%s' does not match this run's optimizer", name);
+        int64_t qshape[1] = {(int64_t)t->nbytes};
+        if (st_read_raw(f, name, s->q, ST_U8, 1, qshape)) return -1;
+    }
+    return 0;
+}

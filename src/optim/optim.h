@@ -1,0 +1,49 @@
+/* Optimizers over flat float32 parameter buffers.
+ *
+ * A method (or the model, for its dense parameters) owns one optim_state per trainable buffer and
+ * calls optim_update() with the gradient.  The gradient is multiplied by h->grad_scale first
+ * (global-norm clipping), so callers never rescale gradients in place. */
+#ifndef LOQT_OPTIM_H
+#define LOQT_OPTIM_H
+
+#include "io/safetensors.h"
+
+#include <stddef.h>
+
+typedef enum { OPTIM_ADAMW, OPTIM_ADAM8BIT } optim_kind;
+
+typedef struct {
+    optim_kind kind;
+    float lr;           /* learning rate of this step (after the schedule) */
+    float beta1, beta2, eps;
+    float weight_decay; /* decoupled: w -= lr * wd * w */
+    float grad_scale;   /* multiplies the gradient (clipping coefficient), 1 if none */
+    long t;             /* 1-based step count for bias correction */
+} optim_hparams;
+
+typedef struct {
+    optim_kind kind;
+    size_t n;
+    float *m, *v; /* AdamW: fp32 moments (MEM_OPTIM), allocated on first update */
+    void *q;      /* 8-bit state (adam8bit), owned by that implementation */
+} optim_state;
+
+optim_kind optim_kind_parse(const char *name, int *ok);
+const char *optim_kind_name(optim_kind k);
+
+void optim_state_init(optim_state *s, size_t n, optim_kind kind);
+void optim_state_free(optim_state *s);
+/* Forgets the moments (used by methods that re-initialise their factors). */
+void optim_state_reset(optim_state *s);
+size_t optim_state_bytes(const optim_state *s);
+
+void optim_update(optim_state *s, float *w, const float *g, const optim_hparams *h);
+
+/* Sum of squares of g (double accumulation), for global-norm clipping. */
+double optim_sqnorm(const float *g, size_t n);
+
+/* Checkpointing: tensors "<prefix>.exp_avg" / "<prefix>.exp_avg_sq" (or the 8-bit state). */
+void optim_state_save(const optim_state *s, st_writer *w, const char *prefix);
+int optim_state_load(optim_state *s, const st_file *f, const char *prefix);
+
+#endif
