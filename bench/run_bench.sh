@@ -98,6 +98,8 @@ done
 cpu=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo 2>/dev/null | head -n 1)
 [ -z "$cpu" ] && cpu=$(uname -m)
 gemm=$(sed -n 's/^gemm\(_backend\)\{0,1\}:[[:space:]]*//p' "$logdir"/loqt-*.log 2>/dev/null | head -n 1)
+# `loqt bench` names it in its first line ("..., gemm openblas").
+[ -z "$gemm" ] && gemm=$(sed -n '1s/.*[ ,]gemm \([A-Za-z0-9_-]*\).*/\1/p' "$logdir"/loqt-*.log 2>/dev/null | head -n 1)
 if [ -z "$gemm" ] && [ -x "$LOQT" ]; then
     if ldd "$LOQT" 2>/dev/null | grep -q openblas; then gemm=openblas; else gemm=portable; fi
 fi

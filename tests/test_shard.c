@@ -12,7 +12,9 @@
 
 static char dir[256];
 
-static void path_of(char *buf, size_t cap, const char *name) { snprintf(buf, cap, "%s/%s", dir, name); }
+static void path_of(char *buf, size_t cap, const char *name) {
+    snprintf(buf, cap, "%s/%s", dir, name);
+}
 
 static void write_bytes(const char *path, const void *data, size_t n) {
     FILE *f = fopen(path, "wb");
@@ -50,7 +52,8 @@ static void test_round_trip(void) {
     CHECK(shard_read(&s, p) == 0, "shard_read: %s", loqt_last_error());
     CHECK(s.n_tokens == n, "n_tokens %llu, want %zu", (unsigned long long)s.n_tokens, n);
     CHECK(s.vocab_size == 32000, "vocab %u", s.vocab_size);
-    CHECK(s.tokens && memcmp(s.tokens, t, n * 2) == 0, "tokens differ after the round trip (exact)");
+    CHECK(s.tokens && memcmp(s.tokens, t, n * 2) == 0,
+          "tokens differ after the round trip (exact)");
     CHECK(mem_category(s.tokens) == MEM_DATA, "shard tokens are accounted as data");
     shard_free(&s);
     CHECK(s.tokens == NULL && s.n_tokens == 0, "shard_free clears the struct");

@@ -107,13 +107,17 @@ static void test_reference_cases(void) {
     snprintf(path, sizeof path, "%s/tokenizer_cases.txt", dir && *dir ? dir : "build/ref");
     FILE *f = fopen(path, "rb");
     CHECK(f != NULL, "cannot open %s (run: node tests/gen_tokenizer_cases.js build/ref)", path);
-    tokenizer *t = load_real();
-    if (!f || !t) {
+    tokenizer *t = load_real(), *whole = load_real();
+    if (!f || !t || !whole) {
         if (f) fclose(f);
         tokenizer_free(t);
+        tokenizer_free(whole);
         return;
     }
-    size_t cap = 1 << 16, ncases = 0, nenc = 0, bad_enc = 0, bad_rt = 0, bad_dec = 0, lineno = 0;
+    /* the default per-segment queues, and the reference single queue: both must match the JS */
+    CHECK(tokenizer_set_segmented(t, 1) == 1, "the LLaMA vocabulary allows segmented encoding");
+    CHECK(tokenizer_set_segmented(whole, 0) == 0, "segments can be switched off");
+    size_t cap = 1 << 16, ncases = 0, nenc = 0, bad_enc = 0, bad_whole = 0, bad_rt = 0, bad_dec = 0, lineno = 0;
     char *line = malloc(cap);
     char *text = malloc(cap);
     int32_t *want = malloc(cap * sizeof *want);
@@ -160,6 +164,11 @@ static void test_reference_cases(void) {
             if (bad_enc++ < 5) CHECK(0, "%s:%zu: encoding differs (%ld tokens, want %ld)", path, lineno, n, nw);
         }
         free(ids);
+        n = tokenizer_encode(whole, text, tn, bos, &ids);
+        if (!ids_equal(ids, n, want, nw)) {
+            if (bad_whole++ < 5) CHECK(0, "%s:%zu: single-queue encoding differs", path, lineno);
+        }
+        free(ids);
         if (!roundtrips(t, text, tn, bos) && bad_rt++ < 5) CHECK(0, "%s:%zu: decode(encode(x)) != x", path, lineno);
     }
     fclose(f);
@@ -167,10 +176,13 @@ static void test_reference_cases(void) {
     free(text);
     free(want);
     CHECK(nenc >= 300, "%zu encode cases, want at least 300", nenc);
-    CHECK(bad_enc == 0 && bad_rt == 0 && bad_dec == 0,
-          "%zu of %zu encodings differ, %zu round trips and %zu decodes fail", bad_enc, nenc, bad_rt, bad_dec);
-    printf("    %zu reference cases checked (%zu encodings, each also round-tripped)\n", ncases, nenc);
+    CHECK(bad_enc == 0 && bad_whole == 0 && bad_rt == 0 && bad_dec == 0,
+          "%zu (single queue: %zu) of %zu encodings differ, %zu round trips and %zu decodes fail",
+          bad_enc, bad_whole, nenc, bad_rt, bad_dec);
+    printf("    %zu reference cases checked (%zu encodings, both algorithms, each also round-tripped)\n",
+           ncases, nenc);
     tokenizer_free(t);
+    tokenizer_free(whole);
 }
 
 /* ------------------------------------------------ arbitrary bytes and API edges */
@@ -245,7 +257,16 @@ static void test_speed(void) {
     double mbs = (double)total / 1e6 / sec;
     printf("    encode: %.2f MB in %.3f s = %.1f MB/s, %.2f bytes/token\n", (double)total / 1e6,
            sec, mbs, (double)total / (double)tokens);
-    CHECK(mbs > 1.0, "encode speed %.2f MB/s, want > 1 MB/s (30 MB in 30 s; loose for shared cores)", mbs);
+    /* 30 MB in 30 s; loose because the cores are shared, and looser under sanitizers */
+    double want = 1.0;
+#if defined(__SANITIZE_ADDRESS__)
+    want = 0.05;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+    want = 0.05;
+#endif
+#endif
+    CHECK(mbs > want, "encode speed %.2f MB/s, want > %.2f MB/s", mbs, want);
     tokenizer_free(t);
 }
 
@@ -329,7 +350,7 @@ static void make_tmp_path(void) {
 
 /* ids in the synthetic vocabulary */
 enum { S_SP = 259, S_A, S_B, S_AB, S_SPA, S_SPAB, S_N };
-static const char *syn_extra[] = {"\xE2\x96\x81", "a", "b", "ab", "\xE2\x96\x81" "a", "\xE2\x96\x81" "ab"};
+static const char *syn_extra[] = {"\xE2\x96\x81", "a", "b", "ab", ("\xE2\x96\x81" "a"), ("\xE2\x96\x81" "ab")};
 static const uint16_t syn_merges[][2] = {{S_A, S_B}, {S_SP, S_A}, {S_SPA, S_B}};
 
 static void test_synthetic_bpe(void) {
@@ -364,6 +385,14 @@ static void test_synthetic_bpe(void) {
         tokenizer_free(t);
     }
     free(f);
+    /* a piece with a letter before "▁" could join two words: segments must then stay off */
+    const char *joined[] = {"\xE2\x96\x81", "a", "b", "ab", ("\xE2\x96\x81" "a"), "a\xE2\x96\x81"};
+    f = make_file(joined, 6, syn_merges, 2, &size);
+    write_tmp(f, size);
+    t = tokenizer_load(tmp_path);
+    CHECK(t && tokenizer_set_segmented(t, 1) == 0, "no segments when a piece has \"a▁\"");
+    tokenizer_free(t);
+    free(f);
     unlink(tmp_path);
 }
 
@@ -387,11 +416,12 @@ static void test_corrupt_files(void) {
 
     /* every single byte changed (the checksum or a size check catches each) */
     bad = 0, tried = 0;
-    for (size_t i = 0; i < size; i++, tried++) {
-        memcpy(f, good, size);
-        f[i] ^= (unsigned char)(1u << (i % 8));
-        bad += !rejects(f, size);
-    }
+    for (size_t i = 0; i < size; i++)
+        for (int x = 0; x < 2; x++, tried++) {
+            memcpy(f, good, size);
+            f[i] ^= x ? 0xFF : (unsigned char)(1u << (i % 8));
+            bad += !rejects(f, size);
+        }
     CHECK(bad == 0, "%d of %d files with a flipped byte were accepted", bad, tried);
 
     /* structural errors behind a valid checksum */
@@ -416,9 +446,9 @@ static void test_corrupt_files(void) {
         CHECK(rejects(f, size), "overlong piece: %s", loqt_last_error());
     }
     /* content errors: each a valid file apart from one thing */
-    const char *dup[] = {"\xE2\x96\x81", "a", "b", "ab", "\xE2\x96\x81" "a", "a"};
-    const char *badutf[] = {"\xE2\x96\x81", "a", "b", "ab", "\xE2\x96\x81" "a", "\xC3\x28"};
-    const char *space[] = {"\xE2\x96\x81", "a", "b", "ab", "\xE2\x96\x81" "a", "x y"};
+    const char *dup[] = {"\xE2\x96\x81", "a", "b", "ab", ("\xE2\x96\x81" "a"), "a"};
+    const char *badutf[] = {"\xE2\x96\x81", "a", "b", "ab", ("\xE2\x96\x81" "a"), "\xC3\x28"};
+    const char *space[] = {"\xE2\x96\x81", "a", "b", "ab", ("\xE2\x96\x81" "a"), "x y"};
     const char *nospace[] = {"_", "a", "b", "ab", "_a", "_ab"};
     const uint16_t range[][2] = {{S_A, S_B}, {S_SP, 300}};
     const uint16_t noresult[][2] = {{S_A, S_B}, {S_B, S_A}};
@@ -457,7 +487,7 @@ static void test_corrupt_files(void) {
             bad = 0, tried = 0;
             for (long len = 0; len < rn; len = len < 64 ? len + 1 : len * 3 / 2, tried++)
                 bad += !rejects(r, (size_t)len);
-            for (long i = 0; i < rn; i = i < 32 ? i + 1 : i + rn / 64, tried++) {
+            for (long i = 0; i < rn; i = i < 32 ? i + 1 : i + rn / 256, tried++) {
                 r[i] ^= 0x10;
                 bad += !rejects(r, got);
                 r[i] ^= 0x10;

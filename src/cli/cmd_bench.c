@@ -50,8 +50,8 @@ int cmd_bench(int argc, char **argv) {
     train_hparams_defaults(&h);
     h.sched.kind = SCHED_CONSTANT;
     h.optimizer = mo.optimizer;
-    printf("bench: model %s (%.1fM params), method %s, optimizer %s, batch %d x %d, %d threads, gemm %s\n",
-           cfg.name, config_params_total(&cfg) / 1e6, meth->name, optimizer, batch, T, cli_threads(), gemm_backend());
+    printf("bench: model %s (%.1fM params), method %s, optimizer %s, batch %d x %d, %d threads, gemm %s (%s)\n",
+           cfg.name, config_params_total(&cfg) / 1e6, meth->name, optimizer, batch, T, cli_threads(), gemm_backend(), loqt_blas_kernels());
     double timed = 0;
     for (int s = 0; s < warmup + steps; s++) {
         for (int i = 0; i < N; i++) {

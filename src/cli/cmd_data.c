@@ -16,8 +16,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-
-
 #define DEFAULT_SOURCES "sotu,mobydick,brown,nlpcorpus"
 #define DEBIAN_SOURCES "kjv,fortunes"
 #define FETCH_SCRIPT "scripts/fetch_corpus.sh"
@@ -84,14 +82,14 @@ static void run_fetch(const char *script, int debian, const char *out, char **na
 static int split_sources(char *list, char **names) {
     int n = 0;
     for (char *p = strtok(list, ", "); p; p = strtok(NULL, ", ")) {
-        if (n == MAX_SOURCES) loqt_die("--sources: more than %d sources", MAX_SOURCES);
+        if (n == MAX_SOURCES) loqt_die("data: --sources: more than %d sources", MAX_SOURCES);
         if (strspn(p, "abcdefghijklmnopqrstuvwxyz0123456789_-") != strlen(p))
-            loqt_die("--sources: bad source name '%s'", p);
+            loqt_die("data: --sources: bad source name '%s'", p);
         for (int i = 0; i < n; i++)
-            if (!strcmp(names[i], p)) loqt_die("--sources: '%s' given twice", p);
+            if (!strcmp(names[i], p)) loqt_die("data: --sources: '%s' given twice", p);
         names[n++] = p;
     }
-    if (n == 0) loqt_die("--sources: no source names given");
+    if (n == 0) loqt_die("data: --sources: no source names given");
     return n;
 }
 
@@ -102,7 +100,8 @@ int cmd_data(int argc, char **argv) {
     int debian = 0, no_fetch = 0, quiet = 0;
     const opt_spec specs[] = {
         {"out", OPT_STRING, &out, "output directory (text/ and the shards go here)", NULL},
-        {"tokenizer", OPT_STRING, &tok_path, "tokenizer file (scripts/fetch_tokenizer.sh makes it)", NULL},
+        {"tokenizer", OPT_STRING, &tok_path, "tokenizer file (scripts/fetch_tokenizer.sh makes it)",
+         NULL},
         {"val-fraction", OPT_FLOAT, &val_fraction,
          "fraction of documents in the validation split, chosen by content hash", NULL},
         {"val-tokens", OPT_LONG, &val_tokens,
@@ -110,8 +109,10 @@ int cmd_data(int argc, char **argv) {
         {"shard-tokens", OPT_LONG, &shard_tokens, "tokens per shard file", NULL},
         {"sources", OPT_STRING, &sources,
          "comma-separated: sotu,mobydick,brown,nlpcorpus (default), kjv,fortunes (Debian)", NULL},
-        {"debian", OPT_FLAG, &debian, "add the Debian sources kjv,fortunes to the default list", NULL},
-        {"no-fetch", OPT_FLAG, &no_fetch, "do not run " FETCH_SCRIPT "; use OUT/text/NAME.txt as is", NULL},
+        {"debian", OPT_FLAG, &debian, "add the Debian sources kjv,fortunes to the default list",
+         NULL},
+        {"no-fetch", OPT_FLAG, &no_fetch,
+         "do not run " FETCH_SCRIPT "; use OUT/text/NAME.txt as is", NULL},
         {"quiet", OPT_FLAG, &quiet, "no progress lines", NULL},
     };
     opts_parse(specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "data",
@@ -119,25 +120,30 @@ int cmd_data(int argc, char **argv) {
                "prepended and writes OUT/train_NNN.bin, OUT/val_NNN.bin and OUT/manifest.json.\n"
                "The validation split is fixed by a hash of each document's text (docs/data.md).");
     if (!out || !*out) loqt_die("data: --out DIR is required");
-    if (!(val_fraction >= 0 && val_fraction < 1)) loqt_die("data: --val-fraction must be in [0, 1)");
+    if (!(val_fraction >= 0 && val_fraction < 1))
+        loqt_die("data: --val-fraction must be in [0, 1)");
     if (val_tokens < 0) loqt_die("data: --val-tokens must be >= 0");
     if (opts_given("val-tokens") && opts_given("val-fraction"))
         loqt_die("data: give --val-fraction or --val-tokens, not both");
     if (shard_tokens < 1) loqt_die("data: --shard-tokens must be >= 1");
 
     char list[1024];
-    snprintf(list, sizeof list, "%s", sources ? sources
-                                      : debian ? DEFAULT_SOURCES "," DEBIAN_SOURCES
-                                               : DEFAULT_SOURCES);
+    snprintf(list, sizeof list, "%s",
+             sources  ? sources
+             : debian ? DEFAULT_SOURCES "," DEBIAN_SOURCES
+                      : DEFAULT_SOURCES);
     char *names[MAX_SOURCES];
     int n_src = split_sources(list, names);
 
     /* The tokenizer first: a missing one should not cost a download. */
     tokenizer *tok = tokenizer_load(tok_path);
-    if (!tok) loqt_die("data: %s (make it with: bash scripts/fetch_tokenizer.sh data)", loqt_last_error());
+    if (!tok)
+        loqt_die("data: %s (make it with: bash scripts/fetch_tokenizer.sh data)",
+                 loqt_last_error());
     int vocab = tokenizer_vocab_size(tok);
     if (vocab <= 0 || vocab > 65536)
-        loqt_die("data: tokenizer %s has %d pieces; shards hold uint16 ids (at most 65536)", tok_path, vocab);
+        loqt_die("data: tokenizer %s has %d pieces; shards hold uint16 ids (at most 65536)",
+                 tok_path, vocab);
     size_t tok_len = 0;
     char *tok_bytes = file_read_all(tok_path, (size_t)1 << 30, &tok_len);
     if (!tok_bytes) loqt_die_last("data");
@@ -148,8 +154,10 @@ int cmd_data(int argc, char **argv) {
     if (!no_fetch) {
         char script[4200];
         if (find_script(script, sizeof script) != 0)
-            loqt_die("data: %s not found; run loqt from the repository root, or use --no-fetch with "
-                     "%s/text/NAME.txt already in place", FETCH_SCRIPT, out);
+            loqt_die(
+                "data: %s not found; run loqt from the repository root, or use --no-fetch with "
+                "%s/text/NAME.txt already in place",
+                FETCH_SCRIPT, out);
         run_fetch(script, debian && !sources, out, names, n_src);
     }
 

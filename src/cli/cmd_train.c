@@ -204,9 +204,9 @@ int cmd_train(int argc, char **argv) {
     printf("model %s: %.1fM parameters (%d layers, hidden %d), method %s, optimizer %s\n", cfg.name,
            nparams / 1e6, cfg.num_hidden_layers, cfg.hidden_size, meth->name, a.optimizer);
     printf("data: %.2fM training tokens, %.2fM validation tokens; %d x %d tokens per micro-batch, "
-           "%d micro-batches per step; %d threads, gemm %s\n",
+           "%d micro-batches per step; %d threads, gemm %s (%s)\n",
            loader_tokens(&train) / 1e6, loader_tokens(&val) / 1e6, a.batch_size, a.max_length,
-           accum, cli_threads(), gemm_backend());
+           accum, cli_threads(), gemm_backend(), loqt_blas_kernels());
     printf("output: %s\n", a.output_dir);
 
     const int N = a.batch_size * a.max_length;

@@ -12,6 +12,9 @@ int cmd_bench(int argc, char **argv);
 int cmd_data(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 
+/* The OpenBLAS kernel set chosen at start-up (cli/main.c). */
+const char *loqt_blas_kernels(void);
+
 /* Shared by the commands (cli/common.c). */
 void cli_set_threads(int threads); /* 0 = all cores */
 int cli_threads(void);

@@ -5,28 +5,50 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 /* Debian's OpenBLAS 0.3.21 does not recognise recent AMD cores and falls back to its AVX2
- * (Haswell) kernels, about half the speed of its AVX-512 ones on a CPU that has AVX-512.  The
- * kernel set is chosen when the library loads, from OPENBLAS_CORETYPE, so when the variable is
- * unset and the CPU has AVX-512 we set it and re-execute ourselves once.  A user's own setting is
- * always respected. */
+ * ("Haswell") kernels, and some machine images pin OPENBLAS_CORETYPE=Haswell; on a CPU with
+ * AVX-512 its "SkylakeX" kernels are about twice as fast for our shapes.  The kernel set is chosen
+ * when the library loads, so when the CPU has AVX-512 and the variable is unset or names an AVX2
+ * or older set, we set it and re-execute ourselves once.  LOQT_BLAS_CORETYPE=keep leaves
+ * OPENBLAS_CORETYPE alone; LOQT_BLAS_CORETYPE=NAME forces NAME. */
+static const char *blas_kernel_note = "";
+
 static void choose_blas_kernels(char **argv) {
 #if defined(LOQT_OPENBLAS) && (defined(__x86_64__) || defined(__i386__))
-    if (getenv("OPENBLAS_CORETYPE") || getenv("LOQT_NO_REEXEC")) return;
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
-        !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("avx512vl"))
+    if (getenv("LOQT_REEXECED")) {
+        blas_kernel_note = getenv("OPENBLAS_CORETYPE");
         return;
-    setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
-    setenv("LOQT_NO_REEXEC", "1", 1);
+    }
+    const char *want = getenv("LOQT_BLAS_CORETYPE"), *have = getenv("OPENBLAS_CORETYPE");
+    blas_kernel_note = have ? have : "";
+    if (want && !strcmp(want, "keep")) return;
+    if (!want) {
+        __builtin_cpu_init();
+        if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+            !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("avx512vl"))
+            return;
+        static const char *older[] = {"Haswell", "Zen", "Sandybridge", "Nehalem", "Core2",
+                                      "Prescott", "Barcelona", "Bulldozer", "Piledriver",
+                                      "Steamroller", "Excavator", "Atom"};
+        int replace = !have || !*have;
+        for (size_t i = 0; have && i < sizeof older / sizeof older[0]; i++)
+            if (!strcasecmp(have, older[i])) replace = 1;
+        if (!replace) return;
+        want = "SkylakeX";
+    }
+    setenv("OPENBLAS_CORETYPE", want, 1);
+    setenv("LOQT_REEXECED", "1", 1);
     execv("/proc/self/exe", argv);
-    /* exec failed: carry on with the default kernels */
+    unsetenv("LOQT_REEXECED"); /* exec failed: carry on with the kernels already loaded */
 #else
     (void)argv;
 #endif
 }
+
+const char *loqt_blas_kernels(void) { return blas_kernel_note && *blas_kernel_note ? blas_kernel_note : "default"; }
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -57,7 +79,7 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "data")) return cmd_data(n, a);
     if (!strcmp(c, "export")) return cmd_export(n, a);
     if (!strcmp(c, "version") || !strcmp(c, "--version")) {
-        printf("loqt 0.1.0 (gemm: %s)\n", gemm_backend());
+        printf("loqt 0.1.0 (gemm: %s, kernels: %s)\n", gemm_backend(), loqt_blas_kernels());
         return 0;
     }
     if (!strcmp(c, "help") || !strcmp(c, "--help") || !strcmp(c, "-h")) {

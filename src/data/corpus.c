@@ -77,7 +77,9 @@ static uint64_t fmix(uint64_t x) {
     return x ^ (x >> 31);
 }
 
-uint64_t corpus_hash(const void *data, size_t len) { return fmix(fnv_update(FNV_OFFSET, data, len)); }
+uint64_t corpus_hash(const void *data, size_t len) {
+    return fmix(fnv_update(FNV_OFFSET, data, len));
+}
 
 typedef struct {
     uint64_t key;
@@ -120,7 +122,8 @@ long corpus_split(const uint64_t *h, const uint64_t *ntok, size_t n, double val_
     free(k);
     if (nval == n)
         return loqt_set_error("the validation split would take all %zu documents, leaving none to "
-                              "train on; ask for a smaller one", n);
+                              "train on; ask for a smaller one",
+                              n);
     return (long)nval;
 }
 
@@ -231,7 +234,8 @@ static int encode_source(corpus_store *st, const corpus_source *src, int si,
         double t = now_s();
         if (opt->verbose && rc == 0 && (t - last > 2 || !more)) {
             double pct = more && r.len ? 100.0 * (double)r.pos / (double)r.len : 100.0;
-            fprintf(stderr, "  %-10s %7zu documents %11llu tokens  %5.1f%% of %.1f MB  %.0f tokens/s\n",
+            fprintf(stderr,
+                    "  %-10s %7zu documents %11llu tokens  %5.1f%% of %.1f MB  %.0f tokens/s\n",
                     src->name, ndocs, (unsigned long long)ntok, pct, (double)r.len / 1e6,
                     (double)ntok / (t - t0 + 1e-9));
             last = t;
@@ -256,7 +260,8 @@ static int is_shard_name(const char *name) {
     return 0;
 }
 
-/* Removes train_*.bin / val_*.bin of an earlier run: the loader reads every shard it finds. */
+/* Removes train_*.bin / val_*.bin of an earlier run (the loader reads every shard it finds) and
+ * its manifest, which is written last: a directory without one is a build that did not finish. */
 static int remove_old_shards(const char *dir) {
     DIR *d = opendir(dir);
     if (!d) return loqt_set_error("%s: cannot open: %s", dir, strerror(errno));
@@ -264,9 +269,10 @@ static int remove_old_shards(const char *dir) {
     char path[4096];
     int rc = 0;
     while (rc == 0 && (de = readdir(d))) {
-        if (!is_shard_name(de->d_name)) continue;
+        if (!is_shard_name(de->d_name) && strcmp(de->d_name, "manifest.json") != 0) continue;
         snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        if (unlink(path) != 0) rc = loqt_set_error("%s: cannot remove old shard: %s", path, strerror(errno));
+        if (unlink(path) != 0)
+            rc = loqt_set_error("%s: cannot remove old shard: %s", path, strerror(errno));
     }
     closedir(d);
     return rc;
@@ -311,8 +317,9 @@ static int flush_shard(const char *dir, const char *split, shard_list *L, const 
 }
 
 /* Writes the documents of one split (in the fixed shuffled order) as shards. */
-static int write_split(const char *dir, int split, const corpus_store *st, const unsigned char *is_val,
-                       const corpus_options *opt, shard_list *L, uint64_t *checksum) {
+static int write_split(const char *dir, int split, const corpus_store *st,
+                       const unsigned char *is_val, const corpus_options *opt, shard_list *L,
+                       uint64_t *checksum) {
     const char *name = split ? "val" : "train";
     size_t n = 0;
     uint64_t total = 0;
@@ -347,7 +354,8 @@ static int write_split(const char *dir, int split, const corpus_store *st, const
             }
         }
     }
-    if (rc == 0 && fill) rc = flush_shard(dir, name, L, buf, fill, opt->vocab_size, checksum, opt->verbose);
+    if (rc == 0 && fill)
+        rc = flush_shard(dir, name, L, buf, fill, opt->vocab_size, checksum, opt->verbose);
     if (buf) mem_free(buf);
     free(k);
     return rc;
@@ -358,8 +366,9 @@ static void write_manifest_split(FILE *f, const char *name, const corpus_result 
     fprintf(f, "  \"%s\": {\"documents\": %llu, \"tokens\": %llu, \"shards\": [", name,
             (unsigned long long)res->docs[s], (unsigned long long)res->tokens[s]);
     for (int i = 0; i < L->n; i++)
-        fprintf(f, "%s\n    {\"file\": \"%s\", \"tokens\": %llu, \"fnv1a64\": \"%016llx\"}", i ? "," : "",
-                L->sh[i].name, (unsigned long long)L->sh[i].tokens, (unsigned long long)L->sh[i].fnv);
+        fprintf(f, "%s\n    {\"file\": \"%s\", \"tokens\": %llu, \"fnv1a64\": \"%016llx\"}",
+                i ? "," : "", L->sh[i].name, (unsigned long long)L->sh[i].tokens,
+                (unsigned long long)L->sh[i].fnv);
     fprintf(f, "%s]}", L->n ? "\n  " : "");
 }
 
@@ -370,7 +379,8 @@ static int write_manifest(const char *dir, const corpus_source *src, int n_src,
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
     if (!f) return loqt_set_error("out of memory writing the manifest");
-    fprintf(f, "{\n  \"format\": \"loqt-token-shards\",\n  \"shard_version\": %d,\n", SHARD_VERSION);
+    fprintf(f, "{\n  \"format\": \"loqt-token-shards\",\n  \"shard_version\": %d,\n",
+            SHARD_VERSION);
     fprintf(f, "  \"tokenizer\": ");
     json_write_string(f, opt->tokenizer_path ? opt->tokenizer_path : "");
     fprintf(f, ",\n  \"tokenizer_hash\": \"%016llx\",\n  \"vocab_size\": %u,\n",
@@ -378,10 +388,13 @@ static int write_manifest(const char *dir, const corpus_source *src, int n_src,
     fprintf(f, "  \"bos_prepended\": true,\n  \"shard_tokens\": %llu,\n",
             (unsigned long long)opt->shard_tokens);
     if (opt->val_tokens)
-        fprintf(f, "  \"split_rule\": \"val = documents in increasing corpus_hash until >= %llu tokens\",\n",
+        fprintf(f,
+                "  \"split_rule\": \"val = documents in increasing corpus_hash until >= %llu "
+                "tokens\",\n",
                 (unsigned long long)opt->val_tokens);
     else
-        fprintf(f, "  \"split_rule\": \"val = documents with (corpus_hash >> 11) / 2^53 < %.17g\",\n",
+        fprintf(f,
+                "  \"split_rule\": \"val = documents with (corpus_hash >> 11) / 2^53 < %.17g\",\n",
                 opt->val_fraction);
     fprintf(f, "  \"sources\": [");
     for (int i = 0; i < n_src; i++) {
@@ -393,9 +406,11 @@ static int write_manifest(const char *dir, const corpus_source *src, int n_src,
         if (strncmp(file, dir, k) == 0 && file[k] == '/') file += k + 1;
         fprintf(f, ", \"file\": ");
         json_write_string(f, file);
-        fprintf(f, ", \"bytes\": %llu, \"documents\": %llu, \"train_documents\": %llu, "
-                   "\"val_documents\": %llu, \"train_tokens\": %llu, \"val_tokens\": %llu}",
-                (unsigned long long)ss[i].bytes, (unsigned long long)(ss[i].docs[0] + ss[i].docs[1]),
+        fprintf(f,
+                ", \"bytes\": %llu, \"documents\": %llu, \"train_documents\": %llu, "
+                "\"val_documents\": %llu, \"train_tokens\": %llu, \"val_tokens\": %llu}",
+                (unsigned long long)ss[i].bytes,
+                (unsigned long long)(ss[i].docs[0] + ss[i].docs[1]),
                 (unsigned long long)ss[i].docs[0], (unsigned long long)ss[i].docs[1],
                 (unsigned long long)ss[i].tokens[0], (unsigned long long)ss[i].tokens[1]);
     }
@@ -434,9 +449,9 @@ int corpus_build(const char *out_dir, const corpus_source *src, int n_src,
     int rc = ss ? 0 : loqt_set_error("out of memory");
     for (int i = 0; rc == 0 && i < n_src; i++) rc = encode_source(&st, &src[i], i, opt, &ss[i]);
     if (rc == 0) {
-        is_val = malloc(st.ndoc);
-        h = malloc(st.ndoc * sizeof *h);
-        nt = malloc(st.ndoc * sizeof *nt);
+        is_val = calloc(st.ndoc + 1, 1);
+        h = calloc(st.ndoc + 1, sizeof *h);
+        nt = calloc(st.ndoc + 1, sizeof *nt);
         if (!is_val || !h || !nt) rc = loqt_set_error("out of memory");
     }
     if (rc == 0) {

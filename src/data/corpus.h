@@ -16,7 +16,8 @@
  * Within each split the documents are ordered by a second hash of their content (a fixed
  * shuffle, so that a run that sees part of an epoch sees every source, not just the first one),
  * each document is encoded with BOS prepended, and the token stream is cut into shards of
- * shard_tokens tokens (a document may continue into the next shard: the loader concatenates them). */
+ * shard_tokens tokens (a document may continue into the next shard; the loader concatenates
+ * them). */
 #ifndef LOQT_CORPUS_H
 #define LOQT_CORPUS_H
 

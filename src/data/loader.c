@@ -68,8 +68,9 @@ static int list_shards(const char *dir, const char *split, shard_entry **out, in
     closedir(d);
     if (n == 0) {
         free(e);
-        return loqt_set_error("%s: no %s shards (%s_000.bin ...); make them with 'loqt data --out %s'",
-                              dir, split, split, dir);
+        return loqt_set_error(
+            "%s: no %s shards (%s_000.bin ...); make them with 'loqt data --out %s'", dir, split,
+            split, dir);
     }
     qsort(e, (size_t)n, sizeof *e, by_index);
     for (int i = 0; i < n; i++)
@@ -97,8 +98,8 @@ int loader_open(data_loader *L, const char *dir, const char *split) {
     memset(L, 0, sizeof *L);
     if (!split || !*split || strchr(split, '/'))
         return loqt_set_error("bad split name '%s'", split ? split : "");
-    shard_entry *e;
-    int n;
+    shard_entry *e = NULL;
+    int n = 0;
     if (list_shards(dir, split, &e, &n) != 0) return -1;
 
     /* Size the stream from the file sizes first, so the shards can be copied in one at a time
@@ -167,7 +168,8 @@ uint64_t loader_position(const data_loader *L) { return L->pos; }
 void loader_seek(data_loader *L, uint64_t pos) { L->pos = L->n_tokens ? pos % L->n_tokens : 0; }
 
 int loader_check_batch(const data_loader *L, int B, int T) {
-    if (B <= 0 || T <= 0) return loqt_set_error("batch size %d and sequence length %d must be positive", B, T);
+    if (B <= 0 || T <= 0)
+        return loqt_set_error("batch size %d and sequence length %d must be positive", B, T);
     uint64_t need = (uint64_t)B * (uint64_t)T + 1;
     if (need > L->n_tokens)
         return loqt_set_error("one batch of %d x %d needs %llu tokens but the split has only %llu",

@@ -27,6 +27,7 @@
 #define TOK_MAX_PIECES 65536u         /* merge ids are stored as uint16 */
 #define TOK_MAX_FILE (1u << 30)       /* far above the 0.5 MB of the real file */
 #define TOK_MAX_TEXT ((size_t)1 << 30) /* one encode call; keeps node indices in int32 */
+#define U2581 "\xE2\x96\x81"             /* "▁", the piece that stands for a space */
 
 typedef struct {
     uint32_t rank; /* 2*k + 1 for merge k (the JS priority base); 0 marks an empty slot */
@@ -49,6 +50,8 @@ struct tokenizer {
     uint32_t piece_mask;
     merge_slot *merge;       /* open-addressing hash of id pairs */
     uint32_t merge_mask;
+    int can_segment;         /* the vocabulary allows per-word queues (see is_boundary) */
+    int segmented;           /* they are in use (tokenizer_set_segmented) */
 };
 
 /* ---------------------------------------------------------------- helpers */
@@ -156,6 +159,12 @@ void tokenizer_free(tokenizer *t) {
 
 int tokenizer_vocab_size(const tokenizer *t) { return t ? t->n : 0; }
 
+int tokenizer_set_segmented(tokenizer *t, int on) {
+    if (!t) return 0;
+    t->segmented = on && t->can_segment;
+    return t->segmented;
+}
+
 const char *tokenizer_piece(const tokenizer *t, int id) {
     if (!t || id < 0 || id >= t->n) return NULL;
     return t->text + t->off[id];
@@ -199,6 +208,7 @@ static int build(tokenizer *t, const char *path, const unsigned char *buf, uint3
     const unsigned char *pairs = text + text_bytes;
 
     t->n = (int)n;
+    t->can_segment = 1;
     t->off = mem_try_alloc(MEM_DATA, ((size_t)n + 1) * sizeof *t->off);
     t->text = mem_try_alloc(MEM_DATA, (size_t)text_bytes + n);
     t->byte_of = mem_try_alloc(MEM_DATA, (size_t)n * sizeof *t->byte_of);
@@ -235,6 +245,9 @@ static int build(tokenizer *t, const char *path, const unsigned char *buf, uint3
             if (chars++ == 0) first = cp;
             j += (uint32_t)k;
         }
+        for (uint32_t j = 1; j + 3 <= len; j++) /* a "▁" after a character other than "▁" */
+            if (memcmp(p + j, U2581, 3) == 0 && (j < 3 || memcmp(p + j - 3, U2581, 3) != 0))
+                t->can_segment = 0;
         t->off[i] = (uint32_t)(pos + i);
         memcpy(t->text + t->off[i], p, len);
         t->text[t->off[i] + len] = 0;
@@ -281,7 +294,7 @@ static int build(tokenizer *t, const char *path, const unsigned char *buf, uint3
         t->byte_id[b] = id;
         t->byte_of[id] = (int16_t)b;
     }
-    t->space_id = tokenizer_piece_id(t, "\xE2\x96\x81", 3);
+    t->space_id = tokenizer_piece_id(t, U2581, 3);
     if (t->space_id < 0) return loqt_set_error("tokenizer %s: the space piece U+2581 is missing", path);
 
     /* merges: ids in range, each result a piece; a repeated pair keeps its last rank (JS Map.set) */
@@ -306,8 +319,10 @@ static int build(tokenizer *t, const char *path, const unsigned char *buf, uint3
         uint32_t key = a << 16 | b, h = hash_u32(key) & t->merge_mask;
         while (t->merge[h].rank && t->merge[h].key != key) h = (h + 1) & t->merge_mask;
         t->merge[h] = (merge_slot){2 * k + 1, key, r};
+        if (a < 3 || b < 3 || t->byte_of[a] >= 0 || t->byte_of[b] >= 0) t->can_segment = 0;
     }
     free(cat);
+    t->segmented = t->can_segment;
     return 0;
 }
 
@@ -437,6 +452,43 @@ static int try_queue(const tokenizer *t, bpe_node *nodes, bpe_heap *h, uint32_t 
     return heap_push(h, (bpe_entry){(double)m->rank + (double)i / units, i, nd->gen});
 }
 
+/* Pops merges in priority order until the queue is empty (the JS main loop). */
+static int run_queue(const tokenizer *t, bpe_node *nodes, bpe_heap *heap, double units) {
+    int err = 0;
+    while (heap->n && !err) {
+        bpe_entry e = heap_pop(heap);
+        bpe_node *l = &nodes[e.node];
+        if (l->gen != e.gen || l->next < 0) continue; /* replaced since it was queued */
+        bpe_node *r = &nodes[l->next];
+        l->tok = l->result;
+        l->gen++;
+        r->gen++;
+        l->next = r->next;
+        if (l->next >= 0) nodes[l->next].prev = (int32_t)e.node;
+        if (l->prev >= 0) {
+            nodes[l->prev].gen++; /* the JS replaces the left neighbour by a copy */
+            err |= try_queue(t, nodes, heap, (uint32_t)l->prev, units);
+        }
+        if (l->next >= 0) err |= try_queue(t, nodes, heap, e.node, units);
+    }
+    return err;
+}
+
+/* Segments.  With this vocabulary no merge can join two initial tokens a, b when
+ *   - either is BOS/EOS/<unk> or a byte token (no merge uses them), or
+ *   - b is "▁" and a is not (no piece has another character right before a "▁"),
+ * which the loader verifies (t->segmented).  Between such tokens the text falls apart into
+ * independent segments, roughly one word each.  Each segment's merges run in the order of their
+ * JS priorities, as in the single queue: a merge only ever enables merges next to it, so how pops
+ * of different segments interleave does not change any result, and within a segment no two
+ * priorities are equal (same rank: different positions; different rank: the position fraction
+ * differs by less than 2, since a segment spans fewer than 2 * promptLength positions).  So
+ * running one small queue per segment gives the same tokens, with a queue that stays in cache. */
+static int is_boundary(const tokenizer *t, int32_t a, int32_t b) {
+    return a < 3 || b < 3 || t->byte_of[a] >= 0 || t->byte_of[b] >= 0 ||
+           (b == t->space_id && a != t->space_id);
+}
+
 long tokenizer_encode(const tokenizer *t, const char *text, size_t len, int add_bos, int32_t **out) {
     if (!out) return loqt_set_error("tokenizer_encode: no output pointer");
     *out = NULL;
@@ -482,23 +534,13 @@ long tokenizer_encode(const tokenizer *t, const char *text, size_t len, int add_
         nodes[i].prev = (int32_t)i - 1;
         nodes[i].next = i + 1 < nt ? (int32_t)(i + 1) : -1;
         nodes[i].gen = 0;
-        if (i > 0) err |= try_queue(t, nodes, &heap, (uint32_t)(i - 1), (double)units);
     }
-    while (heap.n && !err) {
-        bpe_entry e = heap_pop(&heap);
-        bpe_node *l = &nodes[e.node];
-        if (l->gen != e.gen || l->next < 0) continue; /* replaced since it was queued */
-        bpe_node *r = &nodes[l->next];
-        l->tok = l->result;
-        l->gen++;
-        r->gen++;
-        l->next = r->next;
-        if (l->next >= 0) nodes[l->next].prev = (int32_t)e.node;
-        if (l->prev >= 0) {
-            nodes[l->prev].gen++; /* the JS replaces the left neighbour by a copy */
-            err |= try_queue(t, nodes, &heap, (uint32_t)l->prev, (double)units);
-        }
-        if (l->next >= 0) err |= try_queue(t, nodes, &heap, e.node, (double)units);
+    /* Queue the initial pairs; at each segment boundary (see is_boundary) run the queue dry. */
+    for (size_t i = 1; i <= nt && !err; i++) {
+        if (i < nt && !(t->segmented && is_boundary(t, nodes[i - 1].tok, nodes[i].tok)))
+            err |= try_queue(t, nodes, &heap, (uint32_t)(i - 1), (double)units);
+        else
+            err |= run_queue(t, nodes, &heap, (double)units);
     }
     free(heap.a);
     if (err) {

@@ -27,6 +27,11 @@ int tokenizer_piece_id(const tokenizer *t, const char *piece, size_t len);
  * grows with len, so encode documents or lines, not a whole corpus in one call. */
 long tokenizer_encode(const tokenizer *t, const char *text, size_t len, int add_bos, int32_t **out);
 
+/* Encoding runs one merge queue per word-like segment when the vocabulary allows it (the default;
+ * same tokens, faster on long texts).  on = 0 forces the reference algorithm, one queue over the
+ * whole text, for tests.  Returns whether segments are in use.  Not thread-safe with encoding. */
+int tokenizer_set_segmented(tokenizer *t, int on);
+
 /* Decodes ids to malloc'd UTF-8 text (BOS/EOS skipped, byte tokens reassembled, the leading space
  * of the first piece removed).  NULL on error (id out of range). */
 char *tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n);

@@ -8,6 +8,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* gemm() with a result that does not depend on the number of threads.  OpenBLAS's threaded
+ * sgemm does not have that property (1 and 2 threads differ in the last bits), so the output is
+ * cut into fixed 256-row or 256-column slabs (along the longer side of C) and each slab is one
+ * single-threaded gemm call inside an OpenMP loop: the slabs, and so the arithmetic, are the same
+ * whatever the thread count.  Same arguments as gemm(). */
+void linalg_gemm_det(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
+                     const float *B, int ldb, float beta, float *C, int ldc);
+
 /* Gram matrix in double of fp32 data.  of_rows: H (rows x rows) = A A^T; else H (cols x cols) =
  * A^T A.  A is rows x cols, row-major with leading dimension lda.  H is full (both triangles).
  * Products of floats are exact in double, so H is accurate to double rounding of the sums. */

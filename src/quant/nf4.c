@@ -38,9 +38,11 @@ const float nf4_codebook[16] = {
     1.0f,
 };
 
-/* bitsandbytes' dQuantizeNF4 decision-tree constants, in ascending order.  Each is the exact
- * midpoint of two neighbouring fp32 codes (computed in double) rounded to fp32; the tests check
- * that relation, so the table cannot drift from the code book. */
+/* bitsandbytes' dQuantizeNF4 decision-tree constants, in ascending order: the float64 midpoint
+ * of two neighbouring fp32 codes, printed shortest and compiled as an fp32 literal.  Seven
+ * midpoints lie exactly halfway between two fp32 values; there the printed digits decided the
+ * side (for thresholds 0, 8, 12 and 14 against round-half-even), so the literals are kept as
+ * bitsandbytes wrote them and the tests check they are nearest-fp32 midpoints. */
 const float nf4_thresholds[15] = {
     -0.8480964004993439f,  -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f,
     -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,

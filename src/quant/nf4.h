@@ -27,7 +27,8 @@
 #define NF4_DQ_GROUP 256
 
 extern const float nf4_codebook[16];
-/* midpoints (c[i] + c[i+1]) / 2 computed in double and rounded to fp32: bitsandbytes' thresholds */
+/* bitsandbytes' thresholds: the midpoints (c[i] + c[i+1]) / 2, to the nearest fp32 (ties between
+ * two fp32 values resolved as bitsandbytes' printed constants resolve them) */
 extern const float nf4_thresholds[15];
 
 typedef struct {

@@ -1,0 +1,258 @@
+#include "linalg/dense.h"
+
+#include "core/error.h"
+#include "core/mem.h"
+#include "core/rng.h"
+#include "kernels/gemm.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Dot products with 8 independent partial sums: the compiler can keep them in one vector register
+ * without reassociating anything, so the summation order (and result) is fixed by this code. */
+static double dot_dd(const double *a, const double *b, int n) {
+    double acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int u = 0; u < 8; u++) acc[u] += a[i + u] * b[i + u];
+    double s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static double dot_ff(const float *a, const float *b, int n) {
+    double acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int u = 0; u < 8; u++) acc[u] += (double)a[i + u] * (double)b[i + u];
+    double s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; i++) s += (double)a[i] * (double)b[i];
+    return s;
+}
+
+/* ==== deterministic gemm ====================================================================== */
+
+enum { SLAB = 256 };
+
+void linalg_gemm_det(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
+                     const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    const bool by_rows = M >= N;
+    const int len = by_rows ? M : N, ns = (len + SLAB - 1) / SLAB;
+/* always inside a parallel region, even for one slab: OpenBLAS then runs single-threaded */
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int s = 0; s < ns; s++) {
+        const int o = s * SLAB, w = o + SLAB < len ? SLAB : len - o;
+        if (by_rows) /* rows o.. of op(A) and C */
+            gemm(ta, tb, w, N, K, alpha, ta ? A + o : A + (size_t)o * lda, lda, B, ldb, beta,
+                 C + (size_t)o * ldc, ldc);
+        else /* columns o.. of op(B) and C */
+            gemm(ta, tb, M, w, K, alpha, A, lda, tb ? B + (size_t)o * ldb : B + o, ldb, beta, C + o,
+                 ldc);
+    }
+}
+
+/* ==== Gram matrix ============================================================================= */
+
+enum { GCH = 256 };
+
+/* H (lower triangle) += D D^T for D p x L (row-major, ld L).  Four rows of H at a time share the
+ * loads of row j. */
+static void gram_add(const double *D, int p, int L, double *H) {
+    const int nib = (p + 3) / 4;
+#pragma omp parallel for schedule(dynamic, 4) if ((double)p * p * L >= 4e6)
+    for (int ib = 0; ib < nib; ib++) {
+        int i0 = ib * 4, i1 = i0 + 4 < p ? i0 + 4 : p;
+        for (int i = i0; i < i1; i++) {
+            const double *di = D + (size_t)i * L;
+            double *h = H + (size_t)i * p;
+            for (int j = 0; j <= i; j++) h[j] += dot_dd(di, D + (size_t)j * L, L);
+        }
+    }
+}
+
+int linalg_gram_d(const float *A, int rows, int cols, int lda, bool of_rows, double *H) {
+    if (!A || !H || rows <= 0 || cols <= 0 || lda < cols)
+        return loqt_set_error("gram: bad arguments (%d x %d, lda %d)", rows, cols, lda);
+    const int p = of_rows ? rows : cols, len = of_rows ? cols : rows;
+    double *D = mem_try_alloc(MEM_SCRATCH, sizeof(double) * (size_t)p * GCH);
+    if (!D) return -1;
+    memset(H, 0, sizeof(double) * (size_t)p * p);
+    for (int c0 = 0; c0 < len; c0 += GCH) {
+        const int L = c0 + GCH < len ? GCH : len - c0;
+        /* D = the chunk [c0, c0+L) of the summed-over dimension, one row per output index */
+        if (of_rows) {
+            for (int i = 0; i < p; i++)
+                for (int t = 0; t < L; t++)
+                    D[(size_t)i * L + t] = A[(size_t)i * lda + c0 + t];
+        } else {
+            for (int t = 0; t < L; t++)
+                for (int i = 0; i < p; i++)
+                    D[(size_t)i * L + t] = A[(size_t)(c0 + t) * lda + i];
+        }
+        gram_add(D, p, L, H);
+    }
+    for (int i = 0; i < p; i++)
+        for (int j = i + 1; j < p; j++) H[(size_t)i * p + j] = H[(size_t)j * p + i];
+    mem_free(D);
+    return 0;
+}
+
+/* ==== SPD inverse with ridge fallback ========================================================= */
+
+/* Lower Cholesky factor of W in place; returns 0, or 1 when a pivot is <= tol or not finite. */
+static int cholesky(int n, double *W, double tol) {
+    for (int j = 0; j < n; j++) {
+        double *wj = W + (size_t)j * n;
+        double d = wj[j] - dot_dd(wj, wj, j);
+        if (!(d > tol) || !isfinite(d)) return 1;
+        const double ljj = sqrt(d);
+        wj[j] = ljj;
+#pragma omp parallel for schedule(static) if ((double)(n - j) * j >= 1e5)
+        for (int i = j + 1; i < n; i++) {
+            double *wi = W + (size_t)i * n;
+            wi[j] = (wi[j] - dot_dd(wi, wj, j)) / ljj;
+        }
+    }
+    return 0;
+}
+
+int linalg_spd_inverse_d(int n, double *H, double *ridge) {
+    if (n <= 0 || !H) return loqt_set_error("spd_inverse: bad arguments (n = %d)", n);
+    const size_t nn = (size_t)n * n;
+    double maxdiag = 0.0;
+    for (size_t i = 0; i < nn; i++)
+        if (!isfinite(H[i])) return loqt_set_error("spd_inverse: matrix has a non-finite entry");
+    for (int i = 0; i < n; i++) maxdiag = fmax(maxdiag, H[(size_t)i * n + i]);
+    if (!(maxdiag > 0.0)) return loqt_set_error("spd_inverse: matrix is zero (or not PSD)");
+    double *W = mem_try_alloc(MEM_SCRATCH, nn * sizeof(double));
+    if (!W) return -1;
+    double lambda = 0.0;
+    int ok = 0;
+    for (int attempt = 0; attempt < 8 && !ok; attempt++) {
+        memcpy(W, H, nn * sizeof(double));
+        for (int i = 0; i < n; i++) W[(size_t)i * n + i] += lambda;
+        if (cholesky(n, W, 1e-12 * maxdiag) == 0) ok = 1;
+        else lambda = lambda == 0.0 ? 1e-10 * maxdiag : lambda * 100.0;
+    }
+    if (!ok) {
+        mem_free(W);
+        return loqt_set_error("spd_inverse: Cholesky failed even with ridge %g", lambda);
+    }
+    /* X = L^{-1}, built row by row (row i combines rows k < i), stored transposed in H as
+     * Y = X^T (upper triangular), so that H^{-1} = X^T X has entries dot(Y_a, Y_b). */
+    double *X = H;
+    memset(X, 0, nn * sizeof(double));
+    for (int i = 0; i < n; i++) {
+        const double *li = W + (size_t)i * n;
+        double *xi = X + (size_t)i * n;
+        for (int k = 0; k < i; k++) {
+            const double l = li[k];
+            const double *xk = X + (size_t)k * n;
+            for (int c = 0; c <= k; c++) xi[c] -= l * xk[c];
+        }
+        xi[i] += 1.0;
+        const double inv = 1.0 / li[i];
+        for (int c = 0; c <= i; c++) xi[c] *= inv;
+    }
+    double *Y = W; /* the factor is no longer needed */
+    for (int a = 0; a < n; a++)
+        for (int k = 0; k < n; k++) Y[(size_t)a * n + k] = X[(size_t)k * n + a];
+#pragma omp parallel for schedule(dynamic, 8) if (n >= 128)
+    for (int a = 0; a < n; a++) {
+        const double *ya = Y + (size_t)a * n;
+        for (int b = 0; b <= a; b++) {
+            /* Y rows are zero left of the diagonal: start at max(a, b) = a */
+            double v = dot_dd(ya + a, Y + (size_t)b * n + a, n - a);
+            H[(size_t)a * n + b] = v;
+        }
+    }
+    for (int a = 0; a < n; a++)
+        for (int b = a + 1; b < n; b++) H[(size_t)a * n + b] = H[(size_t)b * n + a];
+    mem_free(W);
+    if (ridge) *ridge = lambda;
+    return 0;
+}
+
+/* ==== row orthonormalization ================================================================== */
+
+enum { NB = 64 };
+
+static void scale_row(float *x, int m, double s) {
+    const float f = (float)s;
+    for (int i = 0; i < m; i++) x[i] *= f;
+}
+
+static void fill_random_row(float *x, int m, uint64_t seed, uint64_t stream, int row, int attempt) {
+    const uint64_t base = ((uint64_t)attempt << 48) ^ ((uint64_t)row * (uint64_t)m);
+    for (int i = 0; i < m; i++) x[i] = rng_normal(seed, stream ^ 0x6f7274686f6e6f72ull, base + i);
+}
+
+/* Slow path for a row that is still dependent after both passes: draw random rows until one
+ * survives two full projections against every earlier row. */
+static int fix_row(float *Q, int row, int m, uint64_t seed, uint64_t stream) {
+    float *x = Q + (size_t)row * m;
+    for (int attempt = 1; attempt < 8; attempt++) {
+        fill_random_row(x, m, seed, stream, row, attempt);
+        double n0 = sqrt(dot_ff(x, x, m)), nrm = 0.0;
+        for (int pass = 0; pass < 2; pass++) {
+            for (int t = 0; t < row; t++) {
+                const float *q = Q + (size_t)t * m;
+                const float c = (float)dot_ff(q, x, m);
+                for (int i = 0; i < m; i++) x[i] -= c * q[i];
+            }
+            nrm = sqrt(dot_ff(x, x, m));
+        }
+        if (nrm > 0.5 * n0 && n0 > 0.0) {
+            scale_row(x, m, 1.0 / nrm);
+            return 0;
+        }
+    }
+    return loqt_set_error("orthonormalize: could not complete the basis at row %d", row);
+}
+
+int linalg_orthonormalize_rows(float *Q, int k, int m, uint64_t seed, uint64_t stream) {
+    if (!Q || k < 0 || m <= 0) return loqt_set_error("orthonormalize: bad arguments");
+    if (k > m) return loqt_set_error("orthonormalize: %d rows cannot be orthonormal in %d dims", k, m);
+    for (size_t i = 0; i < (size_t)k * m; i++)
+        if (!isfinite(Q[i])) return loqt_set_error("orthonormalize: non-finite entry");
+    float *C = mem_try_alloc(MEM_SCRATCH, sizeof(float) * (size_t)(k > 0 ? k : 1) * NB);
+    if (!C) return -1;
+    double orig[NB];
+    int rc = 0;
+    for (int j0 = 0; j0 < k && rc == 0; j0 += NB) {
+        const int nb = j0 + NB < k ? NB : k - j0;
+        float *P = Q + (size_t)j0 * m;
+        for (int i = 0; i < nb; i++) orig[i] = sqrt(dot_ff(P + (size_t)i * m, P + (size_t)i * m, m));
+        for (int pass = 0; pass < 2 && rc == 0; pass++) {
+            if (j0 > 0) {
+                /* P -= (Qprev P^T)^T Qprev */
+                linalg_gemm_det(false, true, j0, nb, m, 1.0f, Q, m, P, m, 0.0f, C, nb);
+                linalg_gemm_det(true, false, nb, m, j0, -1.0f, C, nb, Q, m, 1.0f, P, m);
+            }
+            for (int i = 0; i < nb; i++) {
+                float *x = P + (size_t)i * m;
+                for (int t = 0; t < i; t++) {
+                    const float *q = P + (size_t)t * m;
+                    const float c = (float)dot_ff(q, x, m);
+                    for (int u = 0; u < m; u++) x[u] -= c * q[u];
+                }
+                double nrm = sqrt(dot_ff(x, x, m));
+                if (pass == 0 && !(nrm > 1e-5 * orig[i] && orig[i] > 0.0)) {
+                    /* numerically inside the span so far: a random row, nearly orthogonal to
+                     * everything; the second pass makes it exactly so */
+                    fill_random_row(x, m, seed, stream, j0 + i, 0);
+                    nrm = sqrt(dot_ff(x, x, m));
+                } else if (pass == 1 && !(nrm > 0.5)) {
+                    rc = fix_row(Q, j0 + i, m, seed, stream);
+                    if (rc) break;
+                    continue;
+                }
+                scale_row(x, m, 1.0 / nrm);
+            }
+        }
+    }
+    mem_free(C);
+    return rc;
+}
