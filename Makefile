@@ -80,6 +80,9 @@ data: all tokenizer
 demo: all
 	@BUILD=$(BUILD) bash scripts/demo.sh
 
+fuzz:
+	bash scripts/fuzz.sh
+
 clean:
 	rm -rf $(BUILD)
 

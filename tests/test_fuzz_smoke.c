@@ -15,7 +15,9 @@
 #include "core/error.h"
 #include "core/json.h"
 #include "core/rng.h"
+#include "data/shard.h"
 #include "io/safetensors.h"
+#include "model/config.h"
 #include "test.h"
 
 #include <stdint.h>
@@ -156,7 +158,56 @@ static int st_parse_free(const uint8_t *data, size_t len) {
     return 0;
 }
 
+/* ---- model configs (config.json) ---- */
+
+static int config_seeds(fz_buf *out, int max) {
+    int n = 0;
+    for (int i = 0; i < config_builtin_count() && i < 3; i++) {
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&buf, &len);
+        config_write_json(config_builtin(i), f);
+        fclose(f);
+        n = fz_add(out, n, max, buf, len);
+        free(buf);
+    }
+    return n;
+}
+
+static int config_parse_free(const uint8_t *data, size_t len) {
+    llama_config c;
+    return config_parse(&c, (const char *)data, len, "fuzz config");
+}
+
+/* ---- token shards ---- */
+
+static int shard_seeds(fz_buf *out, int max) {
+    int n = 0;
+    uint16_t toks[40];
+    for (int i = 0; i < 40; i++) toks[i] = (uint16_t)(i * 7 % 100);
+    for (int k = 0; k < 3; k++) {
+        const char *path = fz_temp_file("seed.bin", NULL, 0);
+        if (shard_write(path, toks, (uint64_t)(k * 20), 100) != 0) continue;
+        FILE *f = fopen(path, "rb");
+        uint8_t buf[FZ_MAX_LEN];
+        size_t len = f ? fread(buf, 1, sizeof buf, f) : 0;
+        if (f) fclose(f);
+        n = fz_add(out, n, max, buf, len);
+    }
+    return n;
+}
+
+static int shard_parse_free(const uint8_t *data, size_t len) {
+    const char *path = fz_temp_file("fuzz.bin", data, len);
+    shard s;
+    if (shard_read(&s, path) != 0) return -1;
+    shard_free(&s);
+    return 0;
+}
+
 static const fz_target targets[] = {
+    {"config_parse", config_seeds, config_parse_free, 10000},
+    {"shard_read", shard_seeds, shard_parse_free, 5000},
     {"json_parse", json_seeds, json_parse_free, 20000},
     {"st_open", st_seeds, st_parse_free, 20000},
 };

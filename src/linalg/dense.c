@@ -35,9 +35,25 @@ static double dot_ff(const float *a, const float *b, int n) {
 
 enum { SLAB = 256 };
 
+#ifdef LOQT_OPENBLAS
+/* OpenBLAS extensions (declared here so this file needs no particular cblas.h) */
+int openblas_get_parallel(void);
+int openblas_get_num_threads(void);
+void openblas_set_num_threads(int);
+#endif
+
 void linalg_gemm_det(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
                      const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
+    int saved = 0;
+#ifdef LOQT_OPENBLAS
+    /* a pthreads OpenBLAS (linked by mistake instead of the OpenMP one) would start its own
+     * threads inside our loop: pin it to one thread for the duration */
+    if (openblas_get_parallel() == 1) {
+        saved = openblas_get_num_threads();
+        openblas_set_num_threads(1);
+    }
+#endif
     const bool by_rows = M >= N;
     const int len = by_rows ? M : N, ns = (len + SLAB - 1) / SLAB;
 /* always inside a parallel region, even for one slab: OpenBLAS then runs single-threaded */
@@ -51,6 +67,10 @@ void linalg_gemm_det(bool ta, bool tb, int M, int N, int K, float alpha, const f
             gemm(ta, tb, M, w, K, alpha, A, lda, tb ? B + (size_t)o * ldb : B + o, ldb, beta, C + o,
                  ldc);
     }
+#ifdef LOQT_OPENBLAS
+    if (saved > 0) openblas_set_num_threads(saved);
+#endif
+    (void)saved;
 }
 
 /* ==== Gram matrix ============================================================================= */
