@@ -34,6 +34,8 @@ RUN_TORCH=${BENCH_TORCH:-1}
 LOQT=$BUILD/loqt
 
 stamp=$(date -u +%Y%m%d-%H%M%S)
+# Other work on the machine skews the numbers: record the load before and after.
+load_before=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)
 logdir=$BUILD/bench-logs/$stamp
 mkdir -p "$logdir" bench/results docs
 records=$logdir/records.tsv
@@ -107,6 +109,7 @@ fi
 out=bench/results/bench-$stamp.json
 RECORDS=$records OUT=$out STAMP=$stamp NPROC=$(nproc) CPU=$cpu GEMM=${gemm:-unknown} \
 MEM_KIB=$(sed -n 's/^MemTotal:[[:space:]]*\([0-9]*\).*/\1/p' /proc/meminfo) \
+LOAD_BEFORE=${load_before:-} LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null) \
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo none) \
 STEPS=$STEPS WARMUP=$WARMUP THREADS=$THREADS BATCH=$BATCH SEQ=$SEQ RANK=$RANK \
 "$PYTHON" - <<'EOF' || failed=1
@@ -130,7 +133,8 @@ for line in open(e["RECORDS"]):
 settings = {k.lower(): int(e[k]) for k in ("STEPS", "WARMUP", "THREADS", "BATCH", "SEQ", "RANK")}
 machine = {"nproc": int(e["NPROC"]), "cpu": e["CPU"], "gemm_backend": e["GEMM"],
            "mem_total_mib": int(e["MEM_KIB"] or 0) // 1024, "os": platform.platform(),
-           "python": platform.python_version()}
+           "python": platform.python_version(),
+           "loadavg_before": e["LOAD_BEFORE"], "loadavg_after": e["LOAD_AFTER"]}
 doc = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": e["COMMIT"],
        "settings": settings, "machine": machine, "runs": runs}
 with open(e["OUT"], "w") as f:
@@ -171,9 +175,11 @@ s = settings
 block = "\n".join([
     "<!-- bench:start -->",
     "Last run %s (commit %s): batch %d x %d tokens, %d timed steps after %d warm-up steps, "
-    "%d threads each; %s, %d cores, loqt GEMM backend %s. Raw numbers: `bench/results/%s`."
+    "%d threads each; %s, %d cores, loqt GEMM backend %s; load average %s before, %s after. "
+    "Raw numbers: `bench/results/%s`."
     % (doc["date"], doc["commit"], s["batch"], s["seq"], s["steps"], s["warmup"], s["threads"],
-       machine["cpu"], machine["nproc"], machine["gemm_backend"], os.path.basename(e["OUT"])),
+       machine["cpu"], machine["nproc"], machine["gemm_backend"], machine["loadavg_before"] or "?",
+       machine["loadavg_after"] or "?", os.path.basename(e["OUT"])),
     "",
     "| model | method | loqt tokens/s | baseline | baseline tokens/s | speed ratio "
     "| loqt peak RSS (MiB) | baseline peak RSS (MiB) | RSS ratio |",

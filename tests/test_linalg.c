@@ -320,7 +320,7 @@ static void rsvd_case(int m, int n, int r, const double *s, int q, double *cosw,
     o.seed = 7;
     CHECK(svd_randomized(G, m, n, r, &o, U, S, V) == 0, "svd_randomized: %s", loqt_last_error());
     /* V as columns for min_cos: transpose r x n -> n x r */
-    float *Vc = malloc(sizeof(float) * n * r);
+    float *Vc = calloc((size_t)n * r, sizeof(float));
     for (int i = 0; i < r; i++)
         for (int b = 0; b < n; b++) Vc[b * r + i] = V[i * n + b];
     double cu = min_cos(U, m, r, Ut), cv = min_cos(Vc, n, r, Vt);

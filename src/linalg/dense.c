@@ -47,9 +47,15 @@ void linalg_gemm_det(bool ta, bool tb, int M, int N, int K, float alpha, const f
     if (M <= 0 || N <= 0) return;
     int saved = 0;
 #ifdef LOQT_OPENBLAS
-    /* a pthreads OpenBLAS (linked by mistake instead of the OpenMP one) would start its own
-     * threads inside our loop: pin it to one thread for the duration */
-    if (openblas_get_parallel() == 1) {
+    /* A pthreads OpenBLAS (linked by mistake instead of the OpenMP one) would start its own
+     * threads inside our loop, and without OpenMP there is no loop to run the slabs in: pin
+     * OpenBLAS to one thread for the duration. */
+#ifdef _OPENMP
+    const bool pin = openblas_get_parallel() == 1;
+#else
+    const bool pin = true;
+#endif
+    if (pin) {
         saved = openblas_get_num_threads();
         openblas_set_num_threads(1);
     }

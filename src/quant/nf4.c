@@ -109,14 +109,10 @@ float nf4_block_absmax(const nf4_tensor *t, size_t b) {
     return s + t->dq_offset;
 }
 
-static int par_ok(size_t work) {
 #ifdef _OPENMP
-    return work >= ((size_t)1 << 16) && !omp_in_parallel();
-#else
-    (void)work;
-    return 0;
+/* threads pay from 64K elements on; nested calls stay on the calling thread */
+#define par_ok(work) ((work) >= ((size_t)1 << 16) && !omp_in_parallel())
 #endif
-}
 
 /* Max |x| over [x, x+len); sets *bad when a value is not finite. */
 static float block_absmax(const float *x, size_t len, int *bad) {

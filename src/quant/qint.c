@@ -9,14 +9,10 @@
 #include <omp.h>
 #endif
 
-static int par_ok(size_t work) {
 #ifdef _OPENMP
-    return work >= ((size_t)1 << 16) && !omp_in_parallel();
-#else
-    (void)work;
-    return 0;
+/* threads pay from 64K elements on; nested calls stay on the calling thread */
+#define par_ok(work) ((work) >= ((size_t)1 << 16) && !omp_in_parallel())
 #endif
-}
 
 /* round-half-even, or stochastic with the uniform of global element i */
 static inline float qround(float v, const sround_key *key, size_t i) {
