@@ -124,7 +124,7 @@ for line in open(e["RECORDS"]):
          "exit_code": int(rc), "wall_s": int(wall)}
     if log and os.path.exists(log):
         lines = open(log, errors="replace").read().splitlines()
-        if prog == "torch" and lines:
+        if lines:  # the first line names the model, threads and GEMM library
             r["info"] = lines[0]
         if status != "ok":
             r["output_tail"] = lines[-20:]

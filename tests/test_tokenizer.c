@@ -232,44 +232,6 @@ static void test_api_edges(void) {
     tokenizer_free(t);
 }
 
-/* ------------------------------------------------ speed */
-
-static void test_speed(void) {
-    tokenizer *t = load_real();
-    if (!t) return;
-    static const char *para =
-        "The llama (Lama glama) is a domesticated South American camelid, widely used as a meat "
-        "and pack animal by Andean cultures since the pre-Columbian era. Llamas are social animals "
-        "and live with others as a herd. Their wool is soft and contains only a small amount of "
-        "lanolin. In 2007, there were over seven million llamas and alpacas in South America.\n";
-    size_t plen = strlen(para), total = 0;
-    long tokens = 0;
-    struct timespec a, b;
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    for (int i = 0; i < 6000; i++) { /* ~2 MB, one paragraph per call as a corpus reader would */
-        int32_t *ids = NULL;
-        tokens += tokenizer_encode(t, para, plen, 1, &ids);
-        free(ids);
-        total += plen;
-    }
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    double sec = (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
-    double mbs = (double)total / 1e6 / sec;
-    printf("    encode: %.2f MB in %.3f s = %.1f MB/s, %.2f bytes/token\n", (double)total / 1e6,
-           sec, mbs, (double)total / (double)tokens);
-    /* 30 MB in 30 s; loose because the cores are shared, and looser under sanitizers */
-    double want = 1.0;
-#if defined(__SANITIZE_ADDRESS__)
-    want = 0.05;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-    want = 0.05;
-#endif
-#endif
-    CHECK(mbs > want, "encode speed %.2f MB/s, want > %.2f MB/s", mbs, want);
-    tokenizer_free(t);
-}
-
 /* ------------------------------------------------ file format: synthetic files */
 
 static uint32_t crc32_ieee(const unsigned char *p, size_t n) {
@@ -508,6 +470,5 @@ int main(void) {
     RUN(test_reference_cases);
     RUN(test_roundtrip_random_bytes);
     RUN(test_api_edges);
-    RUN(test_speed);
     TEST_END();
 }
