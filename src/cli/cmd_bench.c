@@ -11,6 +11,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int cmd_bench(int argc, char **argv) {
     const char *model = "20m", *method = "full", *optimizer = "adamw";
@@ -18,7 +19,7 @@ int cmd_bench(int argc, char **argv) {
     long seed = 0;
     const opt_spec specs[] = {
         {"model", OPT_STRING, &model, "built-in size or JSON config", NULL},
-        {"method", OPT_STRING, &method, "training method", "full"},
+        {"method", OPT_STRING, &method, "training method", "full|loqt"},
         {"optimizer", OPT_STRING, &optimizer, "optimizer", "adamw|adam8bit"},
         {"batch-size", OPT_INT, &batch, "sequences per step", NULL},
         {"seq-len", OPT_INT, &T, "tokens per sequence", NULL},
@@ -27,7 +28,13 @@ int cmd_bench(int argc, char **argv) {
         {"threads", OPT_INT, &threads, "CPU threads; 0 = all cores", NULL},
         {"seed", OPT_LONG, &seed, "seed for weights and tokens", NULL},
     };
-    opts_parse(specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "bench",
+    enum { NBASE = sizeof specs / sizeof specs[0] };
+    cli_method_args ma;
+    cli_method_defaults(&ma);
+    opt_spec all[NBASE + CLI_METHOD_SPECS];
+    memcpy(all, specs, sizeof specs);
+    cli_method_specs(&ma, all + NBASE);
+    opts_parse(all, NBASE + CLI_METHOD_SPECS, argc, argv, "bench",
                "Times full training steps (forward, backward, optimizer) on random tokens.");
     if (batch <= 0 || T <= 1 || steps <= 0 || warmup < 0) loqt_die("bench: sizes and steps must be positive");
     cli_set_threads(threads);
@@ -38,6 +45,7 @@ int cmd_bench(int argc, char **argv) {
     if (!meth) loqt_die("unknown --method '%s'", method);
     method_opts mo;
     method_opts_defaults(&mo);
+    cli_method_apply(&ma, &mo);
     int ok;
     mo.optimizer = optim_kind_parse(optimizer, &ok);
     llama_model m;
@@ -52,21 +60,25 @@ int cmd_bench(int argc, char **argv) {
     h.optimizer = mo.optimizer;
     printf("bench: model %s (%.1fM params), method %s, optimizer %s, batch %d x %d, %d threads, gemm %s (%s)\n",
            cfg.name, config_params_total(&cfg) / 1e6, meth->name, optimizer, batch, T, cli_threads(), gemm_backend(), loqt_blas_kernels());
-    double timed = 0;
+    double timed = 0, step0 = 0;
     for (int s = 0; s < warmup + steps; s++) {
         for (int i = 0; i < N; i++) {
             in[i] = (int32_t)(rng_u64((uint64_t)seed, 7, (uint64_t)s * N + i) % (uint64_t)cfg.vocab_size);
             tg[i] = (int32_t)(rng_u64((uint64_t)seed, 8, (uint64_t)s * N + i) % (uint64_t)cfg.vocab_size);
         }
         double t0 = cli_now();
-        step_result r = train_step(&m, s + 1, ins, tgs, 1, &h);
+        /* step 0 is a refresh step for the low-rank methods (P from the first gradient): it runs
+         * among the warmup steps, and its time is reported on its own line */
+        step_result r = train_step(&m, s, ins, tgs, 1, &h);
         double dt = cli_now() - t0;
         if (s >= warmup) timed += dt;
+        if (s == 0) step0 = dt;
         printf("step %d%s: loss %.4f, %.3f s, %.0f tokens/s\n", s + 1, s < warmup ? " (warmup)" : "",
                r.loss, dt, N / dt);
         fflush(stdout);
     }
     mem_report(stdout);
+    printf("step0_s: %.3f\n", step0);
     printf("tokens_per_s: %.1f\n", (double)N * steps / timed);
     printf("peak_rss_mib: %.1f\n", mem_peak_rss() / 1048576.0);
     mem_free(in);

@@ -19,6 +19,7 @@
 typedef struct {
     const char *model, *data, *method, *optimizer, *scheduler, *output_dir, *resume;
     int batch_size, total_batch_size, max_length, threads, eval_every, save_every, log_every;
+    int save_original_model;
     long num_training_steps, warmup_steps, num_eval_tokens, seed;
     double lr, min_lr_ratio, grad_clipping, weight_decay, beta1, beta2, adam_eps;
 } train_args;
@@ -81,7 +82,7 @@ int cmd_train(int argc, char **argv) {
     const opt_spec specs[] = {
         {"model", OPT_STRING, &a.model, "built-in size (9m 20m 35m 60m 130m 350m 1b 3b 7b 13b) or a JSON config (HF LlamaConfig keys)", NULL},
         {"data", OPT_STRING, &a.data, "directory of token shards (train_*.bin, val_*.bin) from 'loqt data'", NULL},
-        {"method", OPT_STRING, &a.method, "how linear layers are stored and trained", "full"},
+        {"method", OPT_STRING, &a.method, "how linear layers are stored and trained", "full|loqt"},
         {"optimizer", OPT_STRING, &a.optimizer, "optimizer", "adamw|adam8bit"},
         {"num-training-steps", OPT_LONG, &a.num_training_steps, "optimizer steps to train (total, including resumed ones)", NULL},
         {"batch-size", OPT_INT, &a.batch_size, "sequences per micro-batch", NULL},
@@ -104,8 +105,15 @@ int cmd_train(int argc, char **argv) {
         {"resume", OPT_STRING, &a.resume, "continue from a checkpoint directory, or 'latest' in --output-dir", NULL},
         {"seed", OPT_LONG, &a.seed, "seed of the initialization (the data order is fixed)", NULL},
         {"threads", OPT_INT, &a.threads, "CPU threads; 0 = all cores", NULL},
+        {"save-original-model", OPT_FLAG, &a.save_original_model, "at the end also write a plain dense LLaMA (W_eff merged) to OUTPUT_DIR/original_model", NULL},
     };
-    opts_parse(specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "train", SUMMARY);
+    enum { NBASE = sizeof specs / sizeof specs[0] };
+    cli_method_args ma;
+    cli_method_defaults(&ma);
+    opt_spec all[NBASE + CLI_METHOD_SPECS];
+    memcpy(all, specs, sizeof specs);
+    cli_method_specs(&ma, all + NBASE);
+    opts_parse(all, NBASE + CLI_METHOD_SPECS, argc, argv, "train", SUMMARY);
 
     if (a.batch_size <= 0 || a.max_length <= 1) loqt_die("--batch-size must be >= 1 and --max-length >= 2");
     if (a.total_batch_size == 0) a.total_batch_size = a.batch_size;
@@ -162,6 +170,7 @@ int cmd_train(int argc, char **argv) {
     if (!meth) loqt_die("unknown --method '%s' (available: %s)", a.method, method_names());
     method_opts mo;
     method_opts_defaults(&mo);
+    cli_method_apply(&ma, &mo);
     int ok;
     mo.optimizer = optim_kind_parse(a.optimizer, &ok);
 
@@ -182,10 +191,17 @@ int cmd_train(int argc, char **argv) {
     llama_model m;
     long start_step = 0;
     uint64_t tokens = 0;
+    trainer_meta tm;
+    if (*resume_dir) {
+        /* the method's shapes and schedule come from the checkpoint */
+        if (checkpoint_read_meta(resume_dir, &tm)) loqt_die_last("--resume");
+        tm.mopts.optimizer = mo.optimizer;
+        tm.mopts.seed = mo.seed;
+        mo = tm.mopts;
+        a.seed = (long)tm.seed;
+    }
     if (llama_create(&m, &cfg, meth, &mo, (uint64_t)a.seed)) loqt_die_last("model");
     if (*resume_dir) {
-        trainer_meta tm;
-        if (checkpoint_read_meta(resume_dir, &tm)) loqt_die_last("--resume");
         if (strcmp(tm.method, meth->name))
             loqt_die("%s was trained with --method %s, not %s", resume_dir, tm.method, meth->name);
         if (strcmp(tm.optimizer, a.optimizer))
@@ -203,6 +219,11 @@ int cmd_train(int argc, char **argv) {
     const long long nparams = config_params_total(&cfg);
     printf("model %s: %.1fM parameters (%d layers, hidden %d), method %s, optimizer %s\n", cfg.name,
            nparams / 1e6, cfg.num_hidden_layers, cfg.hidden_size, meth->name, a.optimizer);
+    if (strcmp(meth->name, "full")) {
+        printf("method options: ");
+        method_opts_write_json(&m.mopts, stdout);
+        printf("\n");
+    }
     printf("data: %.2fM training tokens, %.2fM validation tokens; %d x %d tokens per micro-batch, "
            "%d micro-batches per step; %d threads, gemm %s (%s)\n",
            loader_tokens(&train) / 1e6, loader_tokens(&val) / 1e6, a.batch_size, a.max_length,
@@ -261,6 +282,12 @@ int cmd_train(int argc, char **argv) {
     double final_loss = do_eval(&m, &val, a.num_eval_tokens, metrics, step, tokens);
     save_checkpoint(&m, a.output_dir, step, tokens, loader_position(&train), &a, last_loss);
 
+    if (a.save_original_model) {
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s/original_model", a.output_dir);
+        if (llama_export_dense(&m, dir)) loqt_die_last("--save-original-model");
+        printf("wrote the merged dense model to %s\n", dir);
+    }
     size_t pb[MEM_NCAT] = {0};
     llama_param_bytes(&m, pb);
     printf("trained %ld steps, %.2fM tokens in %.1f s; final held-out perplexity %.3f\n",

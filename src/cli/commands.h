@@ -15,6 +15,21 @@ int cmd_export(int argc, char **argv);
 /* The OpenBLAS kernel set chosen at start-up (cli/main.c). */
 const char *loqt_blas_kernels(void);
 
+/* Options of the low-rank methods, shared by train, bench (and memory). */
+#include "cli/options.h"
+typedef struct {
+    int rank, update_proj_gap, max_proj_gap, compensate_quant_error_iterations, use_double_quant;
+    double lora_alpha, increment_size;
+    const char *proj_gap_progression, *quantize_w, *quantize_projection_matrix;
+    const char *merge_optimizer_state, *lowrank_dtype;
+} cli_method_args;
+enum { CLI_METHOD_SPECS = 12 };
+void cli_method_defaults(cli_method_args *a);
+/* Writes CLI_METHOD_SPECS option specs for `a` into out. */
+void cli_method_specs(cli_method_args *a, opt_spec *out);
+/* Converts into method options (dies on a bad combination). */
+void cli_method_apply(const cli_method_args *a, method_opts *o);
+
 /* Shared by the commands (cli/common.c). */
 void cli_set_threads(int threads); /* 0 = all cores */
 int cli_threads(void);

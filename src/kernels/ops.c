@@ -165,10 +165,35 @@ void swiglu_backward(float *dg, float *du, const float *dh, const float *g, cons
 
 long attention_scratch_floats(int T) { return 2L * T * T; }
 
-/* Probabilities of one (b, h): P[i, j] = exp(S[i, j] - lse[i]) for j <= i, 0 above the diagonal. */
-static void causal_scores(float *S, const float *q, const float *k, int T, int ld, int hd,
-                          float scale) {
-    gemm(false, true, T, T, hd, scale, q, ld, k, ld, 0.0f, S, T);
+/* Causal attention works on blocks of query rows: rows [i0, i1) only see keys [0, i1), so the
+ * score blocks above the diagonal are never computed (half the work of a full T x T product). */
+enum { ATT_BLOCK = 64 };
+
+/* S[i0:i1, 0:i1] = scale * Q[i0:i1] K[0:i1]^T into rows i0..i1 of the T x T scratch, then
+ * P = exp(S - lse) with zeros above the diagonal.  With `lse_out` the log-sum-exp is computed and
+ * stored (forward); otherwise the saved one is used (backward). */
+static void causal_probs(float *S, const float *q, const float *k, int T, int ld, int hd, float scale,
+                         int i0, int i1, float *lse_out, const float *lse_in) {
+    gemm(false, true, i1 - i0, i1, hd, scale, q + (size_t)i0 * ld, ld, k, ld, 0.0f,
+         S + (size_t)i0 * T, T);
+    for (int i = i0; i < i1; i++) {
+        float *row = S + (size_t)i * T;
+        if (lse_out) {
+            float mx = -FLT_MAX, sum = 0;
+            for (int j = 0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
+            for (int j = 0; j <= i; j++) {
+                row[j] = exp_approx(row[j] - mx);
+                sum += row[j];
+            }
+            float inv = 1.0f / sum;
+            for (int j = 0; j <= i; j++) row[j] *= inv;
+            lse_out[i] = mx + logf(sum);
+        } else {
+            float l = lse_in[i];
+            for (int j = 0; j <= i; j++) row[j] = exp_approx(row[j] - l);
+        }
+        for (int j = i + 1; j < i1; j++) row[j] = 0.0f;
+    }
 }
 
 void attention_forward(float *o, float *lse, const float *q, const float *k, const float *v, int B,
@@ -180,21 +205,12 @@ void attention_forward(float *o, float *lse, const float *q, const float *k, con
         int b = bh / H, h = bh % H;
         float *S = scratch + (size_t)thread_id() * attention_scratch_floats(T);
         size_t off = (size_t)b * T * ld + (size_t)h * hd;
-        causal_scores(S, q + off, k + off, T, ld, hd, scale);
-        float *l = lse + (size_t)bh * T;
-        for (int i = 0; i < T; i++) {
-            float *row = S + (size_t)i * T, mx = -FLT_MAX, sum = 0;
-            for (int j = 0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
-            for (int j = 0; j <= i; j++) {
-                row[j] = exp_approx(row[j] - mx);
-                sum += row[j];
-            }
-            float inv = 1.0f / sum;
-            for (int j = 0; j <= i; j++) row[j] *= inv;
-            for (int j = i + 1; j < T; j++) row[j] = 0.0f;
-            l[i] = mx + logf(sum);
+        for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
+            int i1 = i0 + ATT_BLOCK < T ? i0 + ATT_BLOCK : T;
+            causal_probs(S, q + off, k + off, T, ld, hd, scale, i0, i1, lse + (size_t)bh * T, NULL);
+            gemm(false, false, i1 - i0, hd, i1, 1.0f, S + (size_t)i0 * T, T, v + off, ld, 0.0f,
+                 o + off + (size_t)i0 * ld, ld);
         }
-        gemm(false, false, T, hd, T, 1.0f, S, T, v + off, ld, 0.0f, o + off, ld);
     }
 }
 
@@ -209,28 +225,31 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
         float *P = scratch + (size_t)thread_id() * attention_scratch_floats(T);
         float *dP = P + (size_t)T * T;
         size_t off = (size_t)b * T * ld + (size_t)h * hd;
-        const float *l = lse + (size_t)bh * T;
-        causal_scores(P, q + off, k + off, T, ld, hd, scale);
         for (int i = 0; i < T; i++) {
-            float *row = P + (size_t)i * T;
-            for (int j = 0; j <= i; j++) row[j] = exp_approx(row[j] - l[i]);
-            for (int j = i + 1; j < T; j++) row[j] = 0.0f;
+            memset(dk + off + (size_t)i * ld, 0, sizeof(float) * hd);
+            memset(dv + off + (size_t)i * ld, 0, sizeof(float) * hd);
         }
-        /* dV = P^T dO;  dP = dO V^T */
-        gemm(true, false, T, hd, T, 1.0f, P, T, dout + off, ld, 0.0f, dv + off, ld);
-        gemm(false, true, T, T, hd, 1.0f, dout + off, ld, v + off, ld, 0.0f, dP, T);
-        /* dS = P * (dP - rowsum(dO * O)), scaled for the 1/sqrt(hd) inside S */
-        for (int i = 0; i < T; i++) {
-            const float *dor = dout + off + (size_t)i * ld, *orow = o + off + (size_t)i * ld;
-            float D = 0;
-            for (int j = 0; j < hd; j++) D += dor[j] * orow[j];
-            float *pr = P + (size_t)i * T, *dpr = dP + (size_t)i * T;
-            for (int j = 0; j <= i; j++) dpr[j] = pr[j] * (dpr[j] - D) * scale;
-            for (int j = i + 1; j < T; j++) dpr[j] = 0.0f;
+        for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
+            int i1 = i0 + ATT_BLOCK < T ? i0 + ATT_BLOCK : T, m = i1 - i0;
+            const float *dob = dout + off + (size_t)i0 * ld;
+            float *Pb = P + (size_t)i0 * T, *dPb = dP + (size_t)i0 * T;
+            causal_probs(P, q + off, k + off, T, ld, hd, scale, i0, i1, NULL, lse + (size_t)bh * T);
+            /* dV[0:i1] += P^T dO;  dP = dO V[0:i1]^T */
+            gemm(true, false, i1, hd, m, 1.0f, Pb, T, dob, ld, 1.0f, dv + off, ld);
+            gemm(false, true, m, i1, hd, 1.0f, dob, ld, v + off, ld, 0.0f, dPb, T);
+            /* dS = P * (dP - rowsum(dO * O)), times the 1/sqrt(hd) inside S */
+            for (int i = i0; i < i1; i++) {
+                const float *dor = dout + off + (size_t)i * ld, *orow = o + off + (size_t)i * ld;
+                float D = 0;
+                for (int j = 0; j < hd; j++) D += dor[j] * orow[j];
+                float *pr = P + (size_t)i * T, *dpr = dP + (size_t)i * T;
+                for (int j = 0; j <= i; j++) dpr[j] = pr[j] * (dpr[j] - D) * scale;
+                for (int j = i + 1; j < i1; j++) dpr[j] = 0.0f;
+            }
+            /* dQ[i0:i1] = dS K[0:i1];  dK[0:i1] += dS^T Q[i0:i1] */
+            gemm(false, false, m, hd, i1, 1.0f, dPb, T, k + off, ld, 0.0f, dq + off + (size_t)i0 * ld, ld);
+            gemm(true, false, i1, hd, m, 1.0f, dPb, T, q + off + (size_t)i0 * ld, ld, 1.0f, dk + off, ld);
         }
-        /* dQ = dS K;  dK = dS^T Q */
-        gemm(false, false, T, hd, T, 1.0f, dP, T, k + off, ld, 0.0f, dq + off, ld);
-        gemm(true, false, T, hd, T, 1.0f, dP, T, q + off, ld, 0.0f, dk + off, ld);
     }
 }
 

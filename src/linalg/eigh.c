@@ -67,8 +67,8 @@ static void tridiagonalize(int n, double *A, double *d, double *e, double *beta,
 static void apply_rotations(int n, double *Zt, const int *ri, const double *rc, const double *rs,
                             int nrot) {
     if (nrot == 0) return;
-    const int CH = 64, nch = (n + CH - 1) / CH;
-#pragma omp parallel for schedule(static) if ((double)nrot * n >= 1e5)
+    const int CH = 128, nch = (n + CH - 1) / CH;
+#pragma omp parallel for schedule(static) if ((double)nrot * n >= 1e6)
     for (int ch = 0; ch < nch; ch++) {
         int c0 = ch * CH, c1 = c0 + CH < n ? c0 + CH : n;
         for (int t = 0; t < nrot; t++) {

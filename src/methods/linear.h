@@ -24,26 +24,36 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
-/* Options shared by the methods (each reads the ones it uses; the CLI fills them). */
+/* Options shared by the methods (each reads the ones it uses; the CLI fills them, and checkpoints
+ * store them so a saved model is rebuilt with the same shapes). */
+typedef enum { GAP_STATIC, GAP_LINEAR, GAP_EXPONENTIAL } gap_progression;
+
 typedef struct {
     int rank;                    /* low-rank methods: r */
     double lora_alpha;           /* LoQT: plain multiplier s; LoRA: s = alpha / r */
     int update_proj_gap;         /* steps between refreshes (first gap) */
-    const char *proj_gap_progression; /* static | linear | exponential */
+    gap_progression proj_gap_progression;
     double increment_size;       /* psi of the exponential schedule / increment of linear */
     int max_proj_gap;            /* 0 = unbounded */
     int compensate_quant_error_iterations;
-    const char *quantize_w;      /* 4bit | none */
-    const char *quantize_projection_matrix; /* 4bit | none */
-    const char *merge_optimizer_state;      /* keep | reset */
+    int quantize_w;              /* 1 = NF4, 0 = 16-bit (LoQT-nq) */
+    int quantize_projection;     /* 1 = NF4, 0 = 16-bit */
     int use_double_quant;
+    int merge_reset_optimizer;   /* at a merge: 1 = reset B's Adam moments, 0 = keep (reference) */
+    int lowrank_fp32;            /* trainable factors in fp32 instead of bf16 */
     double galore_scale;
     optim_kind optimizer;
     uint64_t seed;
 } method_opts;
 
 void method_opts_defaults(method_opts *o);
+/* The options as a one-line JSON object, and back (unknown keys are errors). */
+void method_opts_write_json(const method_opts *o, FILE *f);
+int method_opts_parse_json(method_opts *o, const char *text);
+const char *gap_progression_name(gap_progression g);
+int gap_progression_parse(const char *s, gap_progression *out);
 
 typedef struct linear_method linear_method;
 

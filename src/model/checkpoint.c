@@ -14,6 +14,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* out = dir + "/" + name; -1 with an error when it does not fit */
+static int join(char *out, size_t cap, const char *dir, const char *name) {
+    int n = snprintf(out, cap, "%s/%s", dir, name);
+    if (n < 0 || (size_t)n >= cap) return loqt_set_error("path too long: %s/%s", dir, name);
+    return 0;
+}
+
 void llama_save_tensors(const llama_model *m, st_writer *model, st_writer *state) {
     dense_param *ps[2 * 1024 + 3];
     int n = llama_dense_params((llama_model *)m, ps, 2 * 1024 + 3);
@@ -51,7 +58,7 @@ int llama_load_tensors(llama_model *m, const st_file *model, const st_file *stat
 
 static int write_config(const llama_config *c, const char *dir) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (join(path, sizeof path, dir, "config.json")) return -1;
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
@@ -92,6 +99,7 @@ static void remove_tree(const char *dir) {
 
 int checkpoint_save(const llama_model *m, const trainer_meta *tm, const char *dir) {
     char tmp[4096], path[4096];
+    if (strlen(dir) > 4000) return loqt_set_error("checkpoint path too long: %s", dir);
     snprintf(tmp, sizeof tmp, "%s.tmp", dir);
     remove_tree(tmp);
     if (file_mkdir_p(tmp)) return -1;
@@ -102,14 +110,21 @@ int checkpoint_save(const llama_model *m, const trainer_meta *tm, const char *di
     meta_strings(tm, vals);
     for (int i = 0; i < 6; i++) st_writer_meta(ws, meta_keys[i], vals[i]);
     st_writer_meta(ws, "optimizer", tm->optimizer);
+    char *mo_json = NULL;
+    size_t mo_len = 0;
+    FILE *mf = open_memstream(&mo_json, &mo_len);
+    method_opts_write_json(&m->mopts, mf);
+    fclose(mf);
+    st_writer_meta(ws, "method_opts", mo_json);
     st_writer_meta(wm, "format", "pt");
     llama_save_tensors(m, wm, ws);
-    snprintf(path, sizeof path, "%s/model.safetensors", tmp);
-    int rc = st_writer_write(wm, path);
-    snprintf(path, sizeof path, "%s/trainer_state.safetensors", tmp);
+    int rc = join(path, sizeof path, tmp, "model.safetensors");
+    if (!rc) rc = st_writer_write(wm, path);
+    if (!rc) rc = join(path, sizeof path, tmp, "trainer_state.safetensors");
     if (!rc) rc = st_writer_write(ws, path);
     st_writer_free(wm);
     st_writer_free(ws);
+    free(mo_json);
     if (rc) return -1;
 
     char *js = NULL;
@@ -126,8 +141,8 @@ int checkpoint_save(const llama_model *m, const trainer_meta *tm, const char *di
     json_write_string(f, tm->optimizer);
     fprintf(f, "\n}\n");
     fclose(f);
-    snprintf(path, sizeof path, "%s/trainer_state.json", tmp);
-    rc = file_write_atomic(path, js, jlen);
+    rc = join(path, sizeof path, tmp, "trainer_state.json");
+    if (!rc) rc = file_write_atomic(path, js, jlen);
     free(js);
     if (rc) return -1;
     if (file_fsync_dir(tmp)) return -1;
@@ -148,7 +163,7 @@ int checkpoint_save(const llama_model *m, const trainer_meta *tm, const char *di
 
 int checkpoint_read_config(const char *dir, llama_config *c) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (join(path, sizeof path, dir, "config.json")) return -1;
     size_t len = 0;
     char *text = file_read_all(path, 1 << 20, &len);
     if (!text) return -1;
@@ -169,7 +184,7 @@ static int parse_u64(const char *s, uint64_t *out) {
 
 int checkpoint_read_meta(const char *dir, trainer_meta *tm) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/trainer_state.safetensors", dir);
+    if (join(path, sizeof path, dir, "trainer_state.safetensors")) return -1;
     st_file f;
     if (st_open(&f, path)) return -1;
     memset(tm, 0, sizeof *tm);
@@ -188,6 +203,10 @@ int checkpoint_read_meta(const char *dir, trainer_meta *tm) {
         snprintf(tm->optimizer, sizeof tm->optimizer, "%s", v ? v : "adamw");
         v = st_meta(&f, "loss");
         tm->loss = v ? strtod(v, NULL) : 0;
+        method_opts_defaults(&tm->mopts);
+        v = st_meta(&f, "method_opts");
+        if (v && method_opts_parse_json(&tm->mopts, v))
+            rc = loqt_set_error("%s: %s", path, loqt_last_error());
     }
     st_close(&f);
     return rc;
@@ -196,12 +215,10 @@ int checkpoint_read_meta(const char *dir, trainer_meta *tm) {
 int checkpoint_load(llama_model *m, const char *dir, int weights_only) {
     char path[4096];
     st_file fm, fs;
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    if (st_open(&fm, path)) return -1;
+    if (join(path, sizeof path, dir, "model.safetensors") || st_open(&fm, path)) return -1;
     int have_state = 0;
     if (!weights_only) {
-        snprintf(path, sizeof path, "%s/trainer_state.safetensors", dir);
-        if (st_open(&fs, path)) {
+        if (join(path, sizeof path, dir, "trainer_state.safetensors") || st_open(&fs, path)) {
             st_close(&fm);
             return -1;
         }
@@ -256,8 +273,8 @@ int llama_export_dense(const llama_model *m, const char *dir) {
             st_writer_add(w, names[k], ST_F32, 2, shape, dense[k]);
         }
     char path[4096];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    int rc = st_writer_write(w, path);
+    int rc = join(path, sizeof path, dir, "model.safetensors");
+    if (!rc) rc = st_writer_write(w, path);
     st_writer_free(w);
     for (int k = 0; k < nl; k++) mem_free(dense[k]);
     free(dense);

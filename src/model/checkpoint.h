@@ -23,6 +23,7 @@ typedef struct {
     double loss;             /* loss of the last step */
     char method[32];
     char optimizer[16];
+    method_opts mopts;       /* read back by checkpoint_read_meta; saving takes the model's own */
 } trainer_meta;
 
 /* Tensors of the model: dense parameters + each linear layer's method tensors.  `state` (may be

@@ -35,6 +35,11 @@ void optim_state_free(optim_state *s) {
     s->q = NULL;
 }
 
+void optim_state_restart(optim_state *s, long t_done) {
+    optim_state_reset(s);
+    s->t_offset = t_done;
+}
+
 void optim_state_reset(optim_state *s) {
     if (s->m) memset(s->m, 0, s->n * sizeof(float));
     if (s->v) memset(s->v, 0, s->n * sizeof(float));
@@ -51,7 +56,8 @@ static void adamw_update(optim_state *s, float *w, const float *g, const optim_h
         s->v = mem_alloc(MEM_OPTIM, s->n * sizeof(float));
     }
     const float b1 = h->beta1, b2 = h->beta2, eps = h->eps, gs = h->grad_scale;
-    const double bc1 = 1.0 - pow(h->beta1, (double)h->t), bc2 = 1.0 - pow(h->beta2, (double)h->t);
+    const double t = (double)(h->t - s->t_offset > 0 ? h->t - s->t_offset : 1);
+    const double bc1 = 1.0 - pow(h->beta1, t), bc2 = 1.0 - pow(h->beta2, t);
     const float step = (float)(h->lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
     const float decay = 1.0f - h->lr * h->weight_decay;
     float *m = s->m, *v = s->v;
@@ -98,6 +104,11 @@ void optim_state_save(const optim_state *s, st_writer *w, const char *prefix) {
         snprintf(name, sizeof name, "%s.exp_avg_sq", prefix);
         st_writer_add(w, name, ST_F32, 1, shape, s->v);
     }
+    if (s->t_offset) {
+        int64_t one[1] = {1};
+        snprintf(name, sizeof name, "%s.t_offset", prefix);
+        st_writer_add(w, name, ST_I64, 1, one, &s->t_offset);
+    }
     if (s->q) {
         int64_t qshape[1] = {(int64_t)mem_size(s->q)};
         snprintf(name, sizeof name, "%s.state8", prefix);
@@ -117,6 +128,11 @@ int optim_state_load(optim_state *s, const st_file *f, const char *prefix) {
         if (st_read_f32(f, name, s->m, 1, shape)) return -1;
         snprintf(name, sizeof name, "%s.exp_avg_sq", prefix);
         if (st_read_f32(f, name, s->v, 1, shape)) return -1;
+    }
+    snprintf(name, sizeof name, "%s.t_offset", prefix);
+    if (st_find(f, name)) {
+        int64_t one[1] = {1};
+        if (st_read_raw(f, name, &s->t_offset, ST_I64, 1, one)) return -1;
     }
     snprintf(name, sizeof name, "%s.state8", prefix);
     const st_tensor *t = st_find(f, name);

@@ -9,6 +9,7 @@
 #include "io/safetensors.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef enum { OPTIM_ADAMW, OPTIM_ADAM8BIT } optim_kind;
 
@@ -26,6 +27,7 @@ typedef struct {
     size_t n;
     float *m, *v; /* AdamW: fp32 moments (MEM_OPTIM), allocated on first update */
     void *q;      /* 8-bit state (adam8bit), owned by that implementation */
+    int64_t t_offset; /* updates before the last restart: bias correction uses t - t_offset */
 } optim_state;
 
 optim_kind optim_kind_parse(const char *name, int *ok);
@@ -35,6 +37,9 @@ void optim_state_init(optim_state *s, size_t n, optim_kind kind);
 void optim_state_free(optim_state *s);
 /* Forgets the moments (used by methods that re-initialise their factors). */
 void optim_state_reset(optim_state *s);
+/* Forgets the moments and restarts bias correction: the update with hparams t = t_done + 1 is
+ * treated as the first one. */
+void optim_state_restart(optim_state *s, long t_done);
 size_t optim_state_bytes(const optim_state *s);
 
 void optim_update(optim_state *s, float *w, const float *g, const optim_hparams *h);

@@ -202,19 +202,6 @@ int nf4_quantize(nf4_tensor *t, const float *x) {
 
 /* ---- dequantization ---------------------------------------------------------------------- */
 
-/* normalized code pairs per byte: high nibble first */
-static float pair_lut[256][2];
-static int pair_lut_ready;
-
-static void init_pair_lut(void) {
-    if (__atomic_load_n(&pair_lut_ready, __ATOMIC_ACQUIRE)) return;
-    for (int b = 0; b < 256; b++) {
-        pair_lut[b][0] = nf4_codebook[b >> 4];
-        pair_lut[b][1] = nf4_codebook[b & 15];
-    }
-    __atomic_store_n(&pair_lut_ready, 1, __ATOMIC_RELEASE);
-}
-
 static inline float code_at(const uint8_t *codes, size_t i) {
     uint8_t byte = codes[i >> 1];
     return nf4_codebook[(i & 1) ? (byte & 15) : (byte >> 4)];
@@ -227,10 +214,10 @@ static void deq_portable_span(const uint8_t *codes, size_t e0, size_t e1, float 
         *y++ = code_at(codes, i) * a;
         i++;
     }
-    for (; i + 1 < e1; i += 2) {
-        const float *p = pair_lut[codes[i >> 1]];
-        y[0] = p[0] * a;
-        y[1] = p[1] * a;
+    for (; i + 1 < e1; i += 2) { /* one byte: high nibble first */
+        const uint8_t b = codes[i >> 1];
+        y[0] = nf4_codebook[b >> 4] * a;
+        y[1] = nf4_codebook[b & 15] * a;
         y += 2;
     }
     if (i < e1) *y = code_at(codes, i) * a;
@@ -280,7 +267,6 @@ int nf4_dequantize_range_path(const nf4_tensor *t, size_t e0, size_t e1, float *
     if (path == NF4_PATH_AVX512 && !nf4_have_avx512())
         return loqt_set_error("nf4_dequantize: AVX-512 kernel requested but not available");
     if (path != NF4_PATH_PORTABLE) simd = nf4_have_avx512();
-    init_pair_lut();
     if (e0 == e1) return 0;
     const size_t bfirst = e0 / NF4_BLOCK, blast = (e1 - 1) / NF4_BLOCK;
     const size_t nb = blast - bfirst + 1;

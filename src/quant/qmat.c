@@ -1,0 +1,155 @@
+#include "quant/qmat.h"
+
+#include "core/error.h"
+#include "core/rng.h"
+
+#include <stdio.h>
+#include <string.h>
+
+const char *qmat_kind_name(qmat_kind k) {
+    return k == QMAT_NF4 ? "nf4" : k == QMAT_BF16 ? "bf16" : "fp32";
+}
+
+int qmat_init(qmat *m, qmat_kind kind, int rows, int cols, bool double_quant, mem_cat cat) {
+    memset(m, 0, sizeof *m);
+    m->kind = kind;
+    m->rows = rows;
+    m->cols = cols;
+    m->cat = cat;
+    size_t n = (size_t)rows * cols;
+    switch (kind) {
+    case QMAT_F32: m->f32 = mem_alloc(cat, n * sizeof(float)); return 0;
+    case QMAT_BF16: m->bf16 = mem_alloc(cat, n * sizeof(uint16_t)); return 0;
+    case QMAT_NF4: return nf4_init(&m->nf4, n, double_quant);
+    }
+    return loqt_set_error("unknown matrix storage kind");
+}
+
+void qmat_free(qmat *m) {
+    mem_free(m->f32);
+    mem_free(m->bf16);
+    if (m->kind == QMAT_NF4) nf4_free(&m->nf4);
+    memset(m, 0, sizeof *m);
+}
+
+int qmat_set(qmat *m, const float *x) {
+    long n = (long)m->rows * m->cols;
+    switch (m->kind) {
+    case QMAT_F32: memcpy(m->f32, x, (size_t)n * sizeof(float)); return 0;
+    case QMAT_BF16:
+#pragma omp parallel for schedule(static) if (n > 65536)
+        for (long i = 0; i < n; i++) m->bf16[i] = f32_to_bf16(x[i]);
+        return 0;
+    case QMAT_NF4: return nf4_quantize(&m->nf4, x);
+    }
+    return -1;
+}
+
+int qmat_set_stochastic(qmat *m, const float *x, uint64_t seed, uint64_t stream) {
+    if (m->kind != QMAT_BF16) return qmat_set(m, x);
+    long n = (long)m->rows * m->cols;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (long i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        if ((u & 0x7f800000u) == 0x7f800000u) { /* inf / nan: no dithering */
+            m->bf16[i] = f32_to_bf16(x[i]);
+            continue;
+        }
+        /* add 16 random bits below the kept mantissa, then truncate: rounds up with probability
+         * equal to the dropped fraction, so E[bf16] = x */
+        u += (uint32_t)(rng_u64(seed, stream, (uint64_t)i) & 0xffffu);
+        m->bf16[i] = (uint16_t)(u >> 16);
+    }
+    return 0;
+}
+
+void qmat_get_rows(const qmat *m, int r0, int r1, float *y) {
+    size_t e0 = (size_t)r0 * m->cols, e1 = (size_t)r1 * m->cols;
+    switch (m->kind) {
+    case QMAT_F32: memcpy(y, m->f32 + e0, (e1 - e0) * sizeof(float)); break;
+    case QMAT_BF16: {
+        const uint16_t *s = m->bf16 + e0;
+        long n = (long)(e1 - e0);
+#pragma omp parallel for schedule(static) if (n > 65536)
+        for (long i = 0; i < n; i++) y[i] = bf16_to_f32(s[i]);
+        break;
+    }
+    case QMAT_NF4: nf4_dequantize_range(&m->nf4, e0, e1, y); break;
+    }
+}
+
+void qmat_get(const qmat *m, float *y) { qmat_get_rows(m, 0, m->rows, y); }
+
+void qmat_mem_bytes(const qmat *m, size_t bytes[MEM_NCAT]) {
+    switch (m->kind) {
+    case QMAT_F32: bytes[m->cat] += mem_size(m->f32); break;
+    case QMAT_BF16: bytes[m->cat] += mem_size(m->bf16); break;
+    case QMAT_NF4:
+        bytes[MEM_QWEIGHTS] += mem_size(m->nf4.codes); /* as nf4_init accounts them */
+        bytes[MEM_QSTATE] += mem_size(m->nf4.absmax) + mem_size(m->nf4.qabsmax) + mem_size(m->nf4.dq_scale);
+        break;
+    }
+}
+
+size_t qmat_bytes(const qmat *m) {
+    size_t b[MEM_NCAT] = {0}, t = 0;
+    qmat_mem_bytes(m, b);
+    for (int i = 0; i < MEM_NCAT; i++) t += b[i];
+    return t;
+}
+
+void qmat_save(const qmat *m, st_writer *w, const char *name) {
+    int64_t shape[2] = {m->rows, m->cols};
+    char nm[256];
+    switch (m->kind) {
+    case QMAT_F32: st_writer_add(w, name, ST_F32, 2, shape, m->f32); break;
+    case QMAT_BF16: st_writer_add(w, name, ST_BF16, 2, shape, m->bf16); break;
+    case QMAT_NF4: {
+        const nf4_tensor *t = &m->nf4;
+        int64_t nc = (int64_t)nf4_packed_bytes(t->n), nb = (int64_t)t->nblocks;
+        snprintf(nm, sizeof nm, "%s.nf4_codes", name);
+        st_writer_add(w, nm, ST_U8, 1, &nc, t->codes);
+        if (!t->dq) {
+            snprintf(nm, sizeof nm, "%s.nf4_absmax", name);
+            st_writer_add(w, nm, ST_F32, 1, &nb, t->absmax);
+        } else {
+            int64_t ng = (int64_t)((t->nblocks + NF4_DQ_GROUP - 1) / NF4_DQ_GROUP), one = 1;
+            snprintf(nm, sizeof nm, "%s.nf4_qabsmax", name);
+            st_writer_add(w, nm, ST_I8, 1, &nb, t->qabsmax);
+            snprintf(nm, sizeof nm, "%s.nf4_dq_scale", name);
+            st_writer_add(w, nm, ST_F32, 1, &ng, t->dq_scale);
+            snprintf(nm, sizeof nm, "%s.nf4_dq_offset", name);
+            st_writer_add(w, nm, ST_F32, 1, &one, &t->dq_offset);
+        }
+        break;
+    }
+    }
+}
+
+int qmat_load(qmat *m, const st_file *f, const char *name) {
+    int64_t shape[2] = {m->rows, m->cols};
+    char nm[256];
+    switch (m->kind) {
+    case QMAT_F32: return st_read_f32(f, name, m->f32, 2, shape);
+    case QMAT_BF16: return st_read_raw(f, name, m->bf16, ST_BF16, 2, shape);
+    case QMAT_NF4: {
+        nf4_tensor *t = &m->nf4;
+        int64_t nc = (int64_t)nf4_packed_bytes(t->n), nb = (int64_t)t->nblocks;
+        snprintf(nm, sizeof nm, "%s.nf4_codes", name);
+        if (st_read_raw(f, nm, t->codes, ST_U8, 1, &nc)) return -1;
+        if (!t->dq) {
+            snprintf(nm, sizeof nm, "%s.nf4_absmax", name);
+            return st_read_f32(f, nm, t->absmax, 1, &nb);
+        }
+        int64_t ng = (int64_t)((t->nblocks + NF4_DQ_GROUP - 1) / NF4_DQ_GROUP), one = 1;
+        snprintf(nm, sizeof nm, "%s.nf4_qabsmax", name);
+        if (st_read_raw(f, nm, t->qabsmax, ST_I8, 1, &nb)) return -1;
+        snprintf(nm, sizeof nm, "%s.nf4_dq_scale", name);
+        if (st_read_f32(f, nm, t->dq_scale, 1, &ng)) return -1;
+        snprintf(nm, sizeof nm, "%s.nf4_dq_offset", name);
+        return st_read_f32(f, nm, &t->dq_offset, 1, &one);
+    }
+    }
+    return -1;
+}

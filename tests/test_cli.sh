@@ -1,0 +1,420 @@
+#!/usr/bin/env bash
+# End-to-end tests of the loqt program: train, resume, accumulation, eval, export, generate, --help,
+# and bad input (each must give one "loqt..." line on stderr and a non-zero exit, never a crash).
+# Runs from the repository root on a tiny synthetic corpus it writes itself (no network) and ends
+# with "N passed, N failed" like the C test programs, so tests/run_tests.sh can run it as is.
+#   BUILD=build bash tests/test_cli.sh            (LOQT=path/to/loqt overrides $BUILD/loqt)
+# A SANITIZE=1 build works too: any sanitizer report (leaks included) counts as a crash.
+# KEEP=1 keeps the scratch directory for inspection.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+BUILD=${BUILD:-build}
+LOQT=${LOQT:-$BUILD/loqt}
+PY=${PYTHON:-python3}
+TOK=data/llama.tok
+
+passed=0
+failed=0
+ok() { echo "ok $1"; passed=$((passed + 1)); }
+bad() { echo "FAIL $1: $2"; failed=$((failed + 1)); }
+check() { # check NAME WHY-IF-FALSE COMMAND...: ok when COMMAND succeeds
+    local name=$1 why=$2
+    shift 2
+    if "$@"; then ok "$name"; else bad "$name" "$why"; fi
+}
+
+if [ ! -x "$LOQT" ]; then
+    echo "FAIL setup: $LOQT not found (run make first)"
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+LOQT=$(cd "$(dirname "$LOQT")" && pwd)/$(basename "$LOQT")
+T=$(mktemp -d) || exit 1
+if [ "${KEEP:-0}" = 1 ]; then echo "# scratch directory: $T"; else trap 'rm -rf "$T"' EXIT; fi
+
+# ---- helpers ---------------------------------------------------------------------------------
+# run CMD...: stdout -> $T/out, stderr -> $T/err, exit status -> $RC
+run() {
+    "$@" >"$T/out" 2>"$T/err"
+    RC=$?
+}
+# Empty if the last run did not crash, else why.
+crash_reason() {
+    if [ "$RC" -ge 128 ]; then echo "killed by a signal (exit $RC)"; return; fi
+    if grep -qE 'Sanitizer|runtime error:|Segmentation|core dumped|Aborted|double free|malloc\(\)' "$T/err"; then
+        echo "crash report on stderr: $(grep -m1 -E 'Sanitizer|runtime error:|Segmentation|core dumped|Aborted|double free|malloc\(\)' "$T/err")"
+    fi
+}
+# expect_error NAME REGEX CMD...: non-zero exit below 128, exactly one stderr line that starts
+# with "loqt" and matches REGEX (case-insensitive, extended), no crash.
+expect_error() {
+    local name=$1 re=$2
+    shift 2
+    run "$@"
+    local why n first
+    why=$(crash_reason)
+    n=$(wc -l <"$T/err")
+    first=$(head -n 1 "$T/err")
+    if [ -n "$why" ]; then bad "$name" "$why"
+    elif [ "$RC" -eq 0 ]; then bad "$name" "exit status 0, expected an error"
+    elif [ "$n" -ne 1 ]; then bad "$name" "$n lines on stderr, expected 1: $(head -n 3 "$T/err" | tr '\n' '|')"
+    elif [[ "$first" != loqt* ]]; then bad "$name" "stderr line does not start with 'loqt': $first"
+    elif ! grep -qiE "$re" "$T/err"; then bad "$name" "message lacks /$re/: $first"
+    else ok "$name"
+    fi
+}
+# expect_ok NAME CMD...: exit 0 and no crash report
+expect_ok() {
+    local name=$1
+    shift
+    run "$@"
+    local why
+    why=$(crash_reason)
+    if [ -n "$why" ]; then bad "$name" "$why"
+    elif [ "$RC" -ne 0 ]; then bad "$name" "exit $RC: $(tail -n 2 "$T/err" | tr '\n' '|')"
+    else ok "$name"
+    fi
+}
+
+cat >"$T/check.py" <<'EOF'
+# Helpers over metrics.jsonl files; each subcommand prints problems (empty output = fine).
+import json, math, re, sys
+
+def lines(path):
+    with open(path) as f:
+        return [l for l in f.read().split("\n") if l.strip()]
+
+def raw(line, key):  # the number exactly as written
+    m = re.search(r'"%s": ([^,}]+)' % key, line)
+    return m.group(1) if m else None
+
+cmd, path = sys.argv[1], sys.argv[2]
+L = lines(path)
+if cmd == "valid":  # every line a JSON object; steps 1..N in order; eval lines; a final line
+    nsteps = int(sys.argv[3])
+    objs = []
+    for i, l in enumerate(L):
+        try:
+            o = json.loads(l)
+        except Exception as e:
+            print("line %d is not JSON (%s): %s" % (i + 1, e, l[:80])); sys.exit()
+        if not isinstance(o, dict):
+            print("line %d is not an object" % (i + 1)); sys.exit()
+        objs.append(o)
+    steps = [o for o in objs if "loss" in o]
+    if [o["step"] for o in steps] != list(range(1, nsteps + 1)):
+        print("step lines are %s, expected 1..%d" % ([o["step"] for o in steps], nsteps))
+    for o in steps:
+        for k in ("step", "tokens", "loss", "lr", "grad_norm", "step_s", "tokens_per_s", "rss_mib"):
+            if not isinstance(o.get(k), (int, float)):
+                print("step %s: key %s missing or not a number" % (o.get("step"), k)); break
+        if not math.isfinite(o["loss"]):
+            print("step %s: loss is not finite" % o["step"])
+    evals = [o for o in objs if "eval_loss" in o and not o.get("final")]
+    if not evals or any(not isinstance(o.get("eval_ppl"), (int, float)) for o in evals):
+        print("no eval line with eval_loss and eval_ppl")
+    elif evals[-1]["step"] != nsteps:
+        print("last eval line is at step %s, expected %d" % (evals[-1]["step"], nsteps))
+    fin = objs[-1] if objs else {}
+    if fin.get("final") is not True:
+        print("the last line is not the final line")
+    elif not isinstance(fin.get("memory"), dict) or not fin["memory"]:
+        print("the final line has no memory breakdown")
+    elif not any("rss" in k for k in fin["memory"]):
+        print("the final memory breakdown has no measured RSS")
+elif cmd == "get":  # get PATH STEP KEY: raw value of KEY on the step line STEP (or "first"/"last")
+    step, key = sys.argv[3], sys.argv[4]
+    rows = [l for l in L if '"loss"' in l]
+    if step == "first": rows = rows[:1]
+    elif step == "last": rows = rows[-1:]
+    else: rows = [l for l in rows if raw(l, "step") == step]
+    print(raw(rows[0], key) if rows else "none")
+elif cmd == "evals":  # raw eval_loss of every eval line, one a line
+    for l in L:
+        if '"eval_loss"' in l and '"final"' not in l: print(raw(l, "step"), raw(l, "eval_loss"))
+elif cmd == "keep":  # keep PATH MAXSTEP: rewrite PATH keeping step/eval lines with step <= MAXSTEP
+    mx = int(sys.argv[3])
+    keep = [l for l in L if '"final"' not in l and int(raw(l, "step")) <= mx]
+    with open(path, "w") as f:
+        f.write("".join(l + "\n" for l in keep))
+elif cmd == "steps":  # "step key=value ..." for the step lines, raw values, for string comparison
+    keys = sys.argv[3].split(",")
+    for l in L:
+        if '"loss"' in l:
+            print(" ".join("%s=%s" % (k, raw(l, k)) for k in keys))
+EOF
+metrics() { "$PY" "$T/check.py" "$@"; }
+
+# ---- fixtures: a learnable token stream in shards, a tiny config -----------------------------
+"$PY" - "$T" <<'EOF' || { echo "FAIL setup: could not write the fixtures"; echo "0 passed, 1 failed"; exit 1; }
+import os, struct, sys
+T = sys.argv[1]
+
+def shard(path, toks, vocab=64, count=None, cut=None):
+    b = b"LOQTSHRD" + struct.pack("<IIQ", 1, vocab, len(toks) if count is None else count) + bytes(40)
+    b += struct.pack("<%dH" % len(toks), *toks)
+    with open(path, "wb") as f:
+        f.write(b if cut is None else b[:cut])
+
+# A period-15 pattern: a model learns it within a few steps.
+pat = [1, 5, 9, 13, 17, 21, 25, 29, 33, 37, 41, 45, 2, 7, 11]
+stream = [pat[i % len(pat)] for i in range(4000)]
+val = [pat[(i + 3) % len(pat)] for i in range(1000)]
+for d in ("data", "corrupt", "bigvocab", "badtoken", "noval", "badmagic"):
+    os.makedirs(os.path.join(T, d))
+shard(T + "/data/train_000.bin", stream[:2000])
+shard(T + "/data/train_001.bin", stream[2000:])
+shard(T + "/data/val_000.bin", val)
+for d in ("corrupt", "bigvocab", "badtoken", "badmagic"):
+    shard(T + "/%s/val_000.bin" % d, val)
+shard(T + "/corrupt/train_000.bin", stream[:2000], cut=1001)       # truncated mid-token
+shard(T + "/bigvocab/train_000.bin", stream, vocab=100)             # header vocab > model's 64
+shard(T + "/badtoken/train_000.bin", stream[:100] + [70] + stream)  # id 70 >= vocab 64
+shard(T + "/noval/train_000.bin", stream)
+with open(T + "/badmagic/train_000.bin", "wb") as f:
+    f.write(b"NOTSHARD" + bytes(56) + bytes(200))
+
+cfg = '"intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, ' \
+      '"vocab_size": 64, "max_position_embeddings": 64'
+open(T + "/tiny.json", "w").write('{"hidden_size": 32, %s}\n' % cfg)
+open(T + "/heads.json", "w").write('{"hidden_size": 30, %s}\n' % cfg)
+open(T + "/malformed.json", "w").write('{"hidden_size": 32,\n')
+open(T + "/v32k.json", "w").write(
+    '{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, '
+    '"vocab_size": 32000, "max_position_embeddings": 64}\n')
+open(T + "/garbage.tok", "w").write("this is not a tokenizer\n")
+EOF
+
+D=$T/data
+COMMON=(--model "$T/tiny.json" --data "$D" --batch-size 2 --max-length 32 --lr 1e-2 --threads 1
+        --num-eval-tokens 256)
+TRAIN12=("${COMMON[@]}" --num-training-steps 12 --save-every 6)
+
+# ---- 1. a training run and what it writes ----------------------------------------------------
+A=$T/runA
+run "$LOQT" train "${TRAIN12[@]}" --output-dir "$A"
+why=$(crash_reason)
+if [ -z "$why" ] && [ "$RC" -eq 0 ]; then ok train_runs; else bad train_runs "exit $RC $why: $(tail -n 2 "$T/err" | tr '\n' '|')"; fi
+if [ -f "$A/metrics.jsonl" ]; then
+    probs=$(metrics valid "$A/metrics.jsonl" 12)
+    check train_metrics_jsonl "$probs" test -z "$probs"
+else
+    bad train_metrics_jsonl "no $A/metrics.jsonl"
+fi
+missing=""
+for s in 00000006 00000012; do
+    for f in config.json model.safetensors trainer_state.safetensors trainer_state.json; do
+        [ -s "$A/checkpoints/step-$s/$f" ] || missing="$missing step-$s/$f"
+    done
+done
+check train_checkpoint_files "missing or empty:$missing" test -z "$missing"
+tmps=$(find "$A" -name '*.tmp*' | head -n 3)
+check train_no_tmp_left "left behind: $tmps" test -z "$tmps"
+check train_progress_lines "stdout lacks 'step 12/12' or 'saved checkpoint'" \
+    bash -c "grep -q 'step 12/12' '$T/out' && grep -q 'saved checkpoint' '$T/out'"
+
+# ---- 2. the loss falls on the learnable pattern ----------------------------------------------
+first=$(metrics get "$A/metrics.jsonl" first loss 2>/dev/null)
+last=$(metrics get "$A/metrics.jsonl" last loss 2>/dev/null)
+# ln 64 = 4.16 at the start; 12 steps at lr 1e-2 reach about 2.2 (margin: 1.0 nats)
+check loss_decreases "first step loss $first, last $last: expected a drop of more than 1.0" \
+    "$PY" -c "import sys; sys.exit(not (float('$last') < float('$first') - 1.0))"
+ev=$(metrics evals "$A/metrics.jsonl" 2>/dev/null | tr '\n' ' ')
+check eval_loss_decreases "eval lines (step loss): $ev; expected step 0 and 12, a drop of more than 1.0" \
+    "$PY" -c "
+e = '$ev'.split(); import sys
+sys.exit(not (len(e) == 4 and e[0] == '0' and e[2] == '12' and float(e[3]) < float(e[1]) - 1.0))"
+
+# ---- 3. resume repeats the uninterrupted run exactly -----------------------------------------
+B=$T/runB
+run "$LOQT" train "${TRAIN12[@]}" --output-dir "$B"
+if [ "$RC" -ne 0 ] || [ ! -d "$B/checkpoints/step-00000006" ]; then
+    bad resume_latest "the second run failed (exit $RC)"
+else
+    rm -rf "$B/checkpoints/step-00000012"
+    metrics keep "$B/metrics.jsonl" 6
+    # a half-written checkpoint of a crashed run must be ignored by --resume latest
+    mkdir -p "$B/checkpoints/step-00000099.tmp" && cp "$B/checkpoints/step-00000006/"* "$B/checkpoints/step-00000099.tmp/"
+    run "$LOQT" train "${TRAIN12[@]}" --output-dir "$B" --resume latest
+    if [ "$RC" -ne 0 ]; then
+        bad resume_latest "exit $RC: $(tail -n 1 "$T/err")"
+    else
+        check resume_latest "stdout does not say it resumed from step-00000006 at step 6" \
+            grep -q 'resumed from .*step-00000006 at step 6' "$T/out"
+    fi
+    keys=step,tokens,loss,lr,grad_norm
+    metrics steps "$A/metrics.jsonl" $keys >"$T/a.steps"
+    metrics steps "$B/metrics.jsonl" $keys >"$T/b.steps"
+    check resume_same_losses "steps 1..12 differ from the uninterrupted run: $(diff "$T/a.steps" "$T/b.steps" | head -n 4 | tr '\n' '|')" \
+        cmp -s "$T/a.steps" "$T/b.steps"
+    check resume_same_weights "model.safetensors or trainer_state.safetensors of step 12 differ" \
+        bash -c "cmp -s '$A/checkpoints/step-00000012/model.safetensors' '$B/checkpoints/step-00000012/model.safetensors' &&
+                 cmp -s '$A/checkpoints/step-00000012/trainer_state.safetensors' '$B/checkpoints/step-00000012/trainer_state.safetensors'"
+    # an explicit checkpoint path, into a fresh output directory
+    C=$T/runC
+    run "$LOQT" train "${TRAIN12[@]}" --output-dir "$C" --resume "$A/checkpoints/step-00000006"
+    metrics steps "$C/metrics.jsonl" $keys >"$T/c.steps" 2>/dev/null
+    check resume_explicit_path "exit $RC, or steps 7..12 differ: $(diff <(tail -n 6 "$T/a.steps") "$T/c.steps" | head -n 4 | tr '\n' '|')" \
+        bash -c "[ $RC -eq 0 ] && [ \$(wc -l <'$T/c.steps') -eq 6 ] && tail -n 6 '$T/a.steps' | cmp -s - '$T/c.steps'"
+fi
+
+# ---- 4. gradient accumulation ----------------------------------------------------------------
+ACC=(--model "$T/tiny.json" --data "$D" --max-length 32 --threads 1 --num-eval-tokens 64 --num-training-steps 3)
+run "$LOQT" train "${ACC[@]}" --batch-size 2 --total-batch-size 4 --output-dir "$T/acc"
+acc_rc=$RC
+check accumulation_runs "exit $acc_rc or stdout lacks '2 micro-batches per step': $(tail -n 1 "$T/err")" \
+    bash -c "[ $acc_rc -eq 0 ] && grep -q '2 micro-batches per step' '$T/out'"
+run "$LOQT" train "${ACC[@]}" --batch-size 4 --output-dir "$T/big"
+if [ $acc_rc -eq 0 ] && [ $RC -eq 0 ]; then
+    # two micro-batches of 2 are the same 4 sequences as one batch of 4 (contiguous loader), so the
+    # mean loss and the gradient are the same up to float summation order
+    r=$("$PY" - "$T/acc/metrics.jsonl" "$T/big/metrics.jsonl" <<'EOF'
+import json, sys
+a, b = ([json.loads(l) for l in open(p) if '"loss"' in l] for p in sys.argv[1:3])
+if len(a) != 3 or len(b) != 3: print("expected 3 step lines, got %d and %d" % (len(a), len(b)))
+for x, y in zip(a, b):
+    if x["tokens"] != y["tokens"] or x["tokens"] != 128 * x["step"]:
+        print("step %d: tokens %d vs %d, expected %d" % (x["step"], x["tokens"], y["tokens"], 128 * x["step"]))
+    if abs(x["loss"] - y["loss"]) > 1e-4 or abs(x["grad_norm"] - y["grad_norm"]) > 1e-3 * y["grad_norm"]:
+        print("step %d: loss %g vs %g, grad_norm %g vs %g" % (x["step"], x["loss"], y["loss"], x["grad_norm"], y["grad_norm"]))
+EOF
+)
+    check accumulation_matches_big_batch "$r (tolerance: loss 1e-4 abs, grad_norm 1e-3 rel)" test -z "$r"
+else
+    bad accumulation_matches_big_batch "a run failed (exit $acc_rc / $RC)"
+fi
+
+# ---- 5. eval and export ----------------------------------------------------------------------
+CK=$A/checkpoints/step-00000012
+EVAL=(--data "$D" --batch-size 2 --max-length 32 --num-eval-tokens 256 --threads 1)
+expect_ok eval_runs "$LOQT" eval --checkpoint "$CK" "${EVAL[@]}"
+ppl=$(grep '^perplexity: ' "$T/out")
+eloss=$(sed -n 's/^loss: //p' "$T/out")
+trained=$(metrics evals "$A/metrics.jsonl" 2>/dev/null | tail -n 1 | cut -d' ' -f2)
+check eval_prints_perplexity "no 'perplexity: X' line, or loss '$eloss' differs from the run's last eval_loss '$trained'" \
+    bash -c "[ -n '$ppl' ] && [ -n '$eloss' ] && [ '$eloss' = '$trained' ]"
+expect_ok export_runs "$LOQT" export --checkpoint "$CK" --out "$T/dense"
+check export_files "dense model lacks config.json/model.safetensors or has a trainer state" \
+    bash -c "[ -s '$T/dense/config.json' ] && [ -s '$T/dense/model.safetensors' ] && [ ! -e '$T/dense/trainer_state.safetensors' ]"
+run "$LOQT" eval --checkpoint "$T/dense" "${EVAL[@]}"
+ppl2=$(grep '^perplexity: ' "$T/out")
+check export_same_perplexity "exit $RC; exported model gives '$ppl2', checkpoint '$ppl'" \
+    bash -c "[ $RC -eq 0 ] && [ -n '$ppl' ] && [ '$ppl' = '$ppl2' ]"
+
+# ---- 6. generate -----------------------------------------------------------------------------
+expect_error generate_missing_tokenizer 'tokenizer' "$LOQT" generate --checkpoint "$CK" --tokenizer "$T/none.tok" --threads 1
+expect_error generate_corrupt_tokenizer 'tokenizer' "$LOQT" generate --checkpoint "$CK" --tokenizer "$T/garbage.tok" --threads 1
+if [ -f "$TOK" ]; then
+    head -c 100000 "$TOK" >"$T/trunc.tok"
+    expect_error generate_truncated_tokenizer 'tokenizer' "$LOQT" generate --checkpoint "$CK" --tokenizer "$T/trunc.tok" --threads 1
+    "$PY" -c "
+import sys; b = bytearray(open(sys.argv[1], 'rb').read()); b[len(b) // 2] ^= 0x40
+open(sys.argv[2], 'wb').write(b)" "$TOK" "$T/flip.tok"
+    expect_error generate_bitflip_tokenizer 'tokenizer' "$LOQT" generate --checkpoint "$CK" --tokenizer "$T/flip.tok" --threads 1
+    expect_error generate_vocab_mismatch 'vocab' "$LOQT" generate --checkpoint "$CK" --tokenizer "$TOK" --threads 1
+    # a 32000-piece model (one layer, hidden 32) trained one step is enough to sample from
+    run "$LOQT" train --model "$T/v32k.json" --data "$D" --num-training-steps 1 --batch-size 1 \
+        --max-length 16 --threads 1 --num-eval-tokens 16 --output-dir "$T/g"
+    GK=$T/g/checkpoints/step-00000001
+    GEN=(generate --checkpoint "$GK" --tokenizer "$TOK" --threads 1 --max-new-tokens 6)
+    expect_ok generate_greedy "$LOQT" "${GEN[@]}" --prompt "The ship" --temperature 0
+    cp "$T/out" "$T/g1"
+    run "$LOQT" "${GEN[@]}" --prompt "The ship" --temperature 0
+    check generate_greedy_deterministic "output does not start with the prompt or differs between runs" \
+        bash -c "grep -q '^The ship' '$T/g1' && cmp -s '$T/g1' '$T/out'"
+    run "$LOQT" "${GEN[@]}" --prompt "The ship" --seed 7
+    cp "$T/out" "$T/g2"
+    run "$LOQT" "${GEN[@]}" --prompt "The ship" --seed 7
+    check generate_seeded_deterministic "exit $RC, or the same --seed gave different text" \
+        bash -c "[ $RC -eq 0 ] && grep -q '^The ship' '$T/g2' && cmp -s '$T/g2' '$T/out'"
+    # an empty prompt: either generate from <s> alone or refuse with one line; never read outside
+    # the logits (run a SANITIZE=1 build to see it)
+    run "$LOQT" "${GEN[@]}" --prompt ""
+    why=$(crash_reason)
+    if [ -n "$why" ]; then bad generate_empty_prompt "$why"
+    elif [ "$RC" -ne 0 ] && { [ "$(wc -l <"$T/err")" -ne 1 ] || ! grep -q '^loqt' "$T/err"; }; then
+        bad generate_empty_prompt "exit $RC without one 'loqt' error line"
+    else ok generate_empty_prompt
+    fi
+else
+    echo "# $TOK not found: generate is tested only for tokenizer errors"
+fi
+
+# ---- 7. bad input: one "loqt..." line on stderr, non-zero exit, no crash ---------------------
+S=(--data "$D" --batch-size 2 --max-length 32 --threads 1 --num-eval-tokens 64 --num-training-steps 2 --output-dir "$T/bad")
+expect_error bad_unknown_option 'unknown option' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --bogus 1
+expect_error bad_option_not_number 'number' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --lr abc
+expect_error bad_option_not_integer 'integer' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --batch-size 2x
+expect_error bad_option_missing_value 'value' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --lr
+expect_error bad_option_choice 'one of' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --scheduler wavy
+expect_error bad_positional_argument 'argument' "$LOQT" eval stray
+expect_error bad_unknown_model 'unknown model' "$LOQT" train --model 77m "${S[@]}"
+expect_error bad_missing_config_file 'nonexistent.json' "$LOQT" train --model "$T/nonexistent.json" "${S[@]}"
+# the JSON parser's message ("expected a string key, found end of input") must come through intact
+expect_error bad_malformed_json 'malformed\.json.*expected' "$LOQT" train --model "$T/malformed.json" "${S[@]}"
+expect_error bad_heads_not_dividing 'divisible' "$LOQT" train --model "$T/heads.json" "${S[@]}"
+expect_error bad_missing_data_dir 'data' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --data "$T/nodata"
+expect_error bad_truncated_shard 'truncated|corrupt' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --data "$T/corrupt"
+expect_error bad_shard_magic 'magic|shard' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --data "$T/badmagic"
+expect_error bad_shard_token_id 'vocab' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --data "$T/badtoken"
+expect_error bad_data_vocab_too_big 'vocab' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --data "$T/bigvocab"
+expect_error bad_missing_val_split 'val' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --data "$T/noval"
+expect_error bad_batch_too_big_for_data 'tokens' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --batch-size 200
+expect_error bad_total_batch_not_multiple 'multiple' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --total-batch-size 3
+expect_error bad_max_length_too_long 'max_position_embeddings' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --max-length 65
+expect_error bad_eval_max_length_too_long 'max_position_embeddings' "$LOQT" eval --checkpoint "$CK" "${EVAL[@]}" --max-length 65
+expect_error bad_nonpositive_steps 'steps' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --num-training-steps 0
+
+mkck() { rm -rf "${T:?}/$1" && cp -r "$CK" "$T/$1"; }
+mkck trunc && truncate -s 5000 "$T/trunc/model.safetensors"
+expect_error bad_eval_truncated_model 'model\.safetensors' "$LOQT" eval --checkpoint "$T/trunc" "${EVAL[@]}"
+expect_error bad_resume_truncated_model 'model\.safetensors' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --resume "$T/trunc"
+mkck empty && : >"$T/empty/model.safetensors"
+expect_error bad_eval_empty_model 'model\.safetensors' "$LOQT" eval --checkpoint "$T/empty" "${EVAL[@]}"
+mkck nocfg && rm "$T/nocfg/config.json"
+expect_error bad_eval_missing_config 'config\.json' "$LOQT" eval --checkpoint "$T/nocfg" "${EVAL[@]}"
+expect_error bad_resume_missing_config 'config\.json' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --resume "$T/nocfg"
+mkck shape && sed -i 's/"hidden_size": 32/"hidden_size": 64/' "$T/shape/config.json"
+# the message must name the file and the mismatch (not a mangled path)
+expect_error bad_eval_shape_mismatch 'model\.safetensors.*shape' "$LOQT" eval --checkpoint "$T/shape" "${EVAL[@]}"
+mkck trstate && truncate -s 3000 "$T/trstate/trainer_state.safetensors"
+expect_error bad_resume_truncated_state 'trainer_state' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --resume "$T/trstate"
+expect_error bad_resume_dense_export 'trainer' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --resume "$T/dense"
+expect_error bad_resume_latest_none 'checkpoint' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --resume latest --output-dir "$T/norun"
+expect_error bad_eval_no_checkpoint_option 'checkpoint' "$LOQT" eval "${EVAL[@]}"
+expect_error bad_export_no_out 'out' "$LOQT" export --checkpoint "$CK"
+expect_error bad_unknown_command 'unknown command' "$LOQT" frobnicate
+
+# ---- 8. --help of every command, underscore spellings ----------------------------------------
+help_has() { # help_has CMD OPTION...: `loqt CMD --help` exits 0 and lists every OPTION
+    local c=$1
+    shift
+    run "$LOQT" "$c" --help
+    if [ "$RC" -ne 0 ] || [ -n "$(crash_reason)" ]; then bad "help_$c" "exit $RC"; return; fi
+    grep -q "^usage: loqt $c" "$T/out" || { bad "help_$c" "no 'usage: loqt $c' line"; return; }
+    for o in "$@" --help; do
+        grep -qe "^  $o " "$T/out" || { bad "help_$c" "$o is not listed"; return; }
+    done
+    ok "help_$c"
+}
+help_has train --model --data --method --num-training-steps --batch-size --total-batch-size --max-length \
+    --lr --warmup-steps --min-lr-ratio --grad-clipping --weight-decay --eval-every --num-eval-tokens \
+    --save-every --output-dir --resume --seed --threads
+help_has eval --checkpoint --data --split --num-eval-tokens --batch-size --max-length --threads
+help_has generate --checkpoint --tokenizer --prompt --max-new-tokens --temperature --top-p --seed --threads
+help_has export --checkpoint --out
+help_has bench --model --method --batch-size --seq-len --steps --threads
+help_has data --out --tokenizer
+run "$LOQT" --help
+check help_top_level "exit $RC or a command is not listed" \
+    bash -c "[ $RC -eq 0 ] && for c in train eval generate bench data export version; do grep -q \"^  \$c \" '$T/out' || exit 1; done"
+run "$LOQT" version
+check version "exit $RC or no 'loqt VERSION' line" bash -c "[ $RC -eq 0 ] && grep -q '^loqt [0-9]' '$T/out'"
+run "$LOQT" train --model "$T/tiny.json" --data "$D" --num_training_steps 3 --batch_size=2 --max_length 32 \
+    --threads 1 --num_eval_tokens 64 --output_dir "$T/underscore"
+n=$(grep -c '"loss"' "$T/underscore/metrics.jsonl" 2>/dev/null)
+check underscore_spelling "exit $RC, $n step lines (expected 3): $(tail -n 1 "$T/err")" \
+    bash -c "[ $RC -eq 0 ] && [ '$n' = 3 ] && [ -d '$T/underscore/checkpoints/step-00000003' ]"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
