@@ -34,7 +34,8 @@ CFLAGS   += -Wno-unknown-pragmas
 endif
 # OpenBLAS's OpenMP build: inside our own parallel regions it runs on the calling thread instead
 # of starting a second thread pool (Debian: libopenblas-openmp-dev).
-OPENBLAS_DIR ?= /usr/lib/$(shell $(CC) -dumpmachine 2>/dev/null)/openblas-openmp
+MULTIARCH    := $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -dumpmachine 2>/dev/null)
+OPENBLAS_DIR ?= /usr/lib/$(MULTIARCH)/openblas-openmp
 ifeq ($(BLAS),openblas)
 CFLAGS   += -DLOQT_OPENBLAS $(shell PKG_CONFIG_PATH=$(OPENBLAS_DIR)/pkgconfig pkg-config --cflags openblas 2>/dev/null)
 LDLIBS   += -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas
@@ -66,7 +67,7 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(BUILD)/libloqt.a
 	$(CC) $(LDFLAGS) $< $(BUILD)/libloqt.a $(LDLIBS) -o $@
 
 test: all $(TESTS)
-	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tests/run_tests.sh $(TESTS)
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tests/run_tests.sh $(TESTS) tests/test_cli.sh
 
 bench: all
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash bench/run_bench.sh

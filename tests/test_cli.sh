@@ -3,7 +3,8 @@
 # and bad input (each must give one "loqt..." line on stderr and a non-zero exit, never a crash).
 # Runs from the repository root on a tiny synthetic corpus it writes itself (no network) and ends
 # with "N passed, N failed" like the C test programs, so tests/run_tests.sh can run it as is.
-#   BUILD=build bash tests/test_cli.sh            (LOQT=path/to/loqt overrides $BUILD/loqt)
+#   BUILD=build bash tests/test_cli.sh   (LOQT=path/to/loqt overrides $BUILD/loqt; relative paths
+#   are taken from the repository root)
 # A SANITIZE=1 build works too: any sanitizer report (leaks included) counts as a crash.
 # KEEP=1 keeps the scratch directory for inspection.
 set -u

@@ -34,6 +34,7 @@ int cmd_eval(int argc, char **argv) {
     if (loader_open(&L, data, split)) loqt_die_last("--data");
     if (loader_vocab_size(&L) > (uint32_t)m.cfg.vocab_size)
         loqt_die("the data's vocabulary (%u) is larger than the model's (%d)", loader_vocab_size(&L), m.cfg.vocab_size);
+    if (loader_check_batch(&L, batch, T)) loqt_die_last("--data");
     llama_set_batch(&m, batch, T);
     double loss = 0, t0 = cli_now();
     uint64_t n = cli_evaluate(&m, &L, (uint64_t)ntok, &loss);

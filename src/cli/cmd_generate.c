@@ -80,6 +80,11 @@ int cmd_generate(int argc, char **argv) {
     int32_t *ids = NULL;
     long n = tokenizer_encode(tk, prompt, strlen(prompt), 1, &ids);
     if (n < 0) loqt_die_last("--prompt");
+    if (n == 0) { /* an empty prompt: start from BOS alone */
+        ids = realloc(ids, sizeof(int32_t));
+        ids[0] = TOK_BOS;
+        n = 1;
+    }
     const int ctx = m.cfg.max_position_embeddings;
     ids = realloc(ids, sizeof(int32_t) * (size_t)(n + max_new));
     prob_id *buf = malloc(sizeof *buf * (size_t)V);

@@ -4,6 +4,7 @@
 #include "cli/options.h"
 
 #include "core/error.h"
+#include "core/json.h"
 #include "core/mem.h"
 #include "io/fileutil.h"
 #include "kernels/gemm.h"
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 typedef struct {
@@ -36,6 +38,36 @@ static FILE *open_metrics(const char *dir, int append) {
     FILE *f = fopen(path, append ? "a" : "w");
     if (!f) loqt_die("cannot open %s for writing", path);
     return f;
+}
+
+/* On resume, drop the metrics lines written after the checkpoint (by the interrupted run), so the
+ * log holds each step once. */
+static void trim_metrics(const char *dir, long step) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    size_t len = 0;
+    char *text = file_read_all(path, (size_t)1 << 30, &len);
+    if (!text) return; /* no log yet */
+    char *out = malloc(len + 1);
+    size_t o = 0;
+    for (char *line = text; line < text + len;) {
+        char *nl = memchr(line, '\n', (size_t)(text + len - line));
+        size_t n = nl ? (size_t)(nl - line) : (size_t)(text + len - line);
+        json_value *v = json_parse(line, n);
+        long long st = 0;
+        int keep = v && v->type == JSON_OBJECT && !json_get(v, "final") &&
+                   json_get_int(v, "step", &st) == 0 && st <= step;
+        json_free(v);
+        if (keep) {
+            memcpy(out + o, line, n);
+            out[o + n] = '\n';
+            o += n + 1;
+        }
+        line += n + 1;
+    }
+    if (file_write_atomic(path, out, o)) loqt_die_last("metrics log");
+    free(out);
+    mem_free(text);
 }
 
 static void save_checkpoint(const llama_model *m, const char *out, long step, uint64_t tokens,
@@ -160,7 +192,13 @@ int cmd_train(int argc, char **argv) {
         loqt_die("--max-length %d exceeds the model's max_position_embeddings %d", a.max_length, cfg.max_position_embeddings);
 
     data_loader train, val;
-    if (loader_open(&train, a.data, "train")) loqt_die("%s (run 'make data' or 'loqt data' first)", loqt_last_error());
+    if (loader_open(&train, a.data, "train")) {
+        struct stat sb;
+        char first[4096];
+        snprintf(first, sizeof first, "%s/train_000.bin", a.data);
+        if (stat(first, &sb) != 0) loqt_die("%s (run 'make data' or 'loqt data' first)", loqt_last_error());
+        loqt_die_last("--data");
+    }
     if (loader_open(&val, a.data, "val")) loqt_die_last("--data");
     if (loader_vocab_size(&train) > (uint32_t)cfg.vocab_size)
         loqt_die("the data's vocabulary (%u) is larger than the model's vocab_size %d", loader_vocab_size(&train), cfg.vocab_size);
@@ -214,6 +252,7 @@ int cmd_train(int argc, char **argv) {
     }
     llama_set_batch(&m, a.batch_size, a.max_length);
     if (file_mkdir_p(a.output_dir)) loqt_die_last("--output-dir");
+    if (*resume_dir) trim_metrics(a.output_dir, start_step);
     FILE *metrics = open_metrics(a.output_dir, *resume_dir != 0);
 
     const long long nparams = config_params_total(&cfg);

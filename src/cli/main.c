@@ -86,7 +86,6 @@ int main(int argc, char **argv) {
         usage(stdout);
         return 0;
     }
-    fprintf(stderr, "loqt: error: unknown command '%s'\n", c);
-    usage(stderr);
+    fprintf(stderr, "loqt: error: unknown command '%s' (see 'loqt --help')\n", c);
     return 2;
 }

@@ -7,10 +7,13 @@
 static _Thread_local char last_error[512];
 
 int loqt_set_error(const char *fmt, ...) {
+    /* format into a local buffer first: callers often pass loqt_last_error() as an argument */
+    char msg[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(last_error, msg, sizeof msg);
     /* keep it one line: a message built from file contents must not break the format */
     for (char *p = last_error; *p; p++)
         if (*p == '\n' || *p == '\r') *p = ' ';

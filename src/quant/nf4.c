@@ -247,12 +247,8 @@ __attribute__((target("avx512f"))) static void deq_blocks_avx512(const nf4_tenso
 
 bool nf4_have_avx512(void) {
 #ifdef NF4_X86
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx512f") ? 1 : 0;
-    }
-    return cached == 1;
+    __builtin_cpu_init(); /* idempotent; reads the CPUID bits cached by the runtime */
+    return __builtin_cpu_supports("avx512f") != 0;
 #else
     return false;
 #endif
