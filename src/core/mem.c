@@ -127,9 +127,10 @@ void mem_report(FILE *f) {
 void mem_report_json(FILE *f) {
     const double MiB = 1048576.0;
     fprintf(f, "{");
-    for (int c = 0; c < MEM_NCAT; c++) {
-        fprintf(f, "\"%s_mib\": %.2f, ", keys[c], peak[c] / MiB);
-    }
+    /* "<category>_mib" is the peak of the category; "current_<category>_mib" what is held now */
+    for (int c = 0; c < MEM_NCAT; c++) fprintf(f, "\"%s_mib\": %.2f, ", keys[c], peak[c] / MiB);
+    for (int c = 0; c < MEM_NCAT; c++)
+        fprintf(f, "\"current_%s_mib\": %.2f, ", keys[c], cur[c] / MiB);
     fprintf(f, "\"accounted_peak_mib\": %.2f, \"peak_rss_mib\": %.2f}", peak_total / MiB,
             mem_peak_rss() / MiB);
 }

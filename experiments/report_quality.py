@@ -1,0 +1,145 @@
+#!/usr/bin/python3
+"""Report of the LoQT quality experiment: docs/loqt_quality.md (table) and docs/loqt_quality.png
+(training and held-out loss curves), from ROOT/<run>/metrics.jsonl of experiments/loqt_quality.sh.
+
+    /usr/bin/python3 experiments/report_quality.py ROOT RUN [RUN ...]
+
+Runs that have not finished are reported as far as they got. The memory columns come from the
+accounting of each run: "model state" = weights (dense + quantized + quantization state) +
+trainable factors + gradients + optimizer state, held at the end of training (steady state), and
+its peak (which for LoQT includes the dense gradient held during refresh steps).
+"""
+import json
+import math
+import os
+import sys
+
+MIB_KEYS = ["dense_parameters", "quantized_weights", "quantization_state", "trainable_factors",
+            "gradients", "optimizer_state"]
+
+
+def load(path):
+    steps, evals, final = [], [], None
+    if not os.path.exists(path):
+        return steps, evals, final
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            d = json.loads(line)
+            if d.get("final"):
+                final = d
+            elif "eval_loss" in d:
+                evals.append(d)
+            elif "loss" in d:
+                steps.append(d)
+    return steps, evals, final
+
+
+def state_mib(mem, prefix):
+    return sum(mem.get(prefix + k + "_mib", 0.0) for k in MIB_KEYS)
+
+
+def main():
+    root, runs = sys.argv[1], sys.argv[2:]
+    data = {r: load(os.path.join(root, r, "metrics.jsonl")) for r in runs}
+    os.makedirs("docs", exist_ok=True)
+
+    rows = []
+    base = data.get("full")
+    base_final = base[2] if base else None
+    base_loss = base_final["eval_loss"] if base_final else None
+    base_mem = base_final["memory"] if base_final else None
+    for r in runs:
+        steps, evals, final = data[r]
+        if not steps:
+            rows.append(f"| {r} | not started | | | | | | | |")
+            continue
+        tokens = steps[-1]["tokens"]
+        if final:
+            mem = final["memory"]
+            loss = final["eval_loss"]
+            ppl = math.exp(loss)
+            ratio = f"{ppl / math.exp(base_loss):.3f}" if base_loss else "-"
+            steady, peak = state_mib(mem, "current_"), state_mib(mem, "")
+            bs, bp = (state_mib(base_mem, "current_"), state_mib(base_mem, "")) if base_mem else (0, 0)
+            mratio = f"{steady / bs:.2f}" if bs else "-"
+            pratio = f"{peak / bp:.2f}" if bp else "-"
+            tps = sum(s["tokens_per_s"] for s in steps[-20:]) / min(20, len(steps))
+            rows.append(f"| {r} | {tokens / 1e6:.2f}M | {loss:.4f} | {ppl:.2f} | {ratio} | "
+                        f"{steady:.1f} ({mratio}) | {peak:.1f} ({pratio}) | "
+                        f"{mem.get('peak_rss_mib', 0):.0f} | {tps:.0f} |")
+        else:
+            last = evals[-1] if evals else None
+            rows.append(f"| {r} | {tokens / 1e6:.2f}M (running) | "
+                        f"{last['eval_loss'] if last else float('nan'):.4f} (step {last['step'] if last else '-'}) "
+                        f"| | | | | | |")
+
+    breakdown = []
+    for r in runs:
+        final = data[r][2]
+        if not final:
+            continue
+        m = final["memory"]
+        cells = " | ".join(f"{m.get('current_' + k + '_mib', 0):.1f}" for k in MIB_KEYS)
+        breakdown.append(f"| {r} | {cells} | {m.get('activations_mib', 0):.1f} | "
+                         f"{m.get('scratch_mib', 0):.1f} | {m.get('accounted_peak_mib', 0):.1f} | "
+                         f"{m.get('peak_rss_mib', 0):.1f} |")
+
+    plot = "docs/loqt_quality.png"
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+        for r in runs:
+            steps, evals, _ = data[r]
+            if steps:
+                xs = [s["tokens"] / 1e6 for s in steps]
+                ys = [s["loss"] for s in steps]
+                k = 10  # moving average over 10 steps
+                sm = [sum(ys[max(0, i - k + 1):i + 1]) / len(ys[max(0, i - k + 1):i + 1]) for i in range(len(ys))]
+                ax[0].plot(xs, sm, label=r)
+            if evals:
+                ax[1].plot([e["tokens"] / 1e6 for e in evals], [e["eval_loss"] for e in evals], "o-", label=r)
+        ax[0].set_title("training loss (10-step mean)")
+        ax[1].set_title("held-out loss")
+        for a in ax:
+            a.set_xlabel("tokens (M)")
+            a.set_ylabel("cross-entropy")
+            a.grid(alpha=0.3)
+            a.legend()
+        ax[0].set_ylim(top=8)
+        fig.tight_layout()
+        fig.savefig(plot, dpi=110)
+    except ImportError:
+        plot = None
+
+    with open("docs/loqt_quality.md", "w") as f:
+        f.write("# LoQT quality experiment\n\n")
+        f.write("Made by `experiments/loqt_quality.sh` (settings at its top) and "
+                "`experiments/report_quality.py`. Same model, tokens (the default corpus of "
+                "`docs/data.md`, same order), seed and schedule for every run; held-out loss over "
+                "51,200 validation tokens.\n\n")
+        f.write("| run | tokens | held-out loss | perplexity | ppl / full | model state MiB, steady (/ full) "
+                "| model state MiB, peak (/ full) | peak RSS MiB | tokens/s |\n")
+        f.write("|---|---|---|---|---|---|---|---|---|\n")
+        f.write("\n".join(rows) + "\n\n")
+        f.write("Model state = weights (dense, quantized, quantization state) + trainable factors + "
+                "gradients + optimizer state. Steady: held at the end of training. Peak: the largest "
+                "value during the run; for LoQT it includes the dense gradient of every layer that "
+                "exists only during refresh steps.\n\n")
+        if breakdown:
+            f.write("Memory at the end of training (MiB):\n\n")
+            f.write("| run | " + " | ".join(k.replace("_", " ") for k in MIB_KEYS) +
+                    " | activations (peak) | scratch (peak) | accounted peak | peak RSS |\n")
+            f.write("|---|" + "---|" * (len(MIB_KEYS) + 4) + "\n")
+            f.write("\n".join(breakdown) + "\n\n")
+        if plot:
+            f.write("![loss curves](loqt_quality.png)\n")
+    print("wrote docs/loqt_quality.md" + (" and " + plot if plot else ""))
+
+
+if __name__ == "__main__":
+    main()
