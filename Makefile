@@ -49,6 +49,8 @@ CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
 .PHONY: all test bench bench-7b demo data tokenizer fuzz clean
+# keep the test objects: make would otherwise delete them after the summary line
+.SECONDARY:
 all: $(BUILD)/loqt $(BUILD)/libloqt.a
 
 $(BUILD)/obj/%.o: %.c
