@@ -15,7 +15,7 @@
 
 int cmd_bench(int argc, char **argv) {
     const char *model = "20m", *method = "full", *optimizer = "adamw";
-    int batch = 8, T = 256, steps = 5, warmup = 1, threads = 0;
+    int batch = 8, T = 256, steps = 5, warmup = 1, threads = 0, per_layer = 0, ckpt = 0;
     long seed = 0;
     const opt_spec specs[] = {
         {"model", OPT_STRING, &model, "built-in size or JSON config", NULL},
@@ -27,6 +27,8 @@ int cmd_bench(int argc, char **argv) {
         {"warmup-steps", OPT_INT, &warmup, "untimed steps first", NULL},
         {"threads", OPT_INT, &threads, "CPU threads; 0 = all cores", NULL},
         {"seed", OPT_LONG, &seed, "seed for weights and tokens", NULL},
+        {"per-layer-updates", OPT_FLAG, &per_layer, "update each layer inside backward", NULL},
+        {"activation-checkpointing", OPT_FLAG, &ckpt, "recompute block activations in backward", NULL},
     };
     enum { NBASE = sizeof specs / sizeof specs[0] };
     cli_method_args ma;
@@ -50,6 +52,8 @@ int cmd_bench(int argc, char **argv) {
     mo.optimizer = optim_kind_parse(optimizer, &ok);
     llama_model m;
     if (llama_create(&m, &cfg, meth, &mo, (uint64_t)seed)) loqt_die_last("model");
+    m.per_layer_updates = per_layer;
+    m.checkpoint_activations = ckpt;
     llama_set_batch(&m, batch, T);
     const int N = batch * T;
     int32_t *in = mem_alloc(MEM_DATA, sizeof(int32_t) * N), *tg = mem_alloc(MEM_DATA, sizeof(int32_t) * N);

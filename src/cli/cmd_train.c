@@ -21,7 +21,7 @@
 typedef struct {
     const char *model, *data, *method, *optimizer, *scheduler, *output_dir, *resume;
     int batch_size, total_batch_size, max_length, threads, eval_every, save_every, log_every;
-    int save_original_model;
+    int save_original_model, per_layer_updates, activation_checkpointing;
     long num_training_steps, warmup_steps, num_eval_tokens, seed;
     double lr, min_lr_ratio, grad_clipping, weight_decay, beta1, beta2, adam_eps;
 } train_args;
@@ -137,6 +137,8 @@ int cmd_train(int argc, char **argv) {
         {"resume", OPT_STRING, &a.resume, "continue from a checkpoint directory, or 'latest' in --output-dir", NULL},
         {"seed", OPT_LONG, &a.seed, "seed of the initialization (the data order is fixed)", NULL},
         {"threads", OPT_INT, &a.threads, "CPU threads; 0 = all cores", NULL},
+        {"per-layer-updates", OPT_FLAG, &a.per_layer_updates, "update each layer inside backward as soon as its gradient is complete (accumulation stays exact; no global clipping)", NULL},
+        {"activation-checkpointing", OPT_FLAG, &a.activation_checkpointing, "keep only each block's input and recompute the block in backward (less memory, ~1/3 more compute)", NULL},
         {"save-original-model", OPT_FLAG, &a.save_original_model, "at the end also write a plain dense LLaMA (W_eff merged) to OUTPUT_DIR/original_model", NULL},
     };
     enum { NBASE = sizeof specs / sizeof specs[0] };
@@ -158,6 +160,8 @@ int cmd_train(int argc, char **argv) {
     if (!(a.beta1 >= 0 && a.beta1 < 1 && a.beta2 >= 0 && a.beta2 < 1 && a.adam_eps > 0))
         loqt_die("Adam betas must be in [0, 1) and --adam-eps positive");
     if (a.warmup_steps < 0) a.warmup_steps = a.num_training_steps / 10;
+    if (a.per_layer_updates && a.grad_clipping > 0)
+        loqt_die("--grad-clipping needs the global gradient norm before any update, which --per-layer-updates does not have; use one or the other");
     if (a.log_every <= 0) a.log_every = 1;
     const int accum = a.total_batch_size / a.batch_size;
     cli_set_threads(a.threads);
@@ -250,6 +254,8 @@ int cmd_train(int argc, char **argv) {
         loader_seek(&train, tm.data_position);
         printf("resumed from %s at step %ld\n", resume_dir, start_step);
     }
+    m.per_layer_updates = a.per_layer_updates;
+    m.checkpoint_activations = a.activation_checkpointing;
     llama_set_batch(&m, a.batch_size, a.max_length);
     if (file_mkdir_p(a.output_dir)) loqt_die_last("--output-dir");
     if (*resume_dir) trim_metrics(a.output_dir, start_step);
@@ -300,10 +306,12 @@ int cmd_train(int argc, char **argv) {
                mem_current_rss() / 1073741824.0, tty ? "   " : "\n");
         fflush(stdout);
         if ((step + 1) % a.log_every == 0 || step + 1 == a.num_training_steps) {
+            char gn[32] = "null"; /* no global norm with per-layer updates */
+            if (!isnan(r.grad_norm)) snprintf(gn, sizeof gn, "%.6g", r.grad_norm);
             fprintf(metrics,
                     "{\"step\": %ld, \"tokens\": %llu, \"loss\": %.6f, \"lr\": %.6g, "
-                    "\"grad_norm\": %.6g, \"step_s\": %.4f, \"tokens_per_s\": %.1f, \"rss_mib\": %.1f}\n",
-                    step + 1, (unsigned long long)tokens, r.loss, r.lr, r.grad_norm, dt, tps,
+                    "\"grad_norm\": %s, \"step_s\": %.4f, \"tokens_per_s\": %.1f, \"rss_mib\": %.1f}\n",
+                    step + 1, (unsigned long long)tokens, r.loss, r.lr, gn, dt, tps,
                     mem_current_rss() / 1048576.0);
             fflush(metrics);
         }

@@ -39,6 +39,7 @@ typedef struct {
     int have_P;      /* P set by a first refresh */
     float *dB;       /* gradient of B (fp32, MEM_GRADS) */
     float *G;        /* dense gradient during update steps (MEM_GRADS), else NULL */
+    int want_G;      /* this step is an update step: the first backward allocates G */
     optim_state opt; /* of B */
     long step;       /* current optimizer step (for stochastic rounding keys) */
     uint64_t stream; /* rng stream of this layer */
@@ -163,6 +164,9 @@ static void loqt_backward(linear_layer *L, const float *X, const float *dY, floa
                  accumulate || r0 > 0 ? 1.0f : 0.0f, dX, in);
         }
     }
+    if (st->want_G && !st->G) /* allocated at the layer's first backward, so that with
+                                 per-layer updates only one layer's G exists at a time */
+        st->G = mem_alloc(MEM_GRADS, (size_t)out * in * sizeof(float));
     if (st->G) /* update step: the dense gradient of W_eff, for the SVD */
         gemm(true, false, out, in, N, 1.0f, dY, out, X, in, 1.0f, st->G, in);
     if (!st->have_P) return; /* before the first refresh P is undefined and B's gradient unused */
@@ -186,8 +190,7 @@ static void loqt_backward(linear_layer *L, const float *X, const float *dY, floa
 static void loqt_begin_step(linear_layer *L, long step) {
     loqt_state *st = L->state;
     st->step = step;
-    if (loqt_is_update_step(&st->o, step) && !st->G)
-        st->G = mem_alloc(MEM_GRADS, (size_t)L->out * L->in * sizeof(float));
+    st->want_G = loqt_is_update_step(&st->o, step);
 }
 
 /* ||A - B||_F^2 in double */
@@ -296,6 +299,7 @@ static void loqt_refresh(linear_layer *L) {
 static void loqt_end_step(linear_layer *L, long step) {
     loqt_state *st = L->state;
     (void)step;
+    st->want_G = 0;
     if (!st->G) return;
     loqt_refresh(L);
     mem_free(st->G);

@@ -96,16 +96,43 @@ int llama_create(llama_model *m, const llama_config *cfg, const linear_method *m
     return 0;
 }
 
+static void free_block(block_acts *a, int x_too) {
+    float **bufs[] = {&a->rstd1, &a->xn1, &a->q,  &a->k,     &a->v,   &a->att, &a->lse,
+                      &a->x2,    &a->rstd2, &a->xn2, &a->g, &a->u, &a->h};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        mem_free(*bufs[i]);
+        *bufs[i] = NULL;
+    }
+    if (x_too) {
+        mem_free(a->x);
+        a->x = NULL;
+    }
+}
+
+static void alloc_block(block_acts *a, size_t N, size_t d, size_t F, size_t H, int x_too) {
+    const size_t f = sizeof(float);
+    if (x_too) a->x = mem_alloc(MEM_ACTS, N * d * f);
+    a->rstd1 = mem_alloc(MEM_ACTS, N * f);
+    a->xn1 = mem_alloc(MEM_ACTS, N * d * f);
+    a->q = mem_alloc(MEM_ACTS, N * d * f);
+    a->k = mem_alloc(MEM_ACTS, N * d * f);
+    a->v = mem_alloc(MEM_ACTS, N * d * f);
+    a->att = mem_alloc(MEM_ACTS, N * d * f);
+    a->lse = mem_alloc(MEM_ACTS, N * H * f);
+    a->x2 = mem_alloc(MEM_ACTS, N * d * f);
+    a->rstd2 = mem_alloc(MEM_ACTS, N * f);
+    a->xn2 = mem_alloc(MEM_ACTS, N * d * f);
+    a->g = mem_alloc(MEM_ACTS, N * F * f);
+    a->u = mem_alloc(MEM_ACTS, N * F * f);
+    a->h = mem_alloc(MEM_ACTS, N * F * f);
+}
+
 static void free_acts(llama_model *m) {
     if (!m->acts) return;
-    for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
-        block_acts *a = &m->acts[l];
-        float **bufs[] = {&a->x, &a->rstd1, &a->xn1, &a->q,  &a->k,    &a->v,    &a->att,
-                          &a->lse, &a->x2, &a->rstd2, &a->xn2, &a->g, &a->u, &a->h};
-        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mem_free(*bufs[i]);
-    }
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) free_block(&m->acts[l], 1);
     free(m->acts);
     m->acts = NULL;
+    free_block(&m->work, 0);
     float **bufs[] = {&m->xf, &m->rstdf, &m->xnf, &m->dxnf, &m->logits_chunk, &m->d_res, &m->d_a,
                       &m->d_b, &m->d_c, &m->d_F1, &m->d_F2, &m->attn_scratch};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
@@ -126,22 +153,12 @@ void llama_set_batch(llama_model *m, int B, int T) {
     const size_t f = sizeof(float);
     m->acts = calloc((size_t)m->cfg.num_hidden_layers, sizeof *m->acts);
     for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
-        block_acts *a = &m->acts[l];
-        a->x = mem_alloc(MEM_ACTS, N * d * f);
-        a->rstd1 = mem_alloc(MEM_ACTS, N * f);
-        a->xn1 = mem_alloc(MEM_ACTS, N * d * f);
-        a->q = mem_alloc(MEM_ACTS, N * d * f);
-        a->k = mem_alloc(MEM_ACTS, N * d * f);
-        a->v = mem_alloc(MEM_ACTS, N * d * f);
-        a->att = mem_alloc(MEM_ACTS, N * d * f);
-        a->lse = mem_alloc(MEM_ACTS, N * H * f);
-        a->x2 = mem_alloc(MEM_ACTS, N * d * f);
-        a->rstd2 = mem_alloc(MEM_ACTS, N * f);
-        a->xn2 = mem_alloc(MEM_ACTS, N * d * f);
-        a->g = mem_alloc(MEM_ACTS, N * F * f);
-        a->u = mem_alloc(MEM_ACTS, N * F * f);
-        a->h = mem_alloc(MEM_ACTS, N * F * f);
+        /* with activation checkpointing only each block's input is kept; the rest of a block's
+         * activations live in one work block, recomputed during backward */
+        if (m->checkpoint_activations) m->acts[l].x = mem_alloc(MEM_ACTS, N * d * f);
+        else alloc_block(&m->acts[l], N, d, F, H, 1);
     }
+    if (m->checkpoint_activations) alloc_block(&m->work, N, d, F, H, 0);
     m->xf = mem_alloc(MEM_ACTS, N * d * f);
     m->rstdf = mem_alloc(MEM_ACTS, N * f);
     m->xnf = mem_alloc(MEM_ACTS, N * d * f);
@@ -184,37 +201,95 @@ static void add_inplace(float *y, const float *x, size_t n) {
     for (long i = 0; i < (long)n; i++) y[i] += x[i];
 }
 
+/* One block forward: x (the block input) -> x_next; all intermediate activations go into `a`
+ * (a->x is not read: the input is passed explicitly so checkpointed blocks can use a shared work
+ * block).  `tmp` is an [N, d] scratch. */
+static void block_forward(llama_model *m, int l, block_acts *a, const float *x, float *x_next,
+                          float *tmp) {
+    const llama_config *c = &m->cfg;
+    const int B = m->B, T = m->T, N = B * T, d = c->hidden_size, F = c->intermediate_size;
+    const int H = c->num_attention_heads, hd = d / H;
+    const float eps = (float)c->rms_norm_eps;
+    llama_block *b = &m->blocks[l];
+    const linear_method *M = m->method;
+    rmsnorm_forward(a->xn1, a->rstd1, x, b->attn_norm.w, N, d, eps);
+    M->forward(&b->lin[LIN_Q], a->xn1, a->q, N);
+    M->forward(&b->lin[LIN_K], a->xn1, a->k, N);
+    M->forward(&b->lin[LIN_V], a->xn1, a->v, N);
+    rope_forward(a->q, m->rope_cos, m->rope_sin, B, T, H, hd);
+    rope_forward(a->k, m->rope_cos, m->rope_sin, B, T, H, hd);
+    attention_forward(a->att, a->lse, a->q, a->k, a->v, B, T, H, hd, m->attn_scratch);
+    M->forward(&b->lin[LIN_O], a->att, a->x2, N);
+    add_inplace(a->x2, x, (size_t)N * d);
+    rmsnorm_forward(a->xn2, a->rstd2, a->x2, b->mlp_norm.w, N, d, eps);
+    M->forward(&b->lin[LIN_GATE], a->xn2, a->g, N);
+    M->forward(&b->lin[LIN_UP], a->xn2, a->u, N);
+    swiglu_forward(a->h, a->g, a->u, (long)N * F);
+    M->forward(&b->lin[LIN_DOWN], a->h, tmp, N);
+    memcpy(x_next, a->x2, sizeof(float) * (size_t)N * d);
+    add_inplace(x_next, tmp, (size_t)N * d);
+}
+
+/* One block backward: dres holds d(loss)/d(x_next) on entry and d(loss)/d(x) on exit. */
+static void block_backward(llama_model *m, int l, block_acts *a, const float *x) {
+    const llama_config *c = &m->cfg;
+    const int B = m->B, T = m->T, N = B * T, d = c->hidden_size, F = c->intermediate_size;
+    const int H = c->num_attention_heads, hd = d / H;
+    const linear_method *M = m->method;
+    llama_block *b = &m->blocks[l];
+    float *dres = m->d_res, *dxn = m->d_a, *datt = m->d_b, *dq = m->d_c;
+    float *dF1 = m->d_F1, *dF2 = m->d_F2;
+    /* MLP: x_next = x2 + down(silu(gate(xn2)) * up(xn2)) */
+    M->backward(&b->lin[LIN_DOWN], a->h, dres, dF1, N, 0);
+    swiglu_backward(dF1, dF2, dF1, a->g, a->u, (long)N * F);
+    M->backward(&b->lin[LIN_GATE], a->xn2, dF1, dxn, N, 0);
+    M->backward(&b->lin[LIN_UP], a->xn2, dF2, dxn, N, 1);
+    rmsnorm_backward(dres, b->mlp_norm.g, dxn, a->x2, b->mlp_norm.w, a->rstd2, N, d, 1);
+    /* attention: x2 = x + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))) */
+    M->backward(&b->lin[LIN_O], a->att, dres, datt, N, 0);
+    float *dk = dF1, *dv = dF2; /* the F-sized buffers are free again */
+    attention_backward(dq, dk, dv, datt, a->att, a->lse, a->q, a->k, a->v, B, T, H, hd,
+                       m->attn_scratch);
+    rope_backward(dq, m->rope_cos, m->rope_sin, B, T, H, hd);
+    rope_backward(dk, m->rope_cos, m->rope_sin, B, T, H, hd);
+    M->backward(&b->lin[LIN_Q], a->xn1, dq, dxn, N, 0);
+    M->backward(&b->lin[LIN_K], a->xn1, dk, dxn, N, 1);
+    M->backward(&b->lin[LIN_V], a->xn1, dv, dxn, N, 1);
+    rmsnorm_backward(dres, b->attn_norm.g, dxn, x, b->attn_norm.w, a->rstd1, N, d, 1);
+}
+
+static void param_step(llama_model *m, dense_param *p) {
+    optim_update(&p->opt, p->w, p->g, &m->layer_step);
+    memset(p->g, 0, p->n * sizeof(float));
+}
+
+/* Per-layer updates: a layer's optimizer step as soon as its gradient for the whole batch is
+ * complete (during the last micro-batch's backward), then its gradients are zeroed. */
+static void block_step(llama_model *m, int l) {
+    llama_block *b = &m->blocks[l];
+    for (int j = 0; j < LIN_PER_BLOCK; j++) {
+        linear_layer *L = &b->lin[j];
+        if (m->method->end_step) m->method->end_step(L, m->layer_step_index);
+        m->method->step(L, &m->layer_step);
+        m->method->zero_grad(L);
+    }
+    param_step(m, &b->attn_norm);
+    param_step(m, &b->mlp_norm);
+}
+
 double llama_forward(llama_model *m, const int32_t *inputs, const int32_t *targets,
                      float loss_scale, float *logits) {
     const llama_config *c = &m->cfg;
-    const int B = m->B, T = m->T, N = B * T, d = c->hidden_size, F = c->intermediate_size;
-    const int H = c->num_attention_heads, hd = d / H, V = c->vocab_size;
-    const float eps = (float)c->rms_norm_eps;
+    const int N = m->B * m->T, d = c->hidden_size, V = c->vocab_size;
     float *tmp = m->d_a;
 
     embedding_forward(m->acts[0].x, inputs, m->embed.w, N, d);
     for (int l = 0; l < c->num_hidden_layers; l++) {
-        llama_block *b = &m->blocks[l];
-        block_acts *a = &m->acts[l];
         float *x_next = l + 1 < c->num_hidden_layers ? m->acts[l + 1].x : m->xf;
-        rmsnorm_forward(a->xn1, a->rstd1, a->x, b->attn_norm.w, N, d, eps);
-        m->method->forward(&b->lin[LIN_Q], a->xn1, a->q, N);
-        m->method->forward(&b->lin[LIN_K], a->xn1, a->k, N);
-        m->method->forward(&b->lin[LIN_V], a->xn1, a->v, N);
-        rope_forward(a->q, m->rope_cos, m->rope_sin, B, T, H, hd);
-        rope_forward(a->k, m->rope_cos, m->rope_sin, B, T, H, hd);
-        attention_forward(a->att, a->lse, a->q, a->k, a->v, B, T, H, hd, m->attn_scratch);
-        m->method->forward(&b->lin[LIN_O], a->att, a->x2, N);
-        add_inplace(a->x2, a->x, (size_t)N * d);
-        rmsnorm_forward(a->xn2, a->rstd2, a->x2, b->mlp_norm.w, N, d, eps);
-        m->method->forward(&b->lin[LIN_GATE], a->xn2, a->g, N);
-        m->method->forward(&b->lin[LIN_UP], a->xn2, a->u, N);
-        swiglu_forward(a->h, a->g, a->u, (long)N * F);
-        m->method->forward(&b->lin[LIN_DOWN], a->h, tmp, N);
-        memcpy(x_next, a->x2, sizeof(float) * (size_t)N * d);
-        add_inplace(x_next, tmp, (size_t)N * d);
+        block_forward(m, l, m->checkpoint_activations ? &m->work : &m->acts[l], m->acts[l].x,
+                      x_next, tmp);
     }
-    rmsnorm_forward(m->xnf, m->rstdf, m->xf, m->final_norm.w, N, d, eps);
+    rmsnorm_forward(m->xnf, m->rstdf, m->xf, m->final_norm.w, N, d, (float)c->rms_norm_eps);
 
     /* lm_head and loss, LOGIT_CHUNK rows at a time; with loss_scale > 0 the gradient of the loss
      * w.r.t. the logits is formed in place and pushed through lm_head right away, so the full
@@ -240,36 +315,26 @@ double llama_forward(llama_model *m, const int32_t *inputs, const int32_t *targe
 
 void llama_backward(llama_model *m, const int32_t *inputs) {
     const llama_config *c = &m->cfg;
-    const int B = m->B, T = m->T, N = B * T, d = c->hidden_size, F = c->intermediate_size;
-    const int H = c->num_attention_heads, hd = d / H;
-    const linear_method *M = m->method;
-    float *dres = m->d_res, *dxn = m->d_a, *datt = m->d_b, *dq = m->d_c;
-    float *dF1 = m->d_F1, *dF2 = m->d_F2;
+    const int N = m->B * m->T, d = c->hidden_size;
+    const int step_now = m->per_layer_updates && m->last_microbatch;
 
-    rmsnorm_backward(dres, m->final_norm.g, m->dxnf, m->xf, m->final_norm.w, m->rstdf, N, d, 0);
+    if (step_now) param_step(m, &m->lm_head); /* complete since the forward's fused loss */
+    rmsnorm_backward(m->d_res, m->final_norm.g, m->dxnf, m->xf, m->final_norm.w, m->rstdf, N, d, 0);
+    if (step_now) param_step(m, &m->final_norm);
     for (int l = c->num_hidden_layers - 1; l >= 0; l--) {
-        llama_block *b = &m->blocks[l];
         block_acts *a = &m->acts[l];
-        /* MLP: x_next = x2 + down(silu(gate(xn2)) * up(xn2)) */
-        M->backward(&b->lin[LIN_DOWN], a->h, dres, dF1, N, 0);
-        swiglu_backward(dF1, dF2, dF1, a->g, a->u, (long)N * F);
-        M->backward(&b->lin[LIN_GATE], a->xn2, dF1, dxn, N, 0);
-        M->backward(&b->lin[LIN_UP], a->xn2, dF2, dxn, N, 1);
-        rmsnorm_backward(dres, b->mlp_norm.g, dxn, a->x2, b->mlp_norm.w, a->rstd2, N, d, 1);
-        /* attention: x2 = x + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))) */
-        M->backward(&b->lin[LIN_O], a->att, dres, datt, N, 0);
-        /* dq, dk, dv: reuse datt's neighbours; dk and dv live in the F-sized buffers */
-        float *dk = dF1, *dv = dF2;
-        attention_backward(dq, dk, dv, datt, a->att, a->lse, a->q, a->k, a->v, B, T, H, hd,
-                           m->attn_scratch);
-        rope_backward(dq, m->rope_cos, m->rope_sin, B, T, H, hd);
-        rope_backward(dk, m->rope_cos, m->rope_sin, B, T, H, hd);
-        M->backward(&b->lin[LIN_Q], a->xn1, dq, dxn, N, 0);
-        M->backward(&b->lin[LIN_K], a->xn1, dk, dxn, N, 1);
-        M->backward(&b->lin[LIN_V], a->xn1, dv, dxn, N, 1);
-        rmsnorm_backward(dres, b->attn_norm.g, dxn, a->x, b->attn_norm.w, a->rstd1, N, d, 1);
+        if (m->checkpoint_activations) {
+            /* recompute this block's activations from its saved input; its output lands where
+             * the block above's input was, which that block's backward no longer needs */
+            a = &m->work;
+            float *x_next = l + 1 < c->num_hidden_layers ? m->acts[l + 1].x : m->xf;
+            block_forward(m, l, a, m->acts[l].x, x_next, m->d_a);
+        }
+        block_backward(m, l, a, m->acts[l].x);
+        if (step_now) block_step(m, l);
     }
-    embedding_backward(m->embed.g, inputs, dres, N, d);
+    embedding_backward(m->embed.g, inputs, m->d_res, N, d);
+    if (step_now) param_step(m, &m->embed);
 }
 
 int llama_dense_params(llama_model *m, dense_param **out, int cap) {

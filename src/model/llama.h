@@ -59,6 +59,16 @@ typedef struct {
     float *d_res, *d_a, *d_b, *d_c, *d_F1, *d_F2; /* backward scratch */
     float *attn_scratch;
     int n_threads;
+
+    /* activation checkpointing: set before llama_set_batch */
+    int checkpoint_activations;
+    block_acts work; /* the one block of activations recomputed during backward */
+
+    /* per-layer updates: each layer steps inside the backward of the step's last micro-batch */
+    int per_layer_updates;
+    int last_microbatch;     /* set by train_step */
+    optim_hparams layer_step; /* the hyperparameters of this step's update */
+    long layer_step_index;
 } llama_model;
 
 /* Creates a model with random init (normal(0, 0.02), norms 1) from `seed`, every tensor drawn from

@@ -1,5 +1,7 @@
 #include "model/train.h"
 
+#include <math.h>
+
 void train_hparams_defaults(train_hparams *h) {
     h->sched.kind = SCHED_COSINE;
     h->sched.lr = 1e-3;
@@ -21,15 +23,6 @@ step_result train_step(llama_model *m, long step, const int32_t *const *inputs,
     /* each token's loss weighs 1 / (all tokens of the step), so accumulated gradients are those of
      * the mean loss of the whole batch */
     const float scale = 1.0f / ((float)N * (float)accum);
-    llama_zero_grad(m);
-    llama_begin_step(m, step);
-    for (int i = 0; i < accum; i++) {
-        r.loss += llama_forward(m, inputs[i], targets[i], scale, NULL);
-        llama_backward(m, inputs[i]);
-    }
-    r.loss /= accum;
-    llama_end_step(m, step);
-    r.grad_norm = llama_grad_norm(m);
     optim_hparams oh = {
         .kind = h->optimizer,
         .lr = (float)sched_lr(&h->sched, step),
@@ -40,12 +33,38 @@ step_result train_step(llama_model *m, long step, const int32_t *const *inputs,
         .grad_scale = 1.0f,
         .t = step + 1,
     };
+    r.lr = oh.lr;
+    if (m->per_layer_updates) {
+        /* each layer is updated inside the backward of the last micro-batch, as soon as its
+         * gradient over the whole batch is complete; gradients of earlier micro-batches are
+         * accumulated first, so the result equals the ordinary step (no global clipping) */
+        m->layer_step = oh;
+        m->layer_step_index = step;
+        llama_begin_step(m, step);
+        for (int i = 0; i < accum; i++) {
+            m->last_microbatch = i == accum - 1;
+            r.loss += llama_forward(m, inputs[i], targets[i], scale, NULL);
+            llama_backward(m, inputs[i]);
+        }
+        m->last_microbatch = 0;
+        r.loss /= accum;
+        r.grad_norm = NAN;
+        return r;
+    }
+    llama_zero_grad(m);
+    llama_begin_step(m, step);
+    for (int i = 0; i < accum; i++) {
+        r.loss += llama_forward(m, inputs[i], targets[i], scale, NULL);
+        llama_backward(m, inputs[i]);
+    }
+    r.loss /= accum;
+    llama_end_step(m, step);
+    r.grad_norm = llama_grad_norm(m);
     /* torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1 */
     if (h->grad_clipping > 0) {
         float coef = (float)(h->grad_clipping / (r.grad_norm + 1e-6));
         if (coef < 1.0f) oh.grad_scale = coef;
     }
-    r.lr = oh.lr;
     llama_optimizer_step(m, &oh);
     return r;
 }

@@ -1,9 +1,217 @@
-/* 8-bit Adam is not implemented yet: the state kind exists so options and checkpoints are stable. */
-#include "optim/optim.h"
+/* 8-bit Adam: both moments as blockwise-absmax codes of a dynamic exponent + fraction map, after
+ * Dettmers et al., "8-bit Optimizers via Block-wise Quantization" (bitsandbytes).  The per-element
+ * arithmetic is the AdamW update of adamw.c; only where m and v live between steps differs.  Each
+ * block of 256 is dequantized, updated and requantized by one thread, so the result does not
+ * depend on the number of threads. */
+#include "optim/adam8bit.h"
 
 #include "core/error.h"
+#include "core/mem.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the dynamic maps ------------------------------------------------------------------- */
+
+static float map_signed[256], map_unsigned[256];
+static pthread_once_t maps_once = PTHREAD_ONCE_INIT;
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* Exponent level i (0..6) covers magnitudes [0.1, 1) * 10^(i-6): the midpoints of `items` equal
+ * intervals of [0.1, 1].  Higher levels get more fraction items (2^i signed, 2^(i+1) unsigned, the
+ * unsigned map spending the sign bit on precision), so the map is dense near 1 and sparse but wide
+ * near 0: relative error stays bounded over seven decades.  Boundaries and midpoints are computed
+ * in float the way torch.linspace does, so the values equal bitsandbytes' map bit for bit. */
+static void build_map(int is_signed, float *out) {
+    static const float pow10f[7] = {1e-6f, 1e-5f, 1e-4f, 1e-3f, 1e-2f, 1e-1f, 1.0f};
+    int n = 0;
+    for (int i = 0; i < 7; i++) {
+        const int items = is_signed ? 1 << i : 1 << (i + 1), steps = items + 1;
+        const float step = (1.0f - 0.1f) / (float)(steps - 1);
+        float bnd[129];
+        /* torch.linspace fills the first half from the start and the second half from the end */
+        for (int j = 0; j < steps; j++)
+            bnd[j] = j < steps / 2 ? 0.1f + step * (float)j : 1.0f - step * (float)(steps - 1 - j);
+        for (int j = 0; j < items; j++) {
+            const float mean = (bnd[j] + bnd[j + 1]) / 2.0f;
+            out[n++] = pow10f[i] * mean;
+            if (is_signed) out[n++] = -(pow10f[i] * mean);
+        }
+    }
+    out[n++] = 0.0f;
+    out[n++] = 1.0f;
+    qsort(out, (size_t)n, sizeof(float), cmp_float); /* n == 256 for both maps */
+}
+
+static void build_maps(void) {
+    build_map(1, map_signed);
+    build_map(0, map_unsigned);
+}
+
+const float *adam8bit_map(int is_signed) {
+    pthread_once(&maps_once, build_maps);
+    return is_signed ? map_signed : map_unsigned;
+}
+
+uint8_t adam8bit_nearest(const float *map, float x) {
+    /* lo = the last index with map[lo] <= x (0 if none): eight halving steps over 256 entries */
+    int lo = 0;
+    for (int step = 128; step; step >>= 1)
+        if (map[lo + step] <= x) lo += step;
+    if (lo < 255 && map[lo + 1] - x < x - map[lo]) lo++;
+    return (uint8_t)lo;
+}
+
+/* ---- blockwise quantization ------------------------------------------------------------- */
+
+/* zero_code: the index of 0.0 in the map, used for an all-zero block (absmax 0) */
+static void quantize_block(const float *map, uint8_t zero_code, const float *x, size_t len,
+                           uint8_t *codes, float *absmax) {
+    float amax = 0.0f;
+    for (size_t k = 0; k < len; k++) amax = fmaxf(amax, fabsf(x[k]));
+    *absmax = amax;
+    if (!(amax > 0.0f)) {
+        memset(codes, zero_code, len);
+        return;
+    }
+    for (size_t k = 0; k < len; k++) codes[k] = adam8bit_nearest(map, x[k] / amax);
+}
+
+static uint8_t zero_code(const float *map) { return adam8bit_nearest(map, 0.0f); }
+
+void adam8bit_quantize(const float *map, const float *x, size_t n, uint8_t *codes, float *absmax) {
+    const long nb = (long)((n + ADAM8BIT_BLOCK - 1) / ADAM8BIT_BLOCK);
+    const uint8_t z = zero_code(map);
+#pragma omp parallel for schedule(static) if (n > 32768)
+    for (long b = 0; b < nb; b++) {
+        size_t i0 = (size_t)b * ADAM8BIT_BLOCK, len = n - i0 < ADAM8BIT_BLOCK ? n - i0 : ADAM8BIT_BLOCK;
+        quantize_block(map, z, x + i0, len, codes + i0, absmax + b);
+    }
+}
+
+void adam8bit_dequantize(const float *map, const uint8_t *codes, const float *absmax, size_t n,
+                         float *x) {
+    const long nn = (long)n;
+#pragma omp parallel for schedule(static) if (nn > 32768)
+    for (long i = 0; i < nn; i++) x[i] = map[codes[i]] * absmax[i / ADAM8BIT_BLOCK];
+}
+
+/* ---- optimizer state -------------------------------------------------------------------- */
+
+size_t adam8bit_state_bytes(size_t n) {
+    if (n < ADAM8BIT_MIN_N) return 0;
+    return 2 * n + 2 * sizeof(float) * ((n + ADAM8BIT_BLOCK - 1) / ADAM8BIT_BLOCK);
+}
+
+int adam8bit_is_quantized(const optim_state *s) {
+    return s->kind == OPTIM_ADAM8BIT && s->n >= ADAM8BIT_MIN_N;
+}
+
+typedef struct {
+    float *absm, *absv;
+    uint8_t *cm, *cv;
+    size_t nb;
+} q8_view;
+
+static q8_view q8_of(const optim_state *s) {
+    q8_view q;
+    q.nb = (s->n + ADAM8BIT_BLOCK - 1) / ADAM8BIT_BLOCK;
+    q.absm = (float *)s->q;
+    q.absv = q.absm + q.nb;
+    q.cm = (uint8_t *)(q.absv + q.nb);
+    q.cv = q.cm + s->n;
+    return q;
+}
 
 void adam8bit_update(optim_state *s, float *w, const float *g, const optim_hparams *h) {
-    (void)s, (void)w, (void)g, (void)h;
-    loqt_die("--optimizer adam8bit is not available in this build yet");
+    if (!adam8bit_is_quantized(s)) {
+        /* small tensors: the 8-bit state would save little and cost the most accuracy there */
+        adamw_update(s, w, g, h);
+        return;
+    }
+    if (!s->q) s->q = mem_alloc(MEM_OPTIM, adam8bit_state_bytes(s->n));
+    const float *smap = adam8bit_map(1), *umap = adam8bit_map(0);
+    const uint8_t zm = zero_code(smap), zv = zero_code(umap);
+    /* the same constants, in the same precision, as adamw_update */
+    const float b1 = h->beta1, b2 = h->beta2, eps = h->eps, gs = h->grad_scale;
+    const double t = (double)(h->t - s->t_offset > 0 ? h->t - s->t_offset : 1);
+    const double bc1 = 1.0 - pow(h->beta1, t), bc2 = 1.0 - pow(h->beta2, t);
+    const float step = (float)(h->lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+    const float decay = 1.0f - h->lr * h->weight_decay;
+    const q8_view q = q8_of(s);
+    const size_t n = s->n;
+    const long nb = (long)q.nb;
+#pragma omp parallel for schedule(static) if (n > 32768)
+    for (long b = 0; b < nb; b++) {
+        const size_t i0 = (size_t)b * ADAM8BIT_BLOCK;
+        const size_t len = n - i0 < ADAM8BIT_BLOCK ? n - i0 : ADAM8BIT_BLOCK;
+        const float am = q.absm[b], av = q.absv[b];
+        float mb[ADAM8BIT_BLOCK], vb[ADAM8BIT_BLOCK];
+        for (size_t k = 0; k < len; k++) {
+            const size_t i = i0 + k;
+            const float gi = g[i] * gs;
+            const float mi = b1 * (smap[q.cm[i]] * am) + (1.0f - b1) * gi;
+            const float vi = b2 * (umap[q.cv[i]] * av) + (1.0f - b2) * gi * gi;
+            /* the parameter sees the fp32 moments of this step; only their storage is 8-bit */
+            w[i] = w[i] * decay - step * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
+            mb[k] = mi;
+            vb[k] = vi;
+        }
+        quantize_block(smap, zm, mb, len, q.cm + i0, &q.absm[b]);
+        quantize_block(umap, zv, vb, len, q.cv + i0, &q.absv[b]);
+    }
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------ */
+
+void adam8bit_state_save(const optim_state *s, st_writer *w, const char *prefix) {
+    if (!s->q) return;
+    const q8_view q = q8_of(s);
+    const int64_t nshape[1] = {(int64_t)s->n}, bshape[1] = {(int64_t)q.nb};
+    char name[256];
+    snprintf(name, sizeof name, "%s.exp_avg.absmax", prefix);
+    st_writer_add(w, name, ST_F32, 1, bshape, q.absm);
+    snprintf(name, sizeof name, "%s.exp_avg.code", prefix);
+    st_writer_add(w, name, ST_U8, 1, nshape, q.cm);
+    snprintf(name, sizeof name, "%s.exp_avg_sq.absmax", prefix);
+    st_writer_add(w, name, ST_F32, 1, bshape, q.absv);
+    snprintf(name, sizeof name, "%s.exp_avg_sq.code", prefix);
+    st_writer_add(w, name, ST_U8, 1, nshape, q.cv);
+}
+
+int adam8bit_state_load(optim_state *s, const st_file *f, const char *prefix) {
+    char name[256];
+    snprintf(name, sizeof name, "%s.exp_avg.code", prefix);
+    if (!st_find(f, name)) return 0;
+    if (!adam8bit_is_quantized(s))
+        return loqt_set_error("optimizer state '%s' is 8-bit Adam state, but this run uses %s for it", name,
+                              s->kind == OPTIM_ADAM8BIT ? "fp32 moments (small tensor)" : "adamw");
+    const int alloc = !s->q;
+    if (alloc) s->q = mem_alloc(MEM_OPTIM, adam8bit_state_bytes(s->n));
+    const q8_view q = q8_of(s);
+    const int64_t nshape[1] = {(int64_t)s->n}, bshape[1] = {(int64_t)q.nb};
+    static const char *const moment[2] = {"exp_avg", "exp_avg_sq"};
+    for (int j = 0; j < 2; j++) {
+        snprintf(name, sizeof name, "%s.%s.absmax", prefix, moment[j]);
+        if (st_read_raw(f, name, j ? q.absv : q.absm, ST_F32, 1, bshape)) goto fail;
+        snprintf(name, sizeof name, "%s.%s.code", prefix, moment[j]);
+        if (st_read_raw(f, name, j ? q.cv : q.cm, ST_U8, 1, nshape)) goto fail;
+    }
+    return 0;
+fail:
+    /* never leave a half-read state behind: a fresh one is all zeros, i.e. m = v = 0 */
+    if (alloc) {
+        mem_free(s->q);
+        s->q = NULL;
+    } else {
+        memset(s->q, 0, mem_size(s->q));
+    }
+    return -1;
 }

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/mem.h"
+#include "optim/adam8bit.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -50,7 +51,7 @@ size_t optim_state_bytes(const optim_state *s) {
     return mem_size(s->m) + mem_size(s->v) + (s->q ? mem_size(s->q) : 0);
 }
 
-static void adamw_update(optim_state *s, float *w, const float *g, const optim_hparams *h) {
+void adamw_update(optim_state *s, float *w, const float *g, const optim_hparams *h) {
     if (!s->m) {
         s->m = mem_alloc(MEM_OPTIM, s->n * sizeof(float));
         s->v = mem_alloc(MEM_OPTIM, s->n * sizeof(float));
@@ -70,8 +71,6 @@ static void adamw_update(optim_state *s, float *w, const float *g, const optim_h
         w[i] = w[i] * decay - step * m[i] / (sqrtf(v[i]) * inv_sqrt_bc2 + eps);
     }
 }
-
-void adam8bit_update(optim_state *s, float *w, const float *g, const optim_hparams *h);
 
 void optim_update(optim_state *s, float *w, const float *g, const optim_hparams *h) {
     if (s->kind == OPTIM_ADAM8BIT) adam8bit_update(s, w, g, h);
@@ -109,11 +108,7 @@ void optim_state_save(const optim_state *s, st_writer *w, const char *prefix) {
         snprintf(name, sizeof name, "%s.t_offset", prefix);
         st_writer_add(w, name, ST_I64, 1, one, &s->t_offset);
     }
-    if (s->q) {
-        int64_t qshape[1] = {(int64_t)mem_size(s->q)};
-        snprintf(name, sizeof name, "%s.state8", prefix);
-        st_writer_add(w, name, ST_U8, 1, qshape, s->q);
-    }
+    adam8bit_state_save(s, w, prefix);
 }
 
 int optim_state_load(optim_state *s, const st_file *f, const char *prefix) {
@@ -121,6 +116,8 @@ int optim_state_load(optim_state *s, const st_file *f, const char *prefix) {
     int64_t shape[1] = {(int64_t)s->n};
     snprintf(name, sizeof name, "%s.exp_avg", prefix);
     if (st_find(f, name)) {
+        if (adam8bit_is_quantized(s))
+            return loqt_set_error("optimizer state '%s' holds fp32 moments, but this run uses 8-bit Adam for it", name);
         if (!s->m) {
             s->m = mem_alloc(MEM_OPTIM, s->n * sizeof(float));
             s->v = mem_alloc(MEM_OPTIM, s->n * sizeof(float));
@@ -134,13 +131,5 @@ int optim_state_load(optim_state *s, const st_file *f, const char *prefix) {
         int64_t one[1] = {1};
         if (st_read_raw(f, name, &s->t_offset, ST_I64, 1, one)) return -1;
     }
-    snprintf(name, sizeof name, "%s.state8", prefix);
-    const st_tensor *t = st_find(f, name);
-    if (t) {
-        if (!s->q || mem_size(s->q) != t->nbytes)
-            return loqt_set_error("optimizer state '%s' does not match this run's optimizer", name);
-        int64_t qshape[1] = {(int64_t)t->nbytes};
-        if (st_read_raw(f, name, s->q, ST_U8, 1, qshape)) return -1;
-    }
-    return 0;
+    return adam8bit_state_load(s, f, prefix);
 }

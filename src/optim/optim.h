@@ -26,7 +26,7 @@ typedef struct {
     optim_kind kind;
     size_t n;
     float *m, *v; /* AdamW: fp32 moments (MEM_OPTIM), allocated on first update */
-    void *q;      /* 8-bit state (adam8bit), owned by that implementation */
+    void *q;      /* 8-bit Adam: one MEM_OPTIM blob, layout in optim/adam8bit.h (first update) */
     int64_t t_offset; /* updates before the last restart: bias correction uses t - t_offset */
 } optim_state;
 
@@ -43,11 +43,15 @@ void optim_state_restart(optim_state *s, long t_done);
 size_t optim_state_bytes(const optim_state *s);
 
 void optim_update(optim_state *s, float *w, const float *g, const optim_hparams *h);
+/* The fp32 AdamW update, whatever s->kind says: optim_update's AdamW path, and 8-bit Adam's path
+ * for tensors too small to quantize. */
+void adamw_update(optim_state *s, float *w, const float *g, const optim_hparams *h);
 
 /* Sum of squares of g (double accumulation), for global-norm clipping. */
 double optim_sqnorm(const float *g, size_t n);
 
-/* Checkpointing: tensors "<prefix>.exp_avg" / "<prefix>.exp_avg_sq" (or the 8-bit state). */
+/* Checkpointing: tensors "<prefix>.exp_avg" / "<prefix>.exp_avg_sq" (or the 8-bit state,
+ * "<prefix>.exp_avg.{absmax,code}" / "<prefix>.exp_avg_sq.{absmax,code}"). */
 void optim_state_save(const optim_state *s, st_writer *w, const char *prefix);
 int optim_state_load(optim_state *s, const st_file *f, const char *prefix);
 
