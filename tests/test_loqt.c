@@ -301,7 +301,9 @@ static void test_memory_is_smaller_than_dense(void) {
     CHECK(b[MEM_QWEIGHTS] == 512 * 512 / 2 + 16 * 512 / 2, "codes %zu", b[MEM_QWEIGHTS]);
     CHECK(b[MEM_QSTATE] == (512 * 512 / 64 + 16 * 512 / 64) * 4, "absmax %zu", b[MEM_QSTATE]);
     CHECK(b[MEM_FACTORS] == 512 * 16 * 2, "B %zu", b[MEM_FACTORS]);
-    CHECK(b[MEM_GRADS] == 512 * 16 * 4, "dB %zu", b[MEM_GRADS]);
+    /* dB is allocated by the first backward after P exists (and freed after each update with
+     * per-layer updates), so a fresh layer holds no gradient */
+    CHECK(b[MEM_GRADS] == 0, "dB %zu", b[MEM_GRADS]);
     method_loqt.free(&L);
 }
 

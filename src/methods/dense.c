@@ -9,7 +9,7 @@
 #include <string.h>
 
 typedef struct {
-    float *W, *dW; /* [out, in] */
+    float *W, *dW; /* [out, in]; dW is allocated by the first backward */
     optim_state opt;
 } dense_state;
 
@@ -22,7 +22,6 @@ static int dense_init(linear_layer *L, const method_opts *o, const float *W0) {
     } else {
         s->W = linear_random_init(L, o->seed, MEM_DENSE);
     }
-    s->dW = mem_alloc(MEM_GRADS, n * sizeof(float));
     optim_state_init(&s->opt, n, o->optimizer);
     L->state = s;
     return 0;
@@ -39,22 +38,23 @@ static void dense_backward(linear_layer *L, const float *X, const float *dY, flo
     if (dX)
         gemm(false, false, N, L->in, L->out, 1.0f, dY, L->out, s->W, L->in,
              accumulate ? 1.0f : 0.0f, dX, L->in);
+    if (!s->dW) s->dW = mem_alloc(MEM_GRADS, (size_t)L->out * L->in * sizeof(float));
     gemm(true, false, L->out, L->in, N, 1.0f, dY, L->out, X, L->in, 1.0f, s->dW, L->in);
 }
 
 static double dense_grad_sqnorm(const linear_layer *L) {
     const dense_state *s = L->state;
-    return optim_sqnorm(s->dW, (size_t)L->out * L->in);
+    return s->dW ? optim_sqnorm(s->dW, (size_t)L->out * L->in) : 0.0;
 }
 
 static void dense_step(linear_layer *L, const optim_hparams *h) {
     dense_state *s = L->state;
-    optim_update(&s->opt, s->W, s->dW, h);
+    if (s->dW) optim_update(&s->opt, s->W, s->dW, h);
 }
 
 static void dense_zero_grad(linear_layer *L) {
     dense_state *s = L->state;
-    memset(s->dW, 0, (size_t)L->out * L->in * sizeof(float));
+    if (s->dW) memset(s->dW, 0, (size_t)L->out * L->in * sizeof(float));
 }
 
 static void dense_mem_bytes(const linear_layer *L, size_t bytes[MEM_NCAT]) {
@@ -90,6 +90,12 @@ static int dense_load(linear_layer *L, const st_file *model, const st_file *stat
     return optim_state_load(&s->opt, state, name);
 }
 
+static void dense_release_grads(linear_layer *L) {
+    dense_state *s = L->state;
+    mem_free(s->dW);
+    s->dW = NULL;
+}
+
 const float *dense_grad(const linear_layer *L) { return ((const dense_state *)L->state)->dW; }
 
 static void dense_free(linear_layer *L) {
@@ -110,6 +116,7 @@ const linear_method method_dense = {
     .grad_sqnorm = dense_grad_sqnorm,
     .step = dense_step,
     .zero_grad = dense_zero_grad,
+    .release_grads = dense_release_grads,
     .mem_bytes = dense_mem_bytes,
     .export_dense = dense_export,
     .save = dense_save,

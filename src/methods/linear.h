@@ -82,6 +82,9 @@ struct linear_method {
     double (*grad_sqnorm)(const linear_layer *L);
     void (*step)(linear_layer *L, const optim_hparams *h);
     void (*zero_grad)(linear_layer *L);
+    /* Optional.  Frees the gradient buffers; the next backward allocates them again.  Used with
+     * per-layer updates and no accumulation, so only one layer's gradient exists at a time. */
+    void (*release_grads)(linear_layer *L);
     /* Adds the layer's bytes per memory category into bytes[]. */
     void (*mem_bytes)(const linear_layer *L, size_t bytes[MEM_NCAT]);
     /* Writes W_eff ([out, in] fp32) into W. */

@@ -37,7 +37,7 @@ typedef struct {
     qmat P;          /* left r x in, right out x r */
     qmat B;          /* left out x r, right r x in: bf16 or fp32 */
     int have_P;      /* P set by a first refresh */
-    float *dB;       /* gradient of B (fp32, MEM_GRADS) */
+    float *dB;       /* gradient of B (fp32, MEM_GRADS), allocated by the first backward after P */
     float *G;        /* dense gradient during update steps (MEM_GRADS), else NULL */
     int want_G;      /* this step is an update step: the first backward allocates G */
     optim_state opt; /* of B */
@@ -106,7 +106,6 @@ static int loqt_init(linear_layer *L, const method_opts *o, const float *W0) {
                   o->use_double_quant, MEM_FACTORS) ||
         qmat_init(&st->B, o->lowrank_fp32 ? QMAT_F32 : QMAT_BF16, br, bc, false, MEM_FACTORS))
         return -1;
-    st->dB = mem_alloc(MEM_GRADS, (size_t)br * bc * sizeof(float));
     optim_state_init(&st->opt, (size_t)br * bc, o->optimizer);
     /* W starts as the random initialization quantized; B = 0 until the step-0 refresh */
     float *W = W0 ? (float *)W0 : linear_random_init(L, o->seed, MEM_SCRATCH);
@@ -170,6 +169,7 @@ static void loqt_backward(linear_layer *L, const float *X, const float *dY, floa
     if (st->G) /* update step: the dense gradient of W_eff, for the SVD */
         gemm(true, false, out, in, N, 1.0f, dY, out, X, in, 1.0f, st->G, in);
     if (!st->have_P) return; /* before the first refresh P is undefined and B's gradient unused */
+    if (!st->dB) st->dB = mem_alloc(MEM_GRADS, (size_t)st->B.rows * st->B.cols * sizeof(float));
     factors_f32(st, Pf, Bf);
     if (st->left) {
         /* dB += s dY^T (X P^T);  dX += s (dY B) P */
@@ -287,6 +287,7 @@ static void loqt_refresh(linear_layer *L) {
     }
     qmat_set(&st->B, Bf);
     /* 4. the gradient of B in the new basis, from the dense gradient of this step */
+    if (!st->dB) st->dB = mem_alloc(MEM_GRADS, nB * sizeof(float));
     if (st->left) gemm(false, true, out, r, in, st->s, st->G, in, Pf, in, 0.0f, st->dB, r);
     else gemm(true, false, r, in, out, st->s, Pf, r, st->G, in, 0.0f, st->dB, in);
     if (st->o.merge_reset_optimizer) optim_state_restart(&st->opt, st->step);
@@ -308,13 +309,13 @@ static void loqt_end_step(linear_layer *L, long step) {
 
 static double loqt_grad_sqnorm(const linear_layer *L) {
     const loqt_state *st = L->state;
-    if (!st->have_P) return 0.0;
+    if (!st->have_P || !st->dB) return 0.0;
     return optim_sqnorm(st->dB, (size_t)st->B.rows * st->B.cols);
 }
 
 static void loqt_step(linear_layer *L, const optim_hparams *h) {
     loqt_state *st = L->state;
-    if (!st->have_P) return;
+    if (!st->have_P || !st->dB) return;
     size_t nB = (size_t)st->B.rows * st->B.cols;
     if (st->B.kind == QMAT_F32) {
         optim_update(&st->opt, st->B.f32, st->dB, h);
@@ -329,7 +330,13 @@ static void loqt_step(linear_layer *L, const optim_hparams *h) {
 
 static void loqt_zero_grad(linear_layer *L) {
     loqt_state *st = L->state;
-    memset(st->dB, 0, (size_t)st->B.rows * st->B.cols * sizeof(float));
+    if (st->dB) memset(st->dB, 0, (size_t)st->B.rows * st->B.cols * sizeof(float));
+}
+
+static void loqt_release_grads(linear_layer *L) {
+    loqt_state *st = L->state;
+    mem_free(st->dB);
+    st->dB = NULL;
 }
 
 static void loqt_mem_bytes(const linear_layer *L, size_t bytes[MEM_NCAT]) {
@@ -412,6 +419,7 @@ const linear_method method_loqt = {
     .grad_sqnorm = loqt_grad_sqnorm,
     .step = loqt_step,
     .zero_grad = loqt_zero_grad,
+    .release_grads = loqt_release_grads,
     .mem_bytes = loqt_mem_bytes,
     .export_dense = loqt_export,
     .save = loqt_save,

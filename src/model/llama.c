@@ -271,7 +271,8 @@ static void block_step(llama_model *m, int l) {
         linear_layer *L = &b->lin[j];
         if (m->method->end_step) m->method->end_step(L, m->layer_step_index);
         m->method->step(L, &m->layer_step);
-        m->method->zero_grad(L);
+        if (m->transient_grads && m->method->release_grads) m->method->release_grads(L);
+        else m->method->zero_grad(L);
     }
     param_step(m, &b->attn_norm);
     param_step(m, &b->mlp_norm);

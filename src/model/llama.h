@@ -67,6 +67,8 @@ typedef struct {
     /* per-layer updates: each layer steps inside the backward of the step's last micro-batch */
     int per_layer_updates;
     int last_microbatch;     /* set by train_step */
+    int transient_grads;     /* per-layer updates without accumulation: free each layer's
+                                gradient after its update (set by train_step) */
     optim_hparams layer_step; /* the hyperparameters of this step's update */
     long layer_step_index;
 } llama_model;

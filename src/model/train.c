@@ -40,6 +40,7 @@ step_result train_step(llama_model *m, long step, const int32_t *const *inputs,
          * accumulated first, so the result equals the ordinary step (no global clipping) */
         m->layer_step = oh;
         m->layer_step_index = step;
+        m->transient_grads = accum == 1;
         llama_begin_step(m, step);
         for (int i = 0; i < accum; i++) {
             m->last_microbatch = i == accum - 1;

@@ -24,25 +24,21 @@ static int cmp_float(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* Exponent level i (0..6) covers magnitudes [0.1, 1) * 10^(i-6): the midpoints of `items` equal
- * intervals of [0.1, 1].  Higher levels get more fraction items (2^i signed, 2^(i+1) unsigned, the
- * unsigned map spending the sign bit on precision), so the map is dense near 1 and sparse but wide
- * near 0: relative error stays bounded over seven decades.  Boundaries and midpoints are computed
- * in float the way torch.linspace does, so the values equal bitsandbytes' map bit for bit. */
+/* Exponent level i (0..6) covers magnitudes [0.1, 1) * 10^(i-6) with the midpoints of `items`
+ * equal intervals of [0.1, 1].  Higher levels get more fraction items (2^i signed, 2^(i+1)
+ * unsigned: the unsigned map spends the sign bit on precision), so the map is dense near 1 and
+ * sparse but wide near 0, keeping the relative error bounded over seven decades.  The midpoints
+ * are computed in double and rounded once; bitsandbytes rounds torch.linspace's float32
+ * boundaries instead, so a few of its values differ from these by one float ulp. */
 static void build_map(int is_signed, float *out) {
-    static const float pow10f[7] = {1e-6f, 1e-5f, 1e-4f, 1e-3f, 1e-2f, 1e-1f, 1.0f};
     int n = 0;
-    for (int i = 0; i < 7; i++) {
-        const int items = is_signed ? 1 << i : 1 << (i + 1), steps = items + 1;
-        const float step = (1.0f - 0.1f) / (float)(steps - 1);
-        float bnd[129];
-        /* torch.linspace fills the first half from the start and the second half from the end */
-        for (int j = 0; j < steps; j++)
-            bnd[j] = j < steps / 2 ? 0.1f + step * (float)j : 1.0f - step * (float)(steps - 1 - j);
+    double scale = 1e-6;
+    for (int i = 0; i < 7; i++, scale *= 10.0) {
+        const int items = is_signed ? 1 << i : 1 << (i + 1);
         for (int j = 0; j < items; j++) {
-            const float mean = (bnd[j] + bnd[j + 1]) / 2.0f;
-            out[n++] = pow10f[i] * mean;
-            if (is_signed) out[n++] = -(pow10f[i] * mean);
+            const double mean = 0.1 + 0.9 * (j + 0.5) / items;
+            out[n++] = (float)(scale * mean);
+            if (is_signed) out[n++] = (float)(-scale * mean);
         }
     }
     out[n++] = 0.0f;
