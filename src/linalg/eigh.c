@@ -86,12 +86,19 @@ static void apply_rotations(int n, double *Zt, const int *ri, const double *rc, 
 /* Implicit QL with shifts on the tridiagonal (d, e); accumulates the rotations into Zt (rows =
  * eigenvectors of T) when Zt is given. */
 static int tridiag_ql(int n, double *d, double *e, double *Zt, int *ri, double *rc, double *rs) {
+    /* An off-diagonal element is negligible relative to its neighbours or to the whole matrix:
+     * without the second test a cluster of (near-)zero eigenvalues (a rank-deficient Gram
+     * matrix, e.g. the gradient of fewer tokens than the rank) never deflates.  Dropping
+     * |e| <= eps * ||T|| moves eigenvalues by at most that much. */
+    double anorm = 0;
+    for (int i = 0; i < n; i++) anorm = fmax(anorm, fabs(d[i]) + fabs(e[i]));
+    const double tiny = DBL_EPSILON * anorm;
     for (int l = 0; l < n; l++) {
         for (int iter = 0;; iter++) {
             int m = l;
             for (; m < n - 1; m++) {
                 double dd = fabs(d[m]) + fabs(d[m + 1]);
-                if (fabs(e[m]) <= DBL_EPSILON * dd) break;
+                if (fabs(e[m]) <= DBL_EPSILON * dd || fabs(e[m]) <= tiny) break;
             }
             if (m == l) break;
             if (iter == 60) return loqt_set_error("eigh: QL iteration did not converge");

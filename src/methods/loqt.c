@@ -228,6 +228,10 @@ static void loqt_refresh(linear_layer *L) {
         for (size_t i = 0; i < n; i++) Wfp[i] += Wt[i];
     }
     /* 2. P from the top-r singular vectors of G */
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(st->G[i]))
+            loqt_die("%s: the gradient has a non-finite value at step %ld (training diverged; try a "
+                     "lower --lr)", L->name, st->step);
     svd_opts so = svd_default_opts();
     so.seed = st->o.seed;
     so.stream = st->stream ^ (uint64_t)st->step;

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/mem.h"
 
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -16,8 +17,19 @@
 
 /* ---- the dynamic maps ------------------------------------------------------------------- */
 
-static float map_signed[256], map_unsigned[256];
-static pthread_once_t maps_once = PTHREAD_ONCE_INIT;
+/* A map with a search table: lo[b] for each bucket b of floats sharing their top 16 bits (sign,
+ * exponent, 7 mantissa bits) is the last map index at or below the bucket's smallest value.  A
+ * bucket spans 1/128 of its octave, less than the gap between neighbouring values of either map,
+ * so from lo[b] at most one step up reaches the last index at or below any x of the bucket (the
+ * test sweeps this against the binary search).  Branch-free, this is about 5x faster than the
+ * binary search's eight dependent, mispredicted branches. */
+typedef struct {
+    float map[257]; /* map[256] = NaN: compares false, so the steps never move past 255 */
+    uint8_t lo[65536];
+} qtable;
+
+static qtable tab_signed, tab_unsigned;
+static pthread_once_t tabs_once = PTHREAD_ONCE_INIT;
 
 static int cmp_float(const void *a, const void *b) {
     float x = *(const float *)a, y = *(const float *)b;
@@ -46,49 +58,95 @@ static void build_map(int is_signed, float *out) {
     qsort(out, (size_t)n, sizeof(float), cmp_float); /* n == 256 for both maps */
 }
 
-static void build_maps(void) {
-    build_map(1, map_signed);
-    build_map(0, map_unsigned);
-}
-
-const float *adam8bit_map(int is_signed) {
-    pthread_once(&maps_once, build_maps);
-    return is_signed ? map_signed : map_unsigned;
-}
-
-uint8_t adam8bit_nearest(const float *map, float x) {
-    /* lo = the last index with map[lo] <= x (0 if none): eight halving steps over 256 entries */
+/* the last index with map[lo] <= x, 0 if none (also for NaN): eight halving steps */
+static int last_at_or_below(const float *map, float x) {
     int lo = 0;
     for (int step = 128; step; step >>= 1)
         if (map[lo + step] <= x) lo += step;
+    return lo;
+}
+
+/* of map[lo] and map[lo + 1], the nearer to x (a tie goes to the lower) */
+static inline uint8_t pick_nearer(const float *map, int lo, float x) {
     if (lo < 255 && map[lo + 1] - x < x - map[lo]) lo++;
     return (uint8_t)lo;
 }
 
+static void build_table(int is_signed, qtable *t) {
+    build_map(is_signed, t->map);
+    t->map[256] = NAN;
+    for (uint32_t b = 0; b < 65536; b++) {
+        /* a bucket's smallest value: its lowest bit pattern if positive, its highest if negative */
+        uint32_t bits = b & 0x8000 ? b << 16 | 0xFFFF : b << 16;
+        float v;
+        memcpy(&v, &bits, sizeof v);
+        t->lo[b] = (uint8_t)(isnan(v) ? 0 : last_at_or_below(t->map, v));
+    }
+}
+
+static void build_tables(void) {
+    build_table(1, &tab_signed);
+    build_table(0, &tab_unsigned);
+}
+
+static const qtable *table_of(const float *map) {
+    pthread_once(&tabs_once, build_tables);
+    return map == tab_signed.map ? &tab_signed : map == tab_unsigned.map ? &tab_unsigned : NULL;
+}
+
+const float *adam8bit_map(int is_signed) {
+    pthread_once(&tabs_once, build_tables);
+    return is_signed ? tab_signed.map : tab_unsigned.map;
+}
+
+uint8_t adam8bit_nearest(const float *map, float x) {
+    return pick_nearer(map, last_at_or_below(map, x), x);
+}
+
+/* the same result as adam8bit_nearest, through the bucket table */
+static inline uint8_t nearest_tab(const qtable *t, float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    int lo = t->lo[bits >> 16];
+    lo += t->map[lo + 1] <= x;
+    lo += t->map[lo + 1] - x < x - t->map[lo]; /* pick_nearer, without its branch */
+    return isnan(x) ? 0 : (uint8_t)lo;
+}
+
 /* ---- blockwise quantization ------------------------------------------------------------- */
 
-/* zero_code: the index of 0.0 in the map, used for an all-zero block (absmax 0) */
-static void quantize_block(const float *map, uint8_t zero_code, const float *x, size_t len,
-                           uint8_t *codes, float *absmax) {
+/* zero_code: the index of 0.0 in the map, used for an all-zero block (absmax 0).  t is the
+ * map's search table, or NULL for a map not built here (the binary search; only tests do that). */
+static void quantize_block(const float *map, const qtable *t, uint8_t zero_code, const float *x,
+                           size_t len, uint8_t *codes, float *absmax) {
     float amax = 0.0f;
-    for (size_t k = 0; k < len; k++) amax = fmaxf(amax, fabsf(x[k]));
+    for (size_t k = 0; k < len; k++) {
+        const float a = fabsf(x[k]);
+        amax = a > amax ? a : amax; /* fmaxf (NaN ignored), in a form that vectorizes */
+    }
     *absmax = amax;
     if (!(amax > 0.0f)) {
         memset(codes, zero_code, len);
         return;
     }
-    for (size_t k = 0; k < len; k++) codes[k] = adam8bit_nearest(map, x[k] / amax);
+    float y[ADAM8BIT_BLOCK]; /* len <= ADAM8BIT_BLOCK; the division vectorizes on its own */
+    for (size_t k = 0; k < len; k++) y[k] = x[k] / amax;
+    if (t)
+        for (size_t k = 0; k < len; k++) codes[k] = nearest_tab(t, y[k]);
+    else
+        for (size_t k = 0; k < len; k++) codes[k] = adam8bit_nearest(map, y[k]);
 }
 
 static uint8_t zero_code(const float *map) { return adam8bit_nearest(map, 0.0f); }
 
 void adam8bit_quantize(const float *map, const float *x, size_t n, uint8_t *codes, float *absmax) {
     const long nb = (long)((n + ADAM8BIT_BLOCK - 1) / ADAM8BIT_BLOCK);
+    const qtable *t = table_of(map);
     const uint8_t z = zero_code(map);
 #pragma omp parallel for schedule(static) if (n > 32768)
     for (long b = 0; b < nb; b++) {
         size_t i0 = (size_t)b * ADAM8BIT_BLOCK, len = n - i0 < ADAM8BIT_BLOCK ? n - i0 : ADAM8BIT_BLOCK;
-        quantize_block(map, z, x + i0, len, codes + i0, absmax + b);
+        quantize_block(map, t, z, x + i0, len, codes + i0, absmax + b);
     }
 }
 
@@ -133,7 +191,8 @@ void adam8bit_update(optim_state *s, float *w, const float *g, const optim_hpara
         return;
     }
     if (!s->q) s->q = mem_alloc(MEM_OPTIM, adam8bit_state_bytes(s->n));
-    const float *smap = adam8bit_map(1), *umap = adam8bit_map(0);
+    const qtable *ts = table_of(adam8bit_map(1)), *tu = table_of(adam8bit_map(0));
+    const float *smap = ts->map, *umap = tu->map;
     const uint8_t zm = zero_code(smap), zv = zero_code(umap);
     /* the same constants, in the same precision, as adamw_update */
     const float b1 = h->beta1, b2 = h->beta2, eps = h->eps, gs = h->grad_scale;
@@ -160,8 +219,8 @@ void adam8bit_update(optim_state *s, float *w, const float *g, const optim_hpara
             mb[k] = mi;
             vb[k] = vi;
         }
-        quantize_block(smap, zm, mb, len, q.cm + i0, &q.absm[b]);
-        quantize_block(umap, zv, vb, len, q.cv + i0, &q.absv[b]);
+        quantize_block(smap, ts, zm, mb, len, q.cm + i0, &q.absm[b]);
+        quantize_block(umap, tu, zv, vb, len, q.cv + i0, &q.absv[b]);
     }
 }
 
@@ -197,6 +256,13 @@ int adam8bit_state_load(optim_state *s, const st_file *f, const char *prefix) {
     for (int j = 0; j < 2; j++) {
         snprintf(name, sizeof name, "%s.%s.absmax", prefix, moment[j]);
         if (st_read_raw(f, name, j ? q.absv : q.absm, ST_F32, 1, bshape)) goto fail;
+        /* codes index a 256-entry map, so any byte is safe; an absmax must be a finite scale */
+        const float *a = j ? q.absv : q.absm;
+        for (size_t b = 0; b < q.nb; b++)
+            if (!(a[b] >= 0.0f && a[b] <= FLT_MAX)) {
+                loqt_set_error("optimizer state '%s' holds a negative or non-finite absmax", name);
+                goto fail;
+            }
         snprintf(name, sizeof name, "%s.%s.code", prefix, moment[j]);
         if (st_read_raw(f, name, j ? q.cv : q.cm, ST_U8, 1, nshape)) goto fail;
     }

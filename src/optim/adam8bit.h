@@ -29,7 +29,7 @@
 const float *adam8bit_map(int is_signed);
 
 /* Index of the map entry nearest to x (binary search; a tie goes to the lower entry; values
- * outside the map's range go to its ends). */
+ * outside the map's range go to its ends; NaN gives 0). */
 uint8_t adam8bit_nearest(const float *map, float x);
 
 /* Blockwise quantization of x[0..n): absmax[b] = max |x| over block b (ceil(n/256) blocks),

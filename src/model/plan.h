@@ -1,0 +1,86 @@
+/* The memory planner: what a training run will allocate, from its options alone.
+ *
+ * plan_make() replays, without allocating anything, the sequence of mem_alloc / mem_free calls
+ * that `loqt train` and `loqt bench` make (model creation, activations, the data buffers, the
+ * first optimizer step with its refresh for LoQT, an ordinary step, a later refresh step with the
+ * optimizer state in place, and the optional dense export at the end), on a counter of bytes per
+ * memory category.  So plan.peak[c] is what mem_peak(c) reports after such a run, and
+ * plan.accounted_peak what mem_peak_total() reports; the tests check both to the byte.
+ * To that it adds an estimate of the memory that is not accounted (the program, its libraries,
+ * OpenBLAS's per-thread buffers, thread stacks, malloc slack), measured on `loqt bench` runs
+ * (docs/memory.md), which gives plan.total: the expected peak resident set size.
+ *
+ * Keep it in step with the code it mirrors: model/llama.c (parameters, activations, backward
+ * scratch), methods/dense.c, methods/loqt.c (+ quant/qmat.c, quant/nf4.c, linalg/svd.c,
+ * linalg/lstsq.c for the refresh), optim/ (AdamW, 8-bit Adam), cli/cmd_train.c, cli/cmd_bench.c.
+ * Per-layer updates and activation checkpointing are modelled in one function each
+ * (see plan.c) so they can follow the trainer as it changes. */
+#ifndef LOQT_PLAN_H
+#define LOQT_PLAN_H
+
+#include "core/mem.h"
+#include "methods/linear.h"
+#include "model/config.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* One split of the token data as the loader holds it: the whole split as uint16, and while it is
+ * read, one shard more (read whole, then copied in). */
+typedef struct {
+    uint64_t tokens;     /* all shards */
+    uint64_t max_shard;  /* tokens of the largest shard */
+} plan_split;
+
+typedef struct {
+    llama_config cfg;
+    const char *method;       /* "full" or "loqt" (aliases as method_find) */
+    method_opts mo;           /* the method's options; mo.optimizer is the optimizer */
+    int batch, seq, accum;    /* micro-batch B x T, micro-batches per optimizer step */
+    long steps;               /* optimizer steps of the run (decides whether a later LoQT refresh
+                               * happens with the optimizer state in place) */
+    int threads;              /* OpenMP threads (attention scratch, unaccounted overhead); 0 =
+                               * the online cores, as --threads 0 */
+    int per_layer_updates;
+    int activation_checkpointing;
+    int save_original_model;  /* the dense export at the end of `loqt train` */
+    plan_split train, val;    /* data held by the loaders (`loqt train`); zero for `loqt bench` */
+} plan_input;
+
+typedef struct {
+    plan_input in;
+    size_t peak[MEM_NCAT];   /* per category, as mem_peak() */
+    size_t accounted_peak;   /* as mem_peak_total(): all categories at the worst moment */
+    size_t steady;           /* accounted bytes held during ordinary steps */
+    size_t overhead;         /* estimate of unaccounted memory */
+    size_t total;            /* accounted_peak + overhead: the expected peak RSS */
+    int refresh_with_optim;  /* a LoQT refresh happens after the optimizer state exists */
+} plan;
+
+/* Defaults: batch 8 x 256, 1 micro-batch, 1000 steps, threads 0, AdamW, method defaults. */
+void plan_input_defaults(plan_input *in, const llama_config *cfg, const char *method);
+
+/* Fills p from in.  0, or -1 with loqt_set_error on an impossible input (unknown method, sizes,
+ * rank). */
+int plan_make(plan *p, const plan_input *in);
+
+/* 0 if p->total <= max_bytes; else -1 with a one-line error naming the total, the largest
+ * categories and the options that would make the run fit. */
+int plan_check_fits(const plan *p, size_t max_bytes);
+
+/* The breakdown by category (mem_report's names), then "total: X GiB". */
+void plan_print(const plan *p, FILE *f);
+
+/* The unaccounted memory of a process with this many threads (the measured model). */
+size_t plan_overhead_bytes(int threads);
+
+/* The papers' memory estimate (weights + optimizer state, everything in 16 bits; LoQT: W in
+ * 4 bits, P and B in 16 bits, Adam on B), in bytes.  method "full" or "loqt"; rank as --rank. */
+double plan_paper_estimate(const llama_config *cfg, const char *method, int rank);
+
+/* "20GiB", "24000MiB", "1.5G", "512M", "123456" (bytes); KiB/MiB/GiB/TiB and K/M/G/T are powers
+ * of 1024, KB/MB/GB/TB powers of 1000.  0, or -1 with an error. */
+int plan_parse_bytes(const char *s, size_t *out);
+
+#endif

@@ -1,0 +1,371 @@
+/* The memory planner: for small models of both methods, the planned bytes per category equal what
+ * the real code accounts (mem_peak) exactly, and so do the accounted peak and the bytes held after
+ * the steps; plus the planner's properties (savings go the right way, refusals name the fixes,
+ * memory sizes parse).
+ *
+ * Each measured configuration runs in a child process: peaks cannot be reset, so every run needs
+ * fresh counters (the parent never allocates accounted memory). */
+#include "test.h"
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "data/loader.h"
+#include "data/shard.h"
+#include "model/checkpoint.h"
+#include "model/plan.h"
+#include "model/train.h"
+
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static llama_config tiny(void) {
+    /* hidden 64, intermediate 176 (so gate/up are "left" and down is "right" in LoQT), 2 layers */
+    llama_config c = {"tiny", 64, 176, 2, 4, 4, 128, 64, 1e-6, 10000.0, 0};
+    return c;
+}
+
+typedef struct {
+    const char *what;
+    plan_input in;
+    int with_data;
+} run_case;
+
+/* The real run, as `loqt train` / `loqt bench` do it; returns the number of mismatches. */
+static int measure(const run_case *rc) {
+    const plan_input *in = &rc->in;
+    plan p;
+    if (plan_make(&p, in)) {
+        printf("    plan: %s\n", loqt_last_error());
+        return 1;
+    }
+    char dir[] = "/tmp/loqt_test_plan_XXXXXX";
+    data_loader tr, va;
+    if (rc->with_data) {
+        if (!mkdtemp(dir)) return 1;
+        /* train: shards of 3000 and 5000 tokens; val: one of 1000 */
+        const int sizes[3] = {3000, 5000, 1000};
+        const char *names[3] = {"train_000.bin", "train_001.bin", "val_000.bin"};
+        for (int i = 0; i < 3; i++) {
+            uint16_t *t = calloc((size_t)sizes[i], 2);
+            for (int k = 0; k < sizes[i]; k++) t[k] = (uint16_t)(rng_u64(3, (uint64_t)i, (uint64_t)k) % 100);
+            char path[256];
+            snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+            if (shard_write(path, t, (uint64_t)sizes[i], 100)) return 1;
+            free(t);
+        }
+        if (loader_open(&tr, dir, "train") || loader_open(&va, dir, "val")) {
+            printf("    loader: %s\n", loqt_last_error());
+            return 1;
+        }
+    }
+    llama_model m;
+    if (llama_create(&m, &in->cfg, method_find(in->method), &in->mo, 11)) {
+        printf("    create: %s\n", loqt_last_error());
+        return 1;
+    }
+    m.checkpoint_activations = in->activation_checkpointing;
+    m.per_layer_updates = in->per_layer_updates;
+    llama_set_batch(&m, in->batch, in->seq);
+    const size_t N = (size_t)in->batch * in->seq;
+    int32_t *tin = mem_alloc(MEM_DATA, sizeof(int32_t) * N * in->accum);
+    int32_t *ttg = mem_alloc(MEM_DATA, sizeof(int32_t) * N * in->accum);
+    const int32_t *ins[8], *tgs[8];
+    for (int i = 0; i < in->accum; i++) {
+        ins[i] = tin + (size_t)i * N;
+        tgs[i] = ttg + (size_t)i * N;
+    }
+    train_hparams h;
+    train_hparams_defaults(&h);
+    h.optimizer = in->mo.optimizer;
+    for (long s = 0; s < in->steps; s++) {
+        for (size_t i = 0; i < N * in->accum; i++) {
+            tin[i] = (int32_t)(rng_u64(1, (uint64_t)s, i) % (uint64_t)in->cfg.vocab_size);
+            ttg[i] = (int32_t)(rng_u64(2, (uint64_t)s, i) % (uint64_t)in->cfg.vocab_size);
+        }
+        train_step(&m, s, ins, tgs, in->accum, &h);
+    }
+    int bad = 0;
+    if (mem_current_total() != p.steady) {
+        printf("    %s: held after the steps %zu, planned %zu\n", rc->what, mem_current_total(), p.steady);
+        bad++;
+    }
+    if (in->save_original_model) {
+        char out[300];
+        snprintf(out, sizeof out, "%s/export", rc->with_data ? dir : "/tmp");
+        if (llama_export_dense(&m, out)) {
+            printf("    export: %s\n", loqt_last_error());
+            bad++;
+        }
+        char cmd[400];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", out);
+        if (system(cmd) != 0) bad++;
+    }
+    for (int c = 0; c < MEM_NCAT; c++)
+        if (mem_peak((mem_cat)c) != p.peak[c]) {
+            printf("    %s: %s peak %zu bytes, planned %zu\n", rc->what, mem_cat_name((mem_cat)c),
+                   mem_peak((mem_cat)c), p.peak[c]);
+            bad++;
+        }
+    if (mem_peak_total() != p.accounted_peak) {
+        printf("    %s: accounted peak %zu, planned %zu\n", rc->what, mem_peak_total(), p.accounted_peak);
+        bad++;
+    }
+    mem_free(tin);
+    mem_free(ttg);
+    llama_free(&m);
+    if (rc->with_data) {
+        loader_close(&tr);
+        loader_close(&va);
+        char cmd[300];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+        if (system(cmd) != 0) bad++;
+    }
+    return bad;
+}
+
+/* Runs measure() in a child; the CHECK is on its exit status (mismatches are printed there). */
+static void check_exact(const run_case *rc) {
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int bad = measure(rc);
+        fflush(stdout);
+        _exit(bad > 100 ? 100 : bad);
+    }
+    int status = 0;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "fork/wait failed");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "%s: the plan differs from the accounted bytes (tolerance: 0 bytes; details above)", rc->what);
+}
+
+static int threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static run_case base(const char *what, const char *method) {
+    run_case rc;
+    memset(&rc, 0, sizeof rc);
+    rc.what = what;
+    llama_config c = tiny();
+    plan_input_defaults(&rc.in, &c, method);
+    rc.in.batch = 2;
+    rc.in.seq = 16;
+    rc.in.steps = 2;
+    rc.in.threads = threads();
+    rc.in.mo.rank = 8;
+    return rc;
+}
+
+static void test_full_adamw_exact(void) {
+    run_case rc = base("full adamw", "full");
+    check_exact(&rc);
+}
+
+static void test_full_adam8bit_accumulation_exact(void) {
+    run_case rc = base("full adam8bit accum 2", "full");
+    rc.in.mo.optimizer = OPTIM_ADAM8BIT;
+    rc.in.accum = 2;
+    check_exact(&rc);
+}
+
+static void test_loqt_nf4_refresh_with_optimizer_exact(void) {
+    /* gap 1: step 1 is a refresh with the optimizer state already there */
+    run_case rc = base("loqt nf4 gap 1", "loqt");
+    rc.in.mo.update_proj_gap = 1;
+    check_exact(&rc);
+}
+
+static void test_loqt_variants_exact(void) {
+    /* double quantization, 16-bit P, fp32 B, error compensation, 8-bit Adam, accumulation, and a
+     * refresh at step 2 */
+    run_case rc = base("loqt dq/bf16 P/fp32 B/compensation", "loqt");
+    rc.in.mo.use_double_quant = 1;
+    rc.in.mo.quantize_projection = 0;
+    rc.in.mo.lowrank_fp32 = 1;
+    rc.in.mo.compensate_quant_error_iterations = 2;
+    rc.in.mo.update_proj_gap = 2;
+    rc.in.mo.optimizer = OPTIM_ADAM8BIT;
+    rc.in.accum = 2;
+    rc.in.steps = 3;
+    check_exact(&rc);
+    /* LoQT-nq, no later refresh */
+    run_case nq = base("loqt-nq rank 50", "loqt");
+    nq.in.mo.quantize_w = 0;
+    nq.in.mo.rank = 50;
+    nq.in.seq = 40; /* 80 tokens: a gradient of full rank 64 for the 60-vector range finder */
+    nq.in.mo.update_proj_gap = 5;
+    check_exact(&nq);
+}
+
+static void test_activation_checkpointing_exact(void) {
+    run_case rc = base("full, activation checkpointing", "full");
+    rc.in.activation_checkpointing = 1;
+    check_exact(&rc);
+    run_case lq = base("loqt, activation checkpointing", "loqt");
+    lq.in.activation_checkpointing = 1;
+    lq.in.mo.update_proj_gap = 1;
+    check_exact(&lq);
+}
+
+static void test_per_layer_updates_exact(void) {
+    run_case rc = base("full, per-layer updates", "full");
+    rc.in.per_layer_updates = 1;
+    check_exact(&rc);
+    run_case lq = base("loqt, per-layer updates", "loqt");
+    lq.in.per_layer_updates = 1;
+    lq.in.mo.update_proj_gap = 1;
+    lq.in.steps = 3;
+    check_exact(&lq);
+    run_case la = base("loqt, per-layer updates, accumulation, checkpointing", "loqt");
+    la.in.per_layer_updates = 1;
+    la.in.activation_checkpointing = 1;
+    la.in.accum = 2;
+    la.in.mo.update_proj_gap = 2;
+    la.in.steps = 3;
+    la.in.mo.optimizer = OPTIM_ADAM8BIT;
+    check_exact(&la);
+}
+
+static void test_data_and_export_exact(void) {
+    /* the loaders' splits (plus one shard while reading) and --save-original-model */
+    run_case rc = base("loqt with data and export", "loqt");
+    rc.with_data = 1;
+    rc.in.train = (plan_split){8000, 5000};
+    rc.in.val = (plan_split){1000, 1000};
+    rc.in.save_original_model = 1;
+    check_exact(&rc);
+    run_case fu = base("full with export", "full");
+    fu.in.save_original_model = 1;
+    check_exact(&fu);
+}
+
+static plan plan_of(const char *model, const char *method, void (*edit)(plan_input *)) {
+    llama_config c;
+    plan p;
+    plan_input in;
+    if (config_load(&c, model)) {
+        printf("    %s\n", loqt_last_error());
+        exit(1);
+    }
+    plan_input_defaults(&in, &c, method);
+    in.threads = 2;
+    in.mo.rank = 128;
+    if (edit) edit(&in);
+    if (plan_make(&p, &in)) {
+        printf("    %s\n", loqt_last_error());
+        exit(1);
+    }
+    return p;
+}
+
+static void set_8bit(plan_input *in) { in->mo.optimizer = OPTIM_ADAM8BIT; }
+static void set_ckpt(plan_input *in) { in->activation_checkpointing = 1; }
+static void set_plu(plan_input *in) { in->per_layer_updates = 1; }
+static void set_plu_accum(plan_input *in) {
+    in->per_layer_updates = 1;
+    in->accum = 4;
+}
+
+static void test_savings_go_the_right_way(void) {
+    plan full = plan_of("60m", "full", NULL), loqt = plan_of("60m", "loqt", NULL);
+    /* at 60m the embedding and lm_head (dense, trained by Adam) hold most of the state */
+    CHECK(loqt.peak[MEM_OPTIM] < full.peak[MEM_OPTIM] * 0.75, "LoQT optimizer %zu vs full %zu (< 0.75x)",
+          loqt.peak[MEM_OPTIM], full.peak[MEM_OPTIM]);
+    CHECK(loqt.total < full.total, "LoQT total %zu < full %zu", loqt.total, full.total);
+    CHECK(loqt.peak[MEM_QWEIGHTS] > 0 && full.peak[MEM_QWEIGHTS] == 0, "only LoQT has NF4 codes");
+    CHECK(loqt.refresh_with_optim && !full.refresh_with_optim, "a refresh at step 50 of 1000");
+    plan a8 = plan_of("60m", "full", set_8bit);
+    CHECK(a8.peak[MEM_OPTIM] * 3 < full.peak[MEM_OPTIM], "8-bit Adam: %zu vs %zu (factor >= 3)",
+          a8.peak[MEM_OPTIM], full.peak[MEM_OPTIM]);
+    plan ck = plan_of("60m", "full", set_ckpt);
+    CHECK(ck.peak[MEM_ACTS] * 4 < full.peak[MEM_ACTS], "checkpointing: activations %zu vs %zu (factor >= 4)",
+          ck.peak[MEM_ACTS], full.peak[MEM_ACTS]);
+    CHECK(ck.peak[MEM_GRADS] == full.peak[MEM_GRADS], "checkpointing leaves gradients alone");
+    /* per-layer updates: the dense parameters' gradients plus one block's linear gradients */
+    plan pl = plan_of("60m", "full", set_plu);
+    const size_t d = 512, F = 1376, V = 32000, L = 8;
+    const size_t dense_g = 4 * (2 * V * d + (2 * L + 1) * d), block_g = 4 * (4 * d * d + 3 * d * F);
+    CHECK(pl.peak[MEM_GRADS] == dense_g + block_g, "per-layer updates: gradients %zu, expected %zu",
+          pl.peak[MEM_GRADS], dense_g + block_g);
+    CHECK(full.peak[MEM_GRADS] == dense_g + L * block_g, "full gradients %zu, expected %zu",
+          full.peak[MEM_GRADS], dense_g + L * block_g);
+    plan pa = plan_of("60m", "full", set_plu_accum);
+    CHECK(pa.peak[MEM_GRADS] == full.peak[MEM_GRADS], "per-layer updates with accumulation keep all gradients");
+    CHECK(full.total == full.accounted_peak + full.overhead, "total = accounted peak + overhead");
+    /* 7B full-rank cannot fit in 24 GiB, LoQT with 8-bit Adam and per-layer updates should */
+    plan f7 = plan_of("7b", "full", NULL);
+    CHECK(plan_check_fits(&f7, (size_t)24 << 30) == -1, "7b full in 24 GiB must be refused");
+    const char *msg = loqt_last_error();
+    CHECK(strstr(msg, "GiB") && strstr(msg, "largest: ") && strstr(msg, "--"),
+          "the refusal names the total, the largest categories and options: %s", msg);
+    CHECK(plan_check_fits(&f7, (size_t)1 << 40) == 0, "7b full fits in 1 TiB");
+}
+
+static void test_paper_estimate_close_to_table(void) {
+    /* LoQT paper, Table 1 (weights + optimizer, GB), ranks 128 / 256 / 256 / 512 */
+    const char *models[4] = {"60m", "130m", "350m", "1b"};
+    const int ranks[4] = {128, 256, 256, 512};
+    const double full[4] = {0.36, 0.76, 2.06, 7.80}, loqt[4] = {0.23, 0.49, 0.98, 3.16};
+    for (int i = 0; i < 4; i++) {
+        llama_config c;
+        config_load(&c, models[i]);
+        double f = plan_paper_estimate(&c, "full", ranks[i]) / 1073741824.0;
+        double l = plan_paper_estimate(&c, "loqt", ranks[i]) / 1073741824.0;
+        CHECK_CLOSE(f, full[i], 0, 0.12);
+        CHECK_CLOSE(l, loqt[i], 0, 0.12);
+    }
+}
+
+static void test_parse_bytes(void) {
+    size_t b = 0;
+    CHECK(plan_parse_bytes("20GiB", &b) == 0 && b == (size_t)20 << 30, "20GiB -> %zu", b);
+    CHECK(plan_parse_bytes("24000MiB", &b) == 0 && b == (size_t)24000 << 20, "24000MiB -> %zu", b);
+    CHECK(plan_parse_bytes("1.5G", &b) == 0 && b == (size_t)3 << 29, "1.5G -> %zu", b);
+    CHECK(plan_parse_bytes("2GB", &b) == 0 && b == 2000000000u, "2GB -> %zu", b);
+    CHECK(plan_parse_bytes("4096", &b) == 0 && b == 4096, "4096 -> %zu", b);
+    CHECK(plan_parse_bytes("12 gib", &b) == 0 && b == (size_t)12 << 30, "12 gib -> %zu", b);
+    CHECK(plan_parse_bytes("abc", &b) == -1, "abc is an error");
+    CHECK(plan_parse_bytes("-3G", &b) == -1, "negative is an error");
+    CHECK(plan_parse_bytes("3 parsecs", &b) == -1, "unknown unit is an error");
+    CHECK(plan_parse_bytes("", &b) == -1, "empty is an error");
+}
+
+static void test_bad_input_is_an_error(void) {
+    llama_config c = tiny();
+    plan_input in;
+    plan p;
+    plan_input_defaults(&in, &c, "nope");
+    CHECK(plan_make(&p, &in) == -1 && strstr(loqt_last_error(), "nope"), "unknown method: %s", loqt_last_error());
+    plan_input_defaults(&in, &c, "loqt");
+    in.seq = 1000;
+    CHECK(plan_make(&p, &in) == -1, "sequence longer than max_position_embeddings");
+    plan_input_defaults(&in, &c, "loqt");
+    in.mo.rank = 0;
+    CHECK(plan_make(&p, &in) == -1, "rank 0");
+    plan_input_defaults(&in, &c, "full");
+    in.batch = 0;
+    CHECK(plan_make(&p, &in) == -1, "batch 0");
+}
+
+int main(void) {
+    RUN(test_full_adamw_exact);
+    RUN(test_full_adam8bit_accumulation_exact);
+    RUN(test_loqt_nf4_refresh_with_optimizer_exact);
+    RUN(test_loqt_variants_exact);
+    RUN(test_activation_checkpointing_exact);
+    RUN(test_per_layer_updates_exact);
+    RUN(test_data_and_export_exact);
+    RUN(test_savings_go_the_right_way);
+    RUN(test_paper_estimate_close_to_table);
+    RUN(test_parse_bytes);
+    RUN(test_bad_input_is_an_error);
+    TEST_END();
+}
