@@ -74,6 +74,9 @@ test: all $(TESTS)
 bench: all
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash bench/run_bench.sh
 
+bench-7b: all
+	@BUILD=$(BUILD) bash bench/bench_7b.sh
+
 tokenizer:
 	@bash scripts/fetch_tokenizer.sh data
 

@@ -1,7 +1,8 @@
-/* Tests for 8-bit Adam (src/optim/adam8bit.c): the dynamic maps, nearest-code search, blockwise
- * quantize/dequantize error bounds, the fp32 path for small tensors (bit-identical to AdamW),
- * agreement with fp32 AdamW on a least-squares problem, state bytes, checkpoint round trip,
- * reset/restart, and independence of the thread count. */
+/* Tests for 8-bit Adam (src/optim/adam8bit.c): the dynamic maps, nearest-code search (binary
+ * search and the bucket table, swept against each other), blockwise quantize/dequantize error
+ * bounds, the fp32 path for small tensors (bit-identical to AdamW), state bytes, one step against
+ * a double-precision reference, agreement with fp32 AdamW on a least-squares problem, checkpoint
+ * round trip and refusal of mismatched state, reset/restart, and independence of the thread count. */
 #include "core/error.h"
 #include "core/mem.h"
 #include "io/safetensors.h"
