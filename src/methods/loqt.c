@@ -124,13 +124,28 @@ static size_t factor_floats(const loqt_state *st) {
     return (size_t)st->P.rows * st->P.cols + (size_t)st->B.rows * st->B.cols;
 }
 
+/* Scratch of one forward/backward call: a chunk of dequantized W rows, fp32 P and B, and the
+ * [N, r] intermediate of the rank-r path. */
+typedef struct {
+    float *Wc, *Pf, *Bf, *T;
+} work;
+
+static work layer_work(const loqt_state *st, int out, int in, int N) {
+    int cr = w_chunk_rows(in);
+    size_t wfl = (size_t)(cr < out ? cr : out) * in;
+    work w;
+    w.Wc = get_scratch(wfl + factor_floats(st) + (size_t)N * st->r);
+    w.Pf = w.Wc + wfl;
+    w.Bf = w.Pf + (size_t)st->P.rows * st->P.cols;
+    w.T = w.Bf + (size_t)st->B.rows * st->B.cols;
+    return w;
+}
+
 static void loqt_forward(linear_layer *L, const float *X, float *Y, int N) {
     loqt_state *st = L->state;
     const int out = L->out, in = L->in, r = st->r, cr = w_chunk_rows(in);
-    size_t wfl = (size_t)(cr < out ? cr : out) * in;
-    float *buf = get_scratch(wfl + factor_floats(st) + (size_t)N * r);
-    float *Wc = buf, *Pf = buf + wfl, *Bf = Pf + (size_t)st->P.rows * st->P.cols;
-    float *T = Bf + (size_t)st->B.rows * st->B.cols;
+    work w = layer_work(st, out, in, N);
+    float *Wc = w.Wc, *Pf = w.Pf, *Bf = w.Bf, *T = w.T;
     for (int r0 = 0; r0 < out; r0 += cr) {
         int r1 = r0 + cr < out ? r0 + cr : out;
         qmat_get_rows(&st->W, r0, r1, Wc);
@@ -151,10 +166,8 @@ static void loqt_backward(linear_layer *L, const float *X, const float *dY, floa
                           int accumulate) {
     loqt_state *st = L->state;
     const int out = L->out, in = L->in, r = st->r, cr = w_chunk_rows(in);
-    size_t wfl = (size_t)(cr < out ? cr : out) * in;
-    float *buf = get_scratch(wfl + factor_floats(st) + (size_t)N * r);
-    float *Wc = buf, *Pf = buf + wfl, *Bf = Pf + (size_t)st->P.rows * st->P.cols;
-    float *T = Bf + (size_t)st->B.rows * st->B.cols;
+    work w = layer_work(st, out, in, N);
+    float *Wc = w.Wc, *Pf = w.Pf, *Bf = w.Bf, *T = w.T;
     if (dX) { /* dX = dY deq(W) (+ the low-rank part below) */
         for (int r0 = 0; r0 < out; r0 += cr) {
             int r1 = r0 + cr < out ? r0 + cr : out;

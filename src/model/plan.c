@@ -490,21 +490,22 @@ int plan_make(plan *p, const plan_input *in) {
 
     memcpy(p->peak, s.peak, sizeof p->peak);
     p->accounted_peak = s.peak_total;
-    p->overhead = plan_overhead_bytes(threads, method == M_LOQT);
+    p->overhead = plan_overhead_bytes(threads, method == M_LOQT || transient_grads(in));
     p->total = p->accounted_peak + p->overhead;
     return 0;
 }
 
 /* Unaccounted memory, measured with `loqt bench` (docs/memory.md: RSS minus the accounted peak,
  * 60m and 130m, 1 to 16 threads): about 38 MiB for the program, its libraries and OpenBLAS's
- * packing buffer, 0.75 MiB per thread (stacks, per-thread buffers), and with LoQT about 30 MiB
- * more that glibc keeps: its mmap threshold rises to the size of the first large buffer freed
- * (a layer's initial weight), after which the refresh's many freed work buffers stay in the heap.
- * Small models whose products are too small to touch the whole OpenBLAS buffer need less. */
-size_t plan_overhead_bytes(int threads, int loqt) {
+ * packing buffer, 0.75 MiB per thread (stacks, per-thread buffers), and about 30 MiB more when
+ * large buffers are freed and allocated again during training (LoQT's refresh, per-layer updates
+ * that release gradients): glibc raises its mmap threshold to the size of the first large buffer
+ * freed, after which such buffers come from the heap and freed ones stay resident.  Small models
+ * whose products are too small to touch the whole OpenBLAS buffer need less. */
+size_t plan_overhead_bytes(int threads, int heap_churn) {
     const size_t MiB = 1 << 20;
     if (threads < 1) threads = 1;
-    return 38 * MiB + (size_t)threads * 3 * MiB / 4 + (loqt ? 30 * MiB : 0);
+    return 38 * MiB + (size_t)threads * 3 * MiB / 4 + (heap_churn ? 30 * MiB : 0);
 }
 
 /* ---- reporting ---------------------------------------------------------------------------- */

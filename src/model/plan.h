@@ -72,9 +72,10 @@ int plan_check_fits(const plan *p, size_t max_bytes);
 /* The breakdown by category (mem_report's names), then "total: X GiB". */
 void plan_print(const plan *p, FILE *f);
 
-/* The unaccounted memory of a training process with this many threads, with LoQT (1) or not (0):
- * the measured model of docs/memory.md. */
-size_t plan_overhead_bytes(int threads, int loqt);
+/* The unaccounted memory of a training process with this many threads; heap_churn: large buffers
+ * are freed and allocated again every step or refresh (LoQT, per-layer updates without
+ * accumulation).  The measured model of docs/memory.md. */
+size_t plan_overhead_bytes(int threads, int heap_churn);
 
 /* The papers' memory estimate (weights + optimizer state, everything in 16 bits; LoQT: W in
  * 4 bits, P and B in 16 bits, Adam on B), in bytes.  method "full" or "loqt"; rank as --rank. */
