@@ -42,17 +42,21 @@ static int measure(const run_case *rc) {
         printf("    plan: %s\n", loqt_last_error());
         return 1;
     }
-    char dir[] = "/tmp/loqt_test_plan_XXXXXX";
+    char dir[512] = "";
     data_loader tr, va;
-    if (rc->with_data) {
+    if (rc->with_data || in->save_original_model) {
+        const char *t = getenv("TMPDIR");
+        snprintf(dir, sizeof dir, "%s/loqt_test_plan_XXXXXX", t && *t ? t : "/tmp");
         if (!mkdtemp(dir)) return 1;
+    }
+    if (rc->with_data) {
         /* train: shards of 3000 and 5000 tokens; val: one of 1000 */
         const int sizes[3] = {3000, 5000, 1000};
         const char *names[3] = {"train_000.bin", "train_001.bin", "val_000.bin"};
         for (int i = 0; i < 3; i++) {
             uint16_t *t = calloc((size_t)sizes[i], 2);
             for (int k = 0; k < sizes[i]; k++) t[k] = (uint16_t)(rng_u64(3, (uint64_t)i, (uint64_t)k) % 100);
-            char path[256];
+            char path[600];
             snprintf(path, sizeof path, "%s/%s", dir, names[i]);
             if (shard_write(path, t, (uint64_t)sizes[i], 100)) return 1;
             free(t);
@@ -94,15 +98,12 @@ static int measure(const run_case *rc) {
         bad++;
     }
     if (in->save_original_model) {
-        char out[300];
-        snprintf(out, sizeof out, "%s/export", rc->with_data ? dir : "/tmp");
+        char out[600];
+        snprintf(out, sizeof out, "%s/export", dir);
         if (llama_export_dense(&m, out)) {
             printf("    export: %s\n", loqt_last_error());
             bad++;
         }
-        char cmd[400];
-        snprintf(cmd, sizeof cmd, "rm -rf %s", out);
-        if (system(cmd) != 0) bad++;
     }
     for (int c = 0; c < MEM_NCAT; c++)
         if (mem_peak((mem_cat)c) != p.peak[c]) {
@@ -120,8 +121,10 @@ static int measure(const run_case *rc) {
     if (rc->with_data) {
         loader_close(&tr);
         loader_close(&va);
-        char cmd[300];
-        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    }
+    if (dir[0]) {
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
         if (system(cmd) != 0) bad++;
     }
     return bad;

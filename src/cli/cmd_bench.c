@@ -7,6 +7,7 @@
 #include "core/mem.h"
 #include "core/rng.h"
 #include "kernels/gemm.h"
+#include "model/plan.h"
 #include "model/train.h"
 
 #include <stdio.h>
@@ -14,7 +15,7 @@
 #include <string.h>
 
 int cmd_bench(int argc, char **argv) {
-    const char *model = "20m", *method = "full", *optimizer = "adamw";
+    const char *model = "20m", *method = "full", *optimizer = "adamw", *max_memory = NULL;
     int batch = 8, T = 256, steps = 5, warmup = 1, threads = 0, per_layer = 0, ckpt = 0;
     long seed = 0;
     const opt_spec specs[] = {
@@ -29,6 +30,7 @@ int cmd_bench(int argc, char **argv) {
         {"seed", OPT_LONG, &seed, "seed for weights and tokens", NULL},
         {"per-layer-updates", OPT_FLAG, &per_layer, "update each layer inside backward", NULL},
         {"activation-checkpointing", OPT_FLAG, &ckpt, "recompute block activations in backward", NULL},
+        {"max-memory", OPT_STRING, &max_memory, "refuse to start when the planned peak exceeds this (e.g. 20GiB); default: physical memory", NULL},
     };
     enum { NBASE = sizeof specs / sizeof specs[0] };
     cli_method_args ma;
@@ -50,6 +52,16 @@ int cmd_bench(int argc, char **argv) {
     cli_method_apply(&ma, &mo);
     int ok;
     mo.optimizer = optim_kind_parse(optimizer, &ok);
+    plan_input pin;
+    plan_input_defaults(&pin, &cfg, meth->name);
+    pin.mo = mo;
+    pin.batch = batch;
+    pin.seq = T;
+    pin.steps = warmup + steps;
+    pin.threads = cli_threads();
+    pin.per_layer_updates = per_layer;
+    pin.activation_checkpointing = ckpt;
+    cli_check_memory(&pin, max_memory);
     llama_model m;
     if (llama_create(&m, &cfg, meth, &mo, (uint64_t)seed)) loqt_die_last("model");
     m.per_layer_updates = per_layer;

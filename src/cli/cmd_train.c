@@ -9,6 +9,7 @@
 #include "io/fileutil.h"
 #include "kernels/gemm.h"
 #include "model/checkpoint.h"
+#include "model/plan.h"
 #include "model/train.h"
 
 #include <math.h>
@@ -19,7 +20,7 @@
 #include <unistd.h>
 
 typedef struct {
-    const char *model, *data, *method, *optimizer, *scheduler, *output_dir, *resume;
+    const char *model, *data, *method, *optimizer, *scheduler, *output_dir, *resume, *max_memory;
     int batch_size, total_batch_size, max_length, threads, eval_every, save_every, log_every;
     int save_original_model, per_layer_updates, activation_checkpointing;
     long num_training_steps, warmup_steps, num_eval_tokens, seed;
@@ -139,6 +140,7 @@ int cmd_train(int argc, char **argv) {
         {"threads", OPT_INT, &a.threads, "CPU threads; 0 = all cores", NULL},
         {"per-layer-updates", OPT_FLAG, &a.per_layer_updates, "update each layer inside backward as soon as its gradient is complete (accumulation stays exact; no global clipping)", NULL},
         {"activation-checkpointing", OPT_FLAG, &a.activation_checkpointing, "keep only each block's input and recompute the block in backward (less memory, ~1/3 more compute)", NULL},
+        {"max-memory", OPT_STRING, &a.max_memory, "refuse to start when the planned peak memory exceeds this (e.g. 20GiB); default: the machine's physical memory", NULL},
         {"save-original-model", OPT_FLAG, &a.save_original_model, "at the end also write a plain dense LLaMA (W_eff merged) to OUTPUT_DIR/original_model", NULL},
     };
     enum { NBASE = sizeof specs / sizeof specs[0] };
@@ -230,6 +232,28 @@ int cmd_train(int argc, char **argv) {
     h.grad_clipping = (float)a.grad_clipping;
     h.optimizer = mo.optimizer;
 
+    /* the memory plan first: a run that cannot fit is refused before anything large exists */
+    {
+        method_opts pmo = mo;
+        if (*resume_dir) {
+            trainer_meta t0;
+            if (checkpoint_read_meta(resume_dir, &t0) == 0) pmo = t0.mopts, pmo.optimizer = mo.optimizer;
+        }
+        plan_input pin;
+        plan_input_defaults(&pin, &cfg, meth->name);
+        pin.mo = pmo;
+        pin.batch = a.batch_size;
+        pin.seq = a.max_length;
+        pin.accum = accum;
+        pin.steps = a.num_training_steps;
+        pin.threads = cli_threads();
+        pin.per_layer_updates = a.per_layer_updates;
+        pin.activation_checkpointing = a.activation_checkpointing;
+        pin.save_original_model = a.save_original_model;
+        pin.train.tokens = loader_tokens(&train);
+        pin.val.tokens = loader_tokens(&val);
+        cli_check_memory(&pin, a.max_memory);
+    }
     llama_model m;
     long start_step = 0;
     uint64_t tokens = 0;

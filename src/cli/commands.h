@@ -11,6 +11,7 @@ int cmd_generate(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_data(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_memory(int argc, char **argv);
 
 /* The OpenBLAS kernel set chosen at start-up (cli/main.c). */
 const char *loqt_blas_kernels(void);
@@ -29,6 +30,11 @@ void cli_method_defaults(cli_method_args *a);
 void cli_method_specs(cli_method_args *a, opt_spec *out);
 /* Converts into method options (dies on a bad combination). */
 void cli_method_apply(const cli_method_args *a, method_opts *o);
+
+/* Plans the run's memory and dies with the planner's one-line explanation when it exceeds
+ * max_memory ("20GiB"; NULL = the machine's physical memory). */
+#include "model/plan.h"
+void cli_check_memory(const plan_input *pin, const char *max_memory);
 
 /* Shared by the commands (cli/common.c). */
 void cli_set_threads(int threads); /* 0 = all cores */

@@ -2,7 +2,9 @@
 
 #include "core/error.h"
 #include "kernels/gemm.h"
+#include "core/mem.h"
 #include "model/checkpoint.h"
+#include "model/plan.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -139,4 +141,13 @@ void cli_method_apply(const cli_method_args *a, method_opts *o) {
     o->use_double_quant = a->use_double_quant;
     o->merge_reset_optimizer = !strcmp(a->merge_optimizer_state, "reset");
     o->lowrank_fp32 = !strcmp(a->lowrank_dtype, "fp32");
+}
+
+void cli_check_memory(const plan_input *pin, const char *max_memory) {
+    size_t limit = mem_physical();
+    if (max_memory && plan_parse_bytes(max_memory, &limit)) loqt_die_last("--max-memory");
+    if (!limit) return; /* unknown physical memory and no limit given */
+    plan p;
+    if (plan_make(&p, pin)) loqt_die_last("memory plan");
+    if (plan_check_fits(&p, limit)) loqt_die_last(NULL);
 }

@@ -230,7 +230,10 @@ static int fix_row(float *Q, int row, int m, uint64_t seed, uint64_t stream) {
             }
             nrm = sqrt(dot_ff(x, x, m));
         }
-        if (nrm > 0.5 * n0 && n0 > 0.0) {
+        /* a random vector keeps on average sqrt((m - row) / m) of its norm after projecting out
+         * `row` orthonormal directions: near a full basis that is small but still fine after two
+         * Gram-Schmidt passes, so compare with that, not with a fixed fraction */
+        if (nrm > 0.25 * n0 * sqrt((double)(m - row) / m) && n0 > 0.0) {
             scale_row(x, m, 1.0 / nrm);
             return 0;
         }

@@ -319,6 +319,14 @@ static void sim_dense_step(sim *s, const runstate *rs, size_t n) {
     if (!rs->optim_ready) sim_optim(s, rs->opt, n);
 }
 
+/* per-layer updates: a dense parameter's update, its gradient buffer around it if transient */
+static void sim_dense_unit(sim *s, const runstate *rs, size_t n) {
+    const int tr = PLU_DENSE_GRADS_TRANSIENT && transient_grads(rs->in);
+    if (tr) A(s, MEM_GRADS, 4 * n);
+    sim_dense_step(s, rs, n);
+    if (tr) F(s, MEM_GRADS, 4 * n);
+}
+
 /* model/train.c train_step, ordinary path: all micro-batches, end_step, then the updates */
 static void sim_step(sim *s, runstate *rs, int update) {
     const plan_input *in = rs->in;
@@ -368,8 +376,8 @@ static void sim_step_per_layer(sim *s, runstate *rs, int update) {
         const int last = mb == in->accum - 1;
         sim_forward(s, rs);
         if (last) {
-            sim_dense_step(s, rs, V * d); /* lm_head, complete after the forward */
-            sim_dense_step(s, rs, d);     /* final norm */
+            sim_dense_unit(s, rs, V * d); /* lm_head, complete after the forward */
+            sim_dense_unit(s, rs, d);     /* final norm */
         }
         for (int l = c->num_hidden_layers - 1; l >= 0; l--) {
             for (int jj = 0; jj < 7; jj++) {
@@ -383,10 +391,10 @@ static void sim_step_per_layer(sim *s, runstate *rs, int update) {
                 sim_linear_step(s, rs, &g, rs->have_P || (loqt && update));
                 if (transient) F(s, MEM_GRADS, 4 * (loqt ? g.nB : g.n));
             }
-            sim_dense_step(s, rs, d);
-            sim_dense_step(s, rs, d);
+            sim_dense_unit(s, rs, d); /* the block's norms */
+            sim_dense_unit(s, rs, d);
         }
-        if (last) sim_dense_step(s, rs, V * d); /* embedding */
+        if (last) sim_dense_unit(s, rs, V * d); /* embedding */
         if (!transient && (!loqt || rs->have_P)) rs->lin_grads = 1;
     }
     if (loqt && update) rs->have_P = 1;
@@ -454,6 +462,7 @@ int plan_make(plan *p, const plan_input *in) {
         return loqt_set_error("--rank and --update-proj-gap must be positive");
     if (in->threads < 0) return loqt_set_error("threads must be >= 0");
     p->in = *in;
+    p->in.method = lm->name; /* the canonical name, a static string */
     const int threads = in->threads ? in->threads : online_cores();
     p->in.threads = threads;
 
@@ -512,6 +521,16 @@ size_t plan_overhead_bytes(int threads, int heap_churn) {
 
 static double gib(size_t b) { return (double)b / 1073741824.0; }
 
+/* "1.23 GiB", or "12.3 MiB" below 1 GiB; rotates over 4 buffers so one call can use several */
+static const char *human(size_t b) {
+    static _Thread_local char buf[4][32];
+    static _Thread_local int k;
+    char *o = buf[k++ & 3];
+    if (b >= ((size_t)1 << 30)) snprintf(o, 32, "%.2f GiB", gib(b));
+    else snprintf(o, 32, "%.1f MiB", (double)b / 1048576.0);
+    return o;
+}
+
 static void describe(const plan *p, char *buf, size_t cap) {
     const plan_input *in = &p->in;
     const linear_method *lm = method_find(in->method);
@@ -561,8 +580,8 @@ static void largest(const plan *p, char *buf, size_t cap, int count) {
             if (!used[c] && p->peak[c] && (best < 0 || p->peak[c] > p->peak[best])) best = c;
         if (best < 0) break;
         used[best] = 1;
-        int w = snprintf(buf + k, cap - k, "%s%s %.2f GiB", i ? ", " : "", mem_cat_name((mem_cat)best),
-                         gib(p->peak[best]));
+        int w = snprintf(buf + k, cap - k, "%s%s %s", i ? ", " : "", mem_cat_name((mem_cat)best),
+                         human(p->peak[best]));
         if (w < 0 || (size_t)w >= cap - k) break;
         k += (size_t)w;
     }
@@ -636,31 +655,31 @@ int plan_check_fits(const plan *p, size_t max_bytes) {
         t.method = "loqt";
         t.mo.optimizer = OPTIM_ADAM8BIT;
         t.activation_checkpointing = t.per_layer_updates = 1;
-        t.batch = t.accum = 1;
-        double least = plan_make(&q, &t) == 0 ? gib(q.total) : 0.0;
-        return loqt_set_error("the run needs about %.2f GiB, more than the %.2f GiB allowed (largest: %s); "
+        t.accum = in->accum * in->batch; /* the same sequences per step, one at a time */
+        t.batch = 1;
+        size_t least = plan_make(&q, &t) == 0 ? q.total : 0;
+        return loqt_set_error("the run needs about %s, more than the %s allowed (largest: %s); "
                               "it does not fit even with --method loqt --optimizer adam8bit "
-                              "--per-layer-updates --activation-checkpointing --batch-size 1 (%.2f GiB): "
+                              "--per-layer-updates --activation-checkpointing --batch-size 1 (%s): "
                               "use a smaller model",
-                              gib(p->total), gib(max_bytes), big, least);
+                              human(p->total), human(max_bytes), big, human(least));
     }
-    return loqt_set_error("the run needs about %.2f GiB, more than the %.2f GiB allowed (largest: %s); "
+    return loqt_set_error("the run needs about %s, more than the %s allowed (largest: %s); "
                           "it would fit with%s%s",
-                          gib(p->total), gib(max_bytes), big, shown > 1 ? " one of:" : "", fix);
+                          human(p->total), human(max_bytes), big, shown > 1 ? " one of:" : "", fix);
 }
 
 /* ---- the papers' estimate ------------------------------------------------------------------ */
 
 double plan_paper_estimate(const llama_config *c, const char *method, int rank) {
     const double d = c->hidden_size, V = c->vocab_size;
-    const double nondense_lin = (double)config_params_linear(c);
+    const double lin = (double)config_params_linear(c);
     const double other = 2 * V * d + (2.0 * c->num_hidden_layers + 1) * d;
-    if (!strcmp(method, "full")) return 2.0 * 3.0 * (nondense_lin + other); /* w, m, v in 16 bits */
+    if (!strcmp(method, "full")) return 2.0 * 3.0 * (lin + other); /* w, m, v in 16 bits */
     /* LoQT: embeddings, norms, lm_head as full; per projection W mn/2, P and B 16-bit, Adam on B */
     double b = 6.0 * other;
-    llama_config cc = *c;
     plan_input in;
-    plan_input_defaults(&in, &cc, "loqt");
+    plan_input_defaults(&in, c, "loqt");
     in.mo.rank = rank;
     for (int j = 0; j < 7; j++) {
         lin_geom g = geom(&in, j);
