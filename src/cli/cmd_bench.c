@@ -32,13 +32,8 @@ int cmd_bench(int argc, char **argv) {
         {"activation-checkpointing", OPT_FLAG, &ckpt, "recompute block activations in backward", NULL},
         {"max-memory", OPT_STRING, &max_memory, "refuse to start when the planned peak exceeds this (e.g. 20GiB); default: physical memory", NULL},
     };
-    enum { NBASE = sizeof specs / sizeof specs[0] };
     cli_method_args ma;
-    cli_method_defaults(&ma);
-    opt_spec all[NBASE + CLI_METHOD_SPECS];
-    memcpy(all, specs, sizeof specs);
-    cli_method_specs(&ma, all + NBASE);
-    opts_parse(all, NBASE + CLI_METHOD_SPECS, argc, argv, "bench",
+    cli_parse_with_method(specs, (int)(sizeof specs / sizeof specs[0]), &ma, argc, argv, "bench",
                "Times full training steps (forward, backward, optimizer) on random tokens.");
     if (batch <= 0 || T <= 1 || steps <= 0 || warmup < 0) loqt_die("bench: sizes and steps must be positive");
     cli_set_threads(threads);

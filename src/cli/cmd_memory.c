@@ -67,13 +67,8 @@ int cmd_memory(int argc, char **argv) {
         {"threads", OPT_INT, &threads, "CPU threads; 0 = all cores", NULL},
         {"max-memory", OPT_STRING, &max_memory, "limit, e.g. 20GiB or 24000MiB; default: the machine's physical memory", NULL},
     };
-    enum { NBASE = sizeof specs / sizeof specs[0] };
     cli_method_args ma;
-    cli_method_defaults(&ma);
-    opt_spec all[NBASE + CLI_METHOD_SPECS];
-    memcpy(all, specs, sizeof specs);
-    cli_method_specs(&ma, all + NBASE);
-    opts_parse(all, NBASE + CLI_METHOD_SPECS, argc, argv, "memory", SUMMARY);
+    cli_parse_with_method(specs, (int)(sizeof specs / sizeof specs[0]), &ma, argc, argv, "memory", SUMMARY);
 
     if (opts_given("max-length")) {
         if (opts_given("seq-len") && seq != max_length) loqt_die("--seq-len %d and --max-length %d disagree", seq, max_length);

@@ -143,13 +143,8 @@ int cmd_train(int argc, char **argv) {
         {"max-memory", OPT_STRING, &a.max_memory, "refuse to start when the planned peak memory exceeds this (e.g. 20GiB); default: the machine's physical memory", NULL},
         {"save-original-model", OPT_FLAG, &a.save_original_model, "at the end also write a plain dense LLaMA (W_eff merged) to OUTPUT_DIR/original_model", NULL},
     };
-    enum { NBASE = sizeof specs / sizeof specs[0] };
     cli_method_args ma;
-    cli_method_defaults(&ma);
-    opt_spec all[NBASE + CLI_METHOD_SPECS];
-    memcpy(all, specs, sizeof specs);
-    cli_method_specs(&ma, all + NBASE);
-    opts_parse(all, NBASE + CLI_METHOD_SPECS, argc, argv, "train", SUMMARY);
+    cli_parse_with_method(specs, (int)(sizeof specs / sizeof specs[0]), &ma, argc, argv, "train", SUMMARY);
 
     if (a.batch_size <= 0 || a.max_length <= 1) loqt_die("--batch-size must be >= 1 and --max-length >= 2");
     if (a.total_batch_size == 0) a.total_batch_size = a.batch_size;

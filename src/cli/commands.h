@@ -28,6 +28,9 @@ enum { CLI_METHOD_SPECS = 12 };
 void cli_method_defaults(cli_method_args *a);
 /* Writes CLI_METHOD_SPECS option specs for `a` into out. */
 void cli_method_specs(cli_method_args *a, opt_spec *out);
+/* opts_parse over the command's own specs followed by the method options (defaults set in ma). */
+void cli_parse_with_method(const opt_spec *specs, int n, cli_method_args *ma, int argc, char **argv,
+                           const char *command, const char *summary);
 /* Converts into method options (dies on a bad combination). */
 void cli_method_apply(const cli_method_args *a, method_opts *o);
 

@@ -151,3 +151,13 @@ void cli_check_memory(const plan_input *pin, const char *max_memory) {
     if (plan_make(&p, pin)) loqt_die_last("memory plan");
     if (plan_check_fits(&p, limit)) loqt_die_last(NULL);
 }
+
+void cli_parse_with_method(const opt_spec *specs, int n, cli_method_args *ma, int argc, char **argv,
+                           const char *command, const char *summary) {
+    opt_spec *all = malloc(sizeof *all * (size_t)(n + CLI_METHOD_SPECS));
+    memcpy(all, specs, sizeof *all * (size_t)n);
+    cli_method_defaults(ma);
+    cli_method_specs(ma, all + n);
+    opts_parse(all, n + CLI_METHOD_SPECS, argc, argv, command, summary);
+    free(all);
+}
