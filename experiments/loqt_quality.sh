@@ -9,7 +9,8 @@
 # Every run checkpoints every 50 steps; starting the script again resumes each unfinished run
 # from its newest checkpoint with bit-identical losses, and skips finished ones.
 # Settings (environment): MODEL (60m), STEPS (500), BATCH (8), TOTAL (16 sequences), SEQ (256):
-# 500 steps x 16 x 256 = 2.05M tokens per run.
+# 500 steps x 16 x 256 = 2.05M tokens per run.  RUNS picks runs ("full loqt-nq"), THREADS the
+# threads of each (0 = all cores); two single-threaded runs side by side use 2 cores well.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -20,12 +21,13 @@ BATCH=${BATCH:-8}
 TOTAL=${TOTAL:-16}
 SEQ=${SEQ:-256}
 ROOT=${ROOT:-runs/loqt_quality}
+THREADS=${THREADS:-0}
 mkdir -p "$ROOT"
 
 COMMON=(--model "$MODEL" --data data/corpus --num-training-steps "$STEPS" --batch-size "$BATCH"
         --total-batch-size "$TOTAL" --max-length "$SEQ" --warmup-steps $((STEPS / 10))
         --min-lr-ratio 0.1 --grad-clipping 1.0 --eval-every 100 --num-eval-tokens 51200
-        --save-every 50 --seed 0)
+        --save-every 50 --seed 0 --threads "$THREADS")
 # the LoQT paper's 60m script: rank 128, alpha 0.4, lr 0.01, gap 100 growing by psi = 1.2,
 # 5 rounds of error compensation; full-rank AdamW at lr 1e-3 as in the GaLore/LoQT baselines
 LOQT_ARGS=(--method loqt --lr 0.01 --rank 128 --lora-alpha 0.4 --update-proj-gap 100
@@ -37,13 +39,14 @@ declare -A ARGS=(
     [loqt-nq]="${LOQT_ARGS[*]} --quantize-w none --quantize-projection-matrix none"
 )
 ORDER=(loqt full loqt-nq)
+read -r -a RUN_LIST <<<"${RUNS:-${ORDER[*]}}"
 
 finished() { [ -f "$1/metrics.jsonl" ] && grep -q "\"final\": true, \"step\": $STEPS," "$1/metrics.jsonl"; }
 
 if [ "${1:-}" != report ]; then
     [ -x "$LOQT" ] || make -j2
     [ -f data/corpus/manifest.json ] || make data
-    for name in "${ORDER[@]}"; do
+    for name in "${RUN_LIST[@]}"; do
         dir=$ROOT/$name
         if finished "$dir"; then echo "== $name: finished"; continue; fi
         resume=()
