@@ -3,7 +3,7 @@
 # LoQT-nq on the same model, tokens, seed and schedule; then a table and a loss plot in docs/.
 #
 #   bash experiments/loqt_quality.sh            # run (or resume) all three, then report
-#   nohup bash experiments/loqt_quality.sh > runs/loqt_quality/log.txt 2>&1 &    # in the background
+#   nohup bash experiments/loqt_quality.sh > loqt_quality.log 2>&1 &    # in the background
 #   bash experiments/loqt_quality.sh report     # only rebuild the report from finished runs
 #
 # Every run checkpoints every 50 steps; starting the script again resumes each unfinished run
@@ -20,7 +20,8 @@ STEPS=${STEPS:-500}
 BATCH=${BATCH:-8}
 TOTAL=${TOTAL:-16}
 SEQ=${SEQ:-256}
-ROOT=${ROOT:-runs/loqt_quality}
+# metrics.jsonl of finished runs are kept in the repository under ROOT; checkpoints are not
+ROOT=${ROOT:-experiments/results/loqt_quality}
 THREADS=${THREADS:-0}
 mkdir -p "$ROOT"
 

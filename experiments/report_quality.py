@@ -126,6 +126,9 @@ def main():
                 "| model state MiB, peak (/ full) | peak RSS MiB | tokens/s |\n")
         f.write("|---|---|---|---|---|---|---|---|---|\n")
         f.write("\n".join(rows) + "\n\n")
+        f.write("tokens/s: wall-clock average of the last 20 steps of each run, affected by other work "
+                "on the shared 2-core machine during the runs (the loqt run was paused several times); "
+                "see docs/benchmarks.md for controlled speed measurements.\n\n")
         f.write("Model state = weights (dense, quantized, quantization state) + trainable factors + "
                 "gradients + optimizer state. Steady: held at the end of training. Peak: the largest "
                 "value during the run; for LoQT it includes the dense gradient of every layer that "
