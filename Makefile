@@ -2,6 +2,8 @@
 #   make            build/loqt and build/libloqt.a
 #   make test       unit tests + PyTorch reference tests, ends with "N passed, N failed"
 #   make bench      speed benchmark beside a PyTorch baseline -> bench/results/, docs/benchmarks.md
+#   make bench-7b   the 7B/13B LoQT memory headline (about an hour on 2 cores)
+#   make bench-plan the memory planner against measured peak RSS, 60m to 1b
 #   make demo       fetch tokenizer + corpus, train a small model, evaluate, sample
 # Options: CC=gcc|clang  BLAS=openblas|none  OMP=1|0  DEBUG=1  SANITIZE=1  PORTABLE=1
 
@@ -48,7 +50,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test bench bench-7b demo data tokenizer fuzz clean
+.PHONY: all test bench bench-7b bench-plan demo data tokenizer fuzz clean
 # keep the test objects: make would otherwise delete them after the summary line
 .SECONDARY:
 all: $(BUILD)/loqt $(BUILD)/libloqt.a
@@ -76,6 +78,9 @@ bench: all
 
 bench-7b: all
 	@BUILD=$(BUILD) bash bench/bench_7b.sh
+
+bench-plan: all
+	@BUILD=$(BUILD) bash bench/plan_check.sh
 
 tokenizer:
 	@bash scripts/fetch_tokenizer.sh data

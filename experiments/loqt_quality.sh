@@ -9,8 +9,8 @@
 # Every run checkpoints every 50 steps; starting the script again resumes each unfinished run
 # from its newest checkpoint with bit-identical losses, and skips finished ones.
 # Settings (environment): MODEL (60m), STEPS (500), BATCH (8), TOTAL (16 sequences), SEQ (256):
-# 500 steps x 16 x 256 = 2.05M tokens per run.  RUNS picks runs ("full loqt-nq"), THREADS the
-# threads of each (0 = all cores); two single-threaded runs side by side use 2 cores well.
+# 500 steps x 16 x 256 = 2.05M tokens per run.  RUNS picks runs ("full loqt-nq", or a variant
+# such as loqt-gap50-keep), THREADS the threads of each (0 = all cores); two single-threaded runs side by side use 2 cores well.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -38,8 +38,13 @@ declare -A ARGS=(
     [loqt]="${LOQT_ARGS[*]}"
     [full]="--method full --lr 1e-3"
     [loqt-nq]="${LOQT_ARGS[*]} --quantize-w none --quantize-projection-matrix none"
+    # a variant tried for the perplexity target: refreshes twice as often early on, and B's Adam
+    # moments kept across merges as the reference does (not among the default runs)
+    [loqt-gap50-keep]="${LOQT_ARGS[*]} --update-proj-gap 50 --merge-optimizer-state keep"
 )
 ORDER=(loqt full loqt-nq)
+# the report lists every run that has results, the variants after the three main ones
+REPORT=("${ORDER[@]}" loqt-gap50-keep)
 read -r -a RUN_LIST <<<"${RUNS:-${ORDER[*]}}"
 
 finished() { [ -f "$1/metrics.jsonl" ] && grep -q "\"final\": true, \"step\": $STEPS," "$1/metrics.jsonl"; }
@@ -57,4 +62,4 @@ if [ "${1:-}" != report ]; then
         "$LOQT" train "${COMMON[@]}" ${ARGS[$name]} --output-dir "$dir" "${resume[@]}"
     done
 fi
-/usr/bin/python3 experiments/report_quality.py "$ROOT" "${ORDER[@]}"
+/usr/bin/python3 experiments/report_quality.py "$ROOT" "${REPORT[@]}"

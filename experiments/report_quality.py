@@ -14,6 +14,15 @@ import math
 import os
 import sys
 
+# runs whose conditions differ from the others', printed under the table
+NOTES = {
+    "loqt-gap50-keep": "LoQT with --update-proj-gap 50 and --merge-optimizer-state keep, tried for the "
+                       "perplexity target. Run on a lent 16-core machine (the same binary and data; "
+                       "losses do not depend on the thread count), so its tokens/s is not comparable, "
+                       "and in three resumed segments, so its peak columns cover only the last one "
+                       "(steps 475-500, no refresh).",
+}
+
 MIB_KEYS = ["dense_parameters", "quantized_weights", "quantization_state", "trainable_factors",
             "gradients", "optimizer_state"]
 
@@ -126,6 +135,9 @@ def main():
                 "| model state MiB, peak (/ full) | peak RSS MiB | tokens/s |\n")
         f.write("|---|---|---|---|---|---|---|---|---|\n")
         f.write("\n".join(rows) + "\n\n")
+        for r in runs:
+            if r in NOTES and data[r][0]:
+                f.write(f"{r}: {NOTES[r]}\n\n")
         f.write("tokens/s: wall-clock average of the last 20 steps of each run, affected by other work "
                 "on the shared 2-core machine during the runs (the loqt run was paused several times); "
                 "see docs/benchmarks.md for controlled speed measurements.\n\n")

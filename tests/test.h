@@ -5,9 +5,13 @@
 #define LOQT_TEST_H
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static int test_passed, test_failed, test_cur_failed;
 
@@ -62,6 +66,38 @@ static inline double test_max_violation(const float *a, const float *b, size_t n
         }
     }
     return worst;
+}
+
+/* Deterministic test data: a small LCG + Box-Muller, independent of the library's RNG (which is
+ * what some of the code under test uses).  test_seed() restarts the sequence. */
+static uint64_t test_lcg_state = 88172645463325252ull;
+static inline void test_seed(uint64_t seed) { test_lcg_state = seed; }
+static inline double test_uniform(void) { /* in (0, 1) */
+    test_lcg_state = test_lcg_state * 6364136223846793005ull + 1442695040888963407ull;
+    return ((double)(test_lcg_state >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+static inline double test_randn(void) {
+    return sqrt(-2.0 * log(test_uniform())) * cos(6.283185307179586 * test_uniform());
+}
+static inline void test_fill_randn(float *x, size_t n, float scale) {
+    for (size_t i = 0; i < n; i++) x[i] = scale * (float)test_randn();
+}
+
+static inline void test_set_omp_threads(int n) {
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+
+/* Creates $TMPDIR/loqt_test_<tag>_XXXXXX (or under /tmp) into buf; 0 on success. */
+static inline int test_make_tmpdir(char *buf, size_t cap, const char *tag) {
+    const char *t = getenv("TMPDIR");
+    snprintf(buf, cap, "%s/loqt_test_%s_XXXXXX", t && *t ? t : "/tmp", tag);
+    if (mkdtemp(buf)) return 0;
+    printf("cannot create a temporary directory\n");
+    return -1;
 }
 
 #endif

@@ -14,28 +14,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-static void set_threads(int n) {
-#ifdef _OPENMP
-    omp_set_num_threads(n);
-#else
-    (void)n;
-#endif
-}
-
-/* deterministic test data: a small LCG + Box-Muller, independent of the library's RNG */
-static uint64_t lcg_state = 88172645463325252ull;
-static double lcg_u(void) {
-    lcg_state = lcg_state * 6364136223846793005ull + 1442695040888963407ull;
-    return ((double)(lcg_state >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-static float randn(void) { return (float)(sqrt(-2.0 * log(lcg_u())) * cos(6.283185307179586 * lcg_u())); }
-static void fill_randn(float *x, size_t n, float scale) {
-    for (size_t i = 0; i < n; i++) x[i] = scale * randn();
-}
 
 static optim_hparams hp(long t) {
     optim_hparams h = {.kind = OPTIM_ADAM8BIT, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
@@ -97,7 +75,7 @@ static void test_nearest(void) {
         CHECK(self, "map %d: a map value does not encode to its own index", sgn);
         /* brute force over random values spread over all decades, both signs */
         for (int r = 0; r < 20000 && best; r++) {
-            float x = (float)(pow(10.0, -8.0 * lcg_u()) * (lcg_u() < 0.5 ? -1 : 1));
+            float x = (float)(pow(10.0, -8.0 * test_uniform()) * (test_uniform() < 0.5 ? -1 : 1));
             int c = adam8bit_nearest(m, x);
             for (int j = 0; j < 256; j++)
                 if (fabsf(m[j] - x) < fabsf(m[c] - x)) {
@@ -149,7 +127,7 @@ static void test_table_search(void) {
             PUSH(vlo);
             PUSH(vhi);
         }
-        for (int r = 0; r < 100000; r++) PUSH((float)(pow(10.0, -10.0 * lcg_u()) * (lcg_u() < 0.5 ? -1 : 1)));
+        for (int r = 0; r < 100000; r++) PUSH((float)(pow(10.0, -10.0 * test_uniform()) * (test_uniform() < 0.5 ? -1 : 1)));
 #undef PUSH
         size_t nb = (n + 255) / 256;
         uint8_t *c = malloc(n);
@@ -175,7 +153,7 @@ static void test_quant_roundtrip(void) {
     for (int sgn = 0; sgn < 2; sgn++) {
         const float *m = adam8bit_map(sgn);
         for (size_t i = 0; i < n; i++) {
-            float v = randn() * (float)pow(10.0, (double)(i / 256 % 7) - 4.0);
+            float v = (float)test_randn() * (float)pow(10.0, (double)(i / 256 % 7) - 4.0);
             x[i] = sgn ? v : v * v; /* second moments are squares */
         }
         for (size_t i = 3 * 256; i < 4 * 256; i++) x[i] = 0.0f;
@@ -238,8 +216,8 @@ static void test_small_tensors_fp32(void) {
     for (int k = 0; k < 3; k++) {
         size_t n = sizes[k];
         float *w0 = malloc(n * 4), *w1 = malloc(n * 4), *g = malloc(n * 4);
-        fill_randn(w0, n, 1.0f);
-        fill_randn(g, n, 1.0f);
+        test_fill_randn(w0, n, 1.0f);
+        test_fill_randn(g, n, 1.0f);
         memcpy(w1, w0, n * 4);
         optim_state a, b;
         optim_state_init(&a, n, OPTIM_ADAMW);
@@ -291,10 +269,10 @@ static lsq lsq_make(void) {
     float *Wt = malloc(sizeof(float) * LS_OUT * LS_IN);
     for (int r = 0; r < LS_N; r++)
         for (int j = 0; j < LS_IN; j++)
-            p.A[(size_t)r * LS_IN + j] = 0.3f * powf(10.0f, (float)j / (LS_IN - 1)) * randn();
-    fill_randn(Wt, (size_t)LS_OUT * LS_IN, 0.2f);
+            p.A[(size_t)r * LS_IN + j] = 0.3f * powf(10.0f, (float)j / (LS_IN - 1)) * (float)test_randn();
+    test_fill_randn(Wt, (size_t)LS_OUT * LS_IN, 0.2f);
     gemm(false, true, LS_N, LS_OUT, LS_IN, 1.0f, p.A, LS_IN, Wt, LS_IN, 0.0f, p.Y, LS_OUT);
-    for (size_t i = 0; i < (size_t)LS_N * LS_OUT; i++) p.Y[i] += 0.1f * randn();
+    for (size_t i = 0; i < (size_t)LS_N * LS_OUT; i++) p.Y[i] += 0.1f * (float)test_randn();
     free(Wt);
     return p;
 }
@@ -340,7 +318,7 @@ static void test_follows_adamw(void) {
     const size_t n = (size_t)LS_OUT * LS_IN;
     lsq p = lsq_make();
     float *W0 = malloc(n * 4), *Wa = malloc(n * 4), *W8 = malloc(n * 4), *Wl = malloc(n * 4);
-    fill_randn(W0, n, 0.05f);
+    test_fill_randn(W0, n, 0.05f);
     const double l0 = lsq_loss(&p, W0);
     memcpy(Wa, W0, n * 4);
     const double la = lsq_train(&p, OPTIM_ADAMW, Wa, 1.0f);
@@ -398,8 +376,8 @@ static void test_step_matches_reference(void) {
     float *w = malloc(n * 4), *g = malloc(n * 4), *m = malloc(n * 4), *v = malloc(n * 4), *wr = malloc(n * 4);
     float *am = malloc(nb * 4);
     uint8_t *c = malloc(n);
-    fill_randn(w, n, 1.0f);
-    fill_randn(g, n, 1.0f);
+    test_fill_randn(w, n, 1.0f);
+    test_fill_randn(g, n, 1.0f);
     for (size_t i = 0; i < n; i++) g[i] *= (float)pow(10.0, (double)(i % 5) - 2.0); /* mixed scales */
     optim_state s;
     optim_state_init(&s, n, OPTIM_ADAM8BIT);
@@ -451,8 +429,8 @@ static int state_equal(const optim_state *a, const optim_state *b) {
 static void test_save_load(void) {
     const size_t n = 5000; /* 20 blocks, the last one partial */
     float *w = malloc(n * 4), *w2 = malloc(n * 4), *g = malloc(n * 4);
-    fill_randn(w, n, 1.0f);
-    fill_randn(g, n, 1.0f);
+    test_fill_randn(w, n, 1.0f);
+    test_fill_randn(g, n, 1.0f);
     optim_state s, r;
     optim_state_init(&s, n, OPTIM_ADAM8BIT);
     run_steps(&s, w, g, n, 1, 3);
@@ -536,8 +514,8 @@ static void test_reset_restart(void) {
     /* after a restart at step 7, the next update is the first update of a fresh state */
     const size_t n = 6000;
     float *w = malloc(n * 4), *w2 = malloc(n * 4), *g = malloc(n * 4);
-    fill_randn(w, n, 1.0f);
-    fill_randn(g, n, 1.0f);
+    test_fill_randn(w, n, 1.0f);
+    test_fill_randn(g, n, 1.0f);
     memcpy(w2, w, n * 4);
     optim_state s, f;
     optim_state_init(&s, n, OPTIM_ADAM8BIT);
@@ -559,15 +537,15 @@ static void test_reset_restart(void) {
 static void test_threads(void) {
     const size_t n = 100000; /* above the OpenMP threshold, last block partial */
     float *w1 = malloc(n * 4), *w2 = malloc(n * 4), *g = malloc(n * 4);
-    fill_randn(w1, n, 1.0f);
-    fill_randn(g, n, 1.0f);
+    test_fill_randn(w1, n, 1.0f);
+    test_fill_randn(g, n, 1.0f);
     memcpy(w2, w1, n * 4);
     optim_state a, b;
     optim_state_init(&a, n, OPTIM_ADAM8BIT);
     optim_state_init(&b, n, OPTIM_ADAM8BIT);
-    set_threads(1);
+    test_set_omp_threads(1);
     run_steps(&a, w1, g, n, 1, 4);
-    set_threads(2);
+    test_set_omp_threads(2);
     run_steps(&b, w2, g, n, 1, 4);
     CHECK(!memcmp(w1, w2, n * 4) && state_equal(&a, &b), "1 vs 2 threads differ (want bit-identical)");
     optim_state_free(&a);
@@ -576,12 +554,7 @@ static void test_threads(void) {
 }
 
 int main(void) {
-    const char *t = getenv("TMPDIR");
-    snprintf(tmp_dir, sizeof tmp_dir, "%s/loqt_test_adam8bit_XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(tmp_dir)) {
-        printf("cannot create a temporary directory\n");
-        return 1;
-    }
+    if (test_make_tmpdir(tmp_dir, sizeof tmp_dir, "adam8bit")) return 1;
     RUN(test_maps);
     RUN(test_nearest);
     RUN(test_table_search);

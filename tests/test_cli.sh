@@ -409,6 +409,9 @@ help_has data --out --tokenizer
 run "$LOQT" --help
 check help_top_level "exit $RC or a command is not listed" \
     bash -c "[ $RC -eq 0 ] && for c in train eval generate bench data export version; do grep -q \"^  \$c \" '$T/out' || exit 1; done"
+run "$LOQT" bench --model "$T/tiny.json" --method loqt --rank 4 --batch-size 2 --seq-len 16 --steps 2 --threads 1
+check bench_loqt_lines "exit $RC or a machine-readable line is missing: $(tail -n 1 "$T/err")" \
+    bash -c "[ $RC -eq 0 ] && for k in step0_s refresh_s tokens_per_s peak_rss_mib; do grep -qE \"^\$k: [0-9.]+\$\" '$T/out' || exit 1; done"
 run "$LOQT" version
 check version "exit $RC or no 'loqt VERSION' line" bash -c "[ $RC -eq 0 ] && grep -q '^loqt [0-9]' '$T/out'"
 run "$LOQT" train --model "$T/tiny.json" --data "$D" --num_training_steps 3 --batch_size=2 --max_length 32 \

@@ -338,12 +338,7 @@ static void test_fuzz_all(void) {
 }
 
 int main(void) {
-    const char *tmpdir = getenv("TMPDIR");
-    snprintf(fz_dir, sizeof fz_dir, "%s/loqt_fuzz_XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp");
-    if (!mkdtemp(fz_dir)) {
-        printf("cannot create a temporary directory\n");
-        return 1;
-    }
+    if (test_make_tmpdir(fz_dir, sizeof fz_dir, "fuzz")) return 1;
     RUN(test_fuzz_all);
     for (int i = 0; i < fz_n_names; i++) {
         char p[sizeof fz_dir + sizeof fz_names + 2];

@@ -468,12 +468,7 @@ static void test_build_errors(void) {
 }
 
 int main(void) {
-    const char *tmp = getenv("TMPDIR");
-    snprintf(root, sizeof root, "%s/loqt_test_loader_XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    if (!mkdtemp(root)) {
-        printf("cannot create a temporary directory\n");
-        return 1;
-    }
+    if (test_make_tmpdir(root, sizeof root, "loader")) return 1;
     RUN(test_batches_are_slices);
     RUN(test_seek_reproduces);
     RUN(test_small_split);

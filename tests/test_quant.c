@@ -10,29 +10,6 @@
 
 #include <float.h>
 #include <stdint.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-static void set_threads(int n) {
-#ifdef _OPENMP
-    omp_set_num_threads(n);
-#else
-    (void)n;
-#endif
-}
-
-/* deterministic test data: normal(0, 1) from a small LCG + Box-Muller (independent of the
- * library's RNG, which is what the stochastic-rounding code uses) */
-static uint64_t lcg_state = 88172645463325252ull;
-static double lcg_u(void) {
-    lcg_state = lcg_state * 6364136223846793005ull + 1442695040888963407ull;
-    return ((double)(lcg_state >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-static float randn(void) { return (float)(sqrt(-2.0 * log(lcg_u())) * cos(6.283185307179586 * lcg_u())); }
-static void fill_randn(float *x, size_t n, float scale) {
-    for (size_t i = 0; i < n; i++) x[i] = scale * randn();
-}
 
 /* ---- NF4 code book and decision rule ---------------------------------------------------- */
 
@@ -117,7 +94,7 @@ static void test_nf4_midpoints(void) {
     /* against the tree, and nearest-code property away from the (1-ulp) threshold rounding */
     int tree_bad = 0, near_bad = 0;
     for (int i = 0; i < 200000; i++) {
-        float v = (float)(lcg_u() * 2.2 - 1.1);
+        float v = (float)(test_uniform() * 2.2 - 1.1);
         int c = nf4_code(v);
         if (c != tree_code(v)) tree_bad++;
         float e = fabsf(v - nf4_codebook[c]);
@@ -173,7 +150,7 @@ static void test_nf4_pack_order(void) {
 static void test_nf4_roundtrip(void) {
     const size_t n = 64 * 200 + 37;
     float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
-    fill_randn(x, n, 0.02f);
+    test_fill_randn(x, n, 0.02f);
     for (size_t b = 0; b < n; b += 640) x[b] *= 30.0f; /* outliers */
     double maxhalf = 0;
     for (int k = 0; k < 15; k++) maxhalf = fmax(maxhalf, (nf4_codebook[k + 1] - nf4_codebook[k]) / 2.0);
@@ -306,7 +283,7 @@ static void test_nf4_paths(void) {
     const size_t rows = 97, cols = 1001; /* odd: rows start mid-block and mid-byte */
     const size_t n = rows * cols;
     float *x = malloc(n * 4), *a = malloc(n * 4), *b = malloc(n * 4), *c = malloc(n * 4);
-    fill_randn(x, n, 0.05f);
+    test_fill_randn(x, n, 0.05f);
     for (int dq = 0; dq < 2; dq++) {
         nf4_tensor t;
         CHECK(nf4_init(&t, n, dq) == 0 && nf4_quantize(&t, x) == 0, "quantize");
@@ -316,7 +293,7 @@ static void test_nf4_paths(void) {
             CHECK(memcmp(a, b, n * 4) == 0, "dq %d: AVX-512 and portable differ (bit-exact required)", dq);
             int diff = 0;
             for (int k = 0; k < 200; k++) {
-                size_t e0 = (size_t)(lcg_u() * n), e1 = e0 + (size_t)(lcg_u() * (n - e0));
+                size_t e0 = (size_t)(test_uniform() * n), e1 = e0 + (size_t)(test_uniform() * (n - e0));
                 nf4_dequantize_range_path(&t, e0, e1, b, NF4_PATH_AVX512);
                 if (memcmp(a + e0, b, (e1 - e0) * 4)) diff++;
             }
@@ -342,14 +319,14 @@ static void test_nf4_paths(void) {
 static void test_nf4_threads(void) {
     const size_t n = 300000 + 17;
     float *x = malloc(n * 4);
-    fill_randn(x, n, 1.0f);
+    test_fill_randn(x, n, 1.0f);
     for (int dq = 0; dq < 2; dq++) {
         nf4_tensor t1, t2;
         nf4_init(&t1, n, dq);
         nf4_init(&t2, n, dq);
-        set_threads(1);
+        test_set_omp_threads(1);
         nf4_quantize(&t1, x);
-        set_threads(2);
+        test_set_omp_threads(2);
         nf4_quantize(&t2, x);
         CHECK(memcmp(t1.codes, t2.codes, nf4_packed_bytes(n)) == 0, "dq %d: codes depend on threads", dq);
         CHECK(dq ? memcmp(t1.qabsmax, t2.qabsmax, t1.nblocks) == 0 && t1.dq_offset == t2.dq_offset
@@ -397,7 +374,7 @@ static void test_bad_input(void) {
 static void test_qsym_roundtrip(void) {
     const size_t n = 5000 + 3;
     float *x = malloc(n * 4), *y = malloc(n * 4);
-    fill_randn(x, n, 0.1f);
+    test_fill_randn(x, n, 0.1f);
     for (int bits = 8; bits >= 4; bits -= 4) {
         qsym_tensor t;
         CHECK(qsym_init(&t, n, bits, 128) == 0 && qsym_quantize(&t, x) == 0, "quantize");
@@ -419,9 +396,9 @@ static void test_qsym_roundtrip(void) {
 static void test_qasym_roundtrip(void) {
     const size_t n = 4 * 256 + 100;
     float *x = malloc(n * 4), *y = malloc(n * 4);
-    fill_randn(x, n, 0.1f);
+    test_fill_randn(x, n, 0.1f);
     /* group 1 one-signed in [1, 2]: the reference's plain min/max would saturate it */
-    for (size_t i = 256; i < 512; i++) x[i] = 1.0f + (float)lcg_u();
+    for (size_t i = 256; i < 512; i++) x[i] = 1.0f + (float)test_uniform();
     for (int bits = 8; bits >= 4; bits -= 4) {
         qasym_tensor t;
         CHECK(qasym_init(&t, n, bits, 256) == 0 && qasym_quantize(&t, x) == 0, "quantize");
@@ -533,7 +510,7 @@ static void test_sround_unbiased(void) {
 static void test_sround_threads(void) {
     const size_t n = 200000 + 9;
     float *x = malloc(n * 4), *y1 = malloc(n * 4), *y2 = malloc(n * 4);
-    fill_randn(x, n, 1.0f);
+    test_fill_randn(x, n, 1.0f);
     sround_key k = {123, 5, 1000};
     qsym_tensor s1, s2;
     qasym_tensor a1, a2;
@@ -542,10 +519,10 @@ static void test_sround_threads(void) {
     qasym_init(&a1, n, 8, 256), qasym_init(&a2, n, 8, 256);
     qgrid_init(&g1, n, 5, false), qgrid_init(&g2, n, 5, false);
     qgrid_set_delta(&g1, 0.1f), qgrid_set_delta(&g2, 0.1f);
-    set_threads(1);
+    test_set_omp_threads(1);
     sround_array(x, y1, n, 10.0f, &k);
     qsym_quantize_sr(&s1, x, &k), qasym_quantize_sr(&a1, x, &k), qgrid_quantize_sr(&g1, x, &k);
-    set_threads(2);
+    test_set_omp_threads(2);
     sround_array(x, y2, n, 10.0f, &k);
     qsym_quantize_sr(&s2, x, &k), qasym_quantize_sr(&a2, x, &k), qgrid_quantize_sr(&g2, x, &k);
     CHECK(memcmp(y1, y2, n * 4) == 0, "sround_array depends on the thread count");

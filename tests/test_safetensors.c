@@ -539,7 +539,7 @@ static void test_header_byte_flips(void) {
 
 /* io/fileutil: the helpers the writer is built on. */
 static void test_fileutil(void) {
-    char path[600], tmp[600];
+    char path[600], tmp[sizeof path + 8];
     snprintf(path, sizeof path, "%s", tmp_path("util.bin"));
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     CHECK(file_write_atomic(path, "hello", 5) == 0, "write: %s", loqt_last_error());
@@ -587,12 +587,7 @@ static void test_fileutil(void) {
 }
 
 int main(void) {
-    const char *tmpdir = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/loqt_st_XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp");
-    if (!mkdtemp(dir)) {
-        printf("cannot create a temporary directory\n");
-        return 1;
-    }
+    if (test_make_tmpdir(dir, sizeof dir, "st")) return 1;
     RUN(test_roundtrip_all_dtypes);
     RUN(test_zero_tensors);
     RUN(test_utf8_names);

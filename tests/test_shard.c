@@ -189,12 +189,7 @@ static void test_write_checks(void) {
 }
 
 int main(void) {
-    const char *tmp = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/loqt_test_shard_XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    if (!mkdtemp(dir)) {
-        printf("cannot create a temporary directory\n");
-        return 1;
-    }
+    if (test_make_tmpdir(dir, sizeof dir, "shard")) return 1;
     RUN(test_round_trip);
     RUN(test_layout);
     RUN(test_corrupt);

@@ -1,5 +1,6 @@
-/* loqt bench: training steps on random tokens, for speed and memory measurements.  The last two
- * lines are machine-readable: "tokens_per_s: X" and "peak_rss_mib: Y". */
+/* loqt bench: training steps on random tokens, for speed and memory measurements.  The last
+ * lines are machine-readable: "step0_s: X", for LoQT "refresh_s: X" (the step-0 refresh alone),
+ * "tokens_per_s: X" and "peak_rss_mib: Y". */
 #include "cli/commands.h"
 #include "cli/options.h"
 
@@ -7,6 +8,7 @@
 #include "core/mem.h"
 #include "core/rng.h"
 #include "kernels/gemm.h"
+#include "methods/loqt.h"
 #include "model/plan.h"
 #include "model/train.h"
 
@@ -71,7 +73,8 @@ int cmd_bench(int argc, char **argv) {
     h.optimizer = mo.optimizer;
     printf("bench: model %s (%.1fM params), method %s, optimizer %s, batch %d x %d, %d threads, gemm %s (%s)\n",
            cfg.name, config_params_total(&cfg) / 1e6, meth->name, optimizer, batch, T, cli_threads(), gemm_backend(), loqt_blas_kernels());
-    double timed = 0, step0 = 0;
+    double timed = 0, step0 = 0, refresh0 = 0;
+    const int is_loqt = !strcmp(meth->name, "loqt");
     for (int s = 0; s < warmup + steps; s++) {
         for (int i = 0; i < N; i++) {
             in[i] = (int32_t)(rng_u64((uint64_t)seed, 7, (uint64_t)s * N + i) % (uint64_t)cfg.vocab_size);
@@ -83,13 +86,18 @@ int cmd_bench(int argc, char **argv) {
         step_result r = train_step(&m, s, ins, tgs, 1, &h);
         double dt = cli_now() - t0;
         if (s >= warmup) timed += dt;
-        if (s == 0) step0 = dt;
+        if (s == 0) {
+            step0 = dt;
+            if (is_loqt) refresh0 = loqt_refresh_seconds();
+        }
         printf("step %d%s: loss %.4f, %.3f s, %.0f tokens/s\n", s + 1, s < warmup ? " (warmup)" : "",
                r.loss, dt, N / dt);
         fflush(stdout);
     }
     mem_report(stdout);
     printf("step0_s: %.3f\n", step0);
+    /* the step-0 refresh (merge, SVD of every layer's gradient, re-quantization) alone */
+    if (is_loqt) printf("refresh_s: %.3f\n", refresh0);
     printf("tokens_per_s: %.1f\n", (double)N * steps / timed);
     printf("peak_rss_mib: %.1f\n", mem_peak_rss() / 1048576.0);
     mem_free(in);

@@ -1,6 +1,7 @@
 #include "cli/commands.h"
 
 #include "core/error.h"
+#include "core/progress.h"
 #include "kernels/gemm.h"
 #include "core/mem.h"
 #include "model/checkpoint.h"
@@ -28,11 +29,7 @@ void cli_set_threads(int threads) {
 
 int cli_threads(void) { return n_threads; }
 
-double cli_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+double cli_now(void) { return loqt_now(); }
 
 void cli_format_duration(double s, char *buf, int cap) {
     if (s < 0 || s != s) s = 0;

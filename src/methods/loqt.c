@@ -18,6 +18,7 @@
 #include "methods/loqt.h"
 
 #include "core/error.h"
+#include "core/progress.h"
 #include "core/rng.h"
 #include "kernels/gemm.h"
 #include "linalg/lstsq.h"
@@ -46,6 +47,7 @@ typedef struct {
 } loqt_state;
 
 /* Work buffers shared by all layers (layers run one at a time). */
+static double refresh_seconds; /* refreshes run one layer at a time, never concurrently */
 static float *scratch;
 static size_t scratch_floats;
 
@@ -226,6 +228,7 @@ static void lowrank_product(const loqt_state *st, const float *Pf, const float *
 static void loqt_refresh(linear_layer *L) {
     loqt_state *st = L->state;
     const int out = L->out, in = L->in, r = st->r;
+    const double t_start = loqt_now();
     const size_t n = (size_t)out * in, nP = (size_t)st->P.rows * st->P.cols;
     const size_t nB = (size_t)st->B.rows * st->B.cols;
     float *Wfp = mem_alloc(MEM_SCRATCH, n * sizeof(float));
@@ -312,6 +315,11 @@ static void loqt_refresh(linear_layer *L) {
     mem_free(Wt);
     mem_free(Pf);
     mem_free(Bf);
+    /* big layers take seconds each: say what is happening, so a long refresh step is not silent */
+    const double dt = loqt_now() - t_start;
+    refresh_seconds += dt;
+    if (dt >= 1.0)
+        loqt_progress("step %ld: refreshed %s (%d x %d, rank %d) in %.1f s", st->step, L->name, out, in, r, dt);
 }
 
 static void loqt_end_step(linear_layer *L, long step) {
@@ -451,6 +459,8 @@ int loqt_layer_info(const linear_layer *L, int *rank, int *left, int *have_P) {
     *have_P = st->have_P;
     return 0;
 }
+
+double loqt_refresh_seconds(void) { return refresh_seconds; }
 
 const float *loqt_grad_B(const linear_layer *L) { return ((const loqt_state *)L->state)->dB; }
 

@@ -16,5 +16,8 @@ const float *loqt_grad_B(const linear_layer *L);
 /* Dequantized W (out x in), P and B (fp32); any may be NULL. */
 void loqt_get_factors(const linear_layer *L, float *W, float *P, float *B);
 void loqt_set_B(linear_layer *L, const float *B);
+/* Wall-clock seconds spent in refreshes (merge, SVD, re-quantization) by this process so far:
+ * benchmarks report it beside the step time. */
+double loqt_refresh_seconds(void);
 
 #endif
