@@ -46,8 +46,10 @@ typedef struct {
     uint64_t stream; /* rng stream of this layer */
 } loqt_state;
 
+/* Seconds spent in refreshes, for benchmarks (refreshes run one layer at a time). */
+static double refresh_seconds;
+
 /* Work buffers shared by all layers (layers run one at a time). */
-static double refresh_seconds; /* refreshes run one layer at a time, never concurrently */
 static float *scratch;
 static size_t scratch_floats;
 
