@@ -41,10 +41,15 @@ declare -A ARGS=(
     # a variant tried for the perplexity target: refreshes twice as often early on, and B's Adam
     # moments kept across merges as the reference does (not among the default runs)
     [loqt-gap50-keep]="${LOQT_ARGS[*]} --update-proj-gap 50 --merge-optimizer-state keep"
+    # the memory-lean setting: per-layer updates with one micro-batch of 16 (the same 16 x 256
+    # tokens per step), so no gradient outlives its layer's update; per-layer updates cannot clip
+    # the global norm, so these runs and their full-rank baseline train without clipping
+    [full-noclip]="--method full --lr 1e-3 --batch-size 16 --grad-clipping 0"
+    [loqt-plu]="${LOQT_ARGS[*]} --per-layer-updates --batch-size 16 --grad-clipping 0"
 )
 ORDER=(loqt full loqt-nq)
 # the report lists every run that has results, the variants after the three main ones
-REPORT=("${ORDER[@]}" loqt-gap50-keep)
+REPORT=("${ORDER[@]}" loqt-gap50-keep full-noclip loqt-plu)
 read -r -a RUN_LIST <<<"${RUNS:-${ORDER[*]}}"
 
 finished() { [ -f "$1/metrics.jsonl" ] && grep -q "\"final\": true, \"step\": $STEPS," "$1/metrics.jsonl"; }

@@ -21,7 +21,27 @@ NOTES = {
                        "losses do not depend on the thread count), so its tokens/s is not comparable, "
                        "and in three resumed segments, so its peak columns cover only the last one "
                        "(steps 475-500, no refresh).",
+    "full-noclip": "full-rank AdamW as full, but with one micro-batch of 16 sequences per step (the "
+                   "same tokens) and no gradient clipping: the baseline of loqt-plu. Ran beside "
+                   "loqt-plu with one thread each, so its tokens/s is that of one core.",
+    "loqt-plu": "LoQT as loqt, with --per-layer-updates (each layer's refresh and update run inside "
+                "backward and every gradient but the norms' is freed after its update), one "
+                "micro-batch of 16 and no gradient clipping (per-layer updates have no global norm "
+                "to clip). One thread, beside full-noclip.",
 }
+
+# the full-rank run each run is compared with: the per-layer-updates runs train one micro-batch
+# of 16 without gradient clipping, so their baseline is full-rank AdamW trained the same way
+BASELINE = {"full-noclip": "full-noclip", "loqt-plu": "full-noclip"}
+
+# variants started and stopped early (their partial results are not kept), listed under the table
+STOPPED = [
+    "LoQT at rank 256 (per-layer updates, micro-batch 16, no clipping; otherwise as loqt), tried "
+    "for the perplexity target: stopped at step 154 of 500, clearly behind. Held-out loss at step "
+    "100: 7.1885 (loqt: 7.1122, full: 6.8451); mean training loss over steps 126-150: 6.978 "
+    "(loqt: 6.782). At d = 512, rank 256 updates half of each layer's directions, and lr 0.01 "
+    "is then too large a step.",
+]
 
 MIB_KEYS = ["dense_parameters", "quantized_weights", "quantization_state", "trainable_factors",
             "gradients", "optimizer_state"]
@@ -56,14 +76,15 @@ def main():
     os.makedirs("docs", exist_ok=True)
 
     rows = []
-    base = data.get("full")
-    base_final = base[2] if base else None
-    base_loss = base_final["eval_loss"] if base_final else None
-    base_mem = base_final["memory"] if base_final else None
     for r in runs:
+        bname = BASELINE.get(r, "full")
+        base = data.get(bname) or load(os.path.join(root, bname, "metrics.jsonl"))
+        base_final = base[2]
+        base_loss = base_final["eval_loss"] if base_final else None
+        base_mem = base_final["memory"] if base_final else None
         steps, evals, final = data[r]
         if not steps:
-            rows.append(f"| {r} | not started | | | | | | | |")
+            rows.append(f"| {r} | not started | | | | | | | | |")
             continue
         tokens = steps[-1]["tokens"]
         if final:
@@ -76,12 +97,12 @@ def main():
             mratio = f"{steady / bs:.2f}" if bs else "-"
             pratio = f"{peak / bp:.2f}" if bp else "-"
             tps = sum(s["tokens_per_s"] for s in steps[-20:]) / min(20, len(steps))
-            rows.append(f"| {r} | {tokens / 1e6:.2f}M | {loss:.4f} | {ppl:.2f} | {ratio} | "
+            rows.append(f"| {r} | {bname} | {tokens / 1e6:.2f}M | {loss:.4f} | {ppl:.2f} | {ratio} | "
                         f"{steady:.1f} ({mratio}) | {peak:.1f} ({pratio}) | "
                         f"{mem.get('peak_rss_mib', 0):.0f} | {tps:.0f} |")
         else:
             last = evals[-1] if evals else None
-            rows.append(f"| {r} | {tokens / 1e6:.2f}M (running) | "
+            rows.append(f"| {r} | {bname} | {tokens / 1e6:.2f}M (running) | "
                         f"{last['eval_loss'] if last else float('nan'):.4f} (step {last['step'] if last else '-'}) "
                         f"| | | | | | |")
 
@@ -130,21 +151,27 @@ def main():
         f.write("Made by `experiments/loqt_quality.sh` (settings at its top) and "
                 "`experiments/report_quality.py`. Same model, tokens (the default corpus of "
                 "`docs/data.md`, same order), seed and schedule for every run; held-out loss over "
-                "51,200 validation tokens.\n\n")
-        f.write("| run | tokens | held-out loss | perplexity | ppl / full | model state MiB, steady (/ full) "
-                "| model state MiB, peak (/ full) | peak RSS MiB | tokens/s |\n")
-        f.write("|---|---|---|---|---|---|---|---|---|\n")
+                "the first 51,200 validation tokens (49,152 for runs with micro-batches of 16 "
+                "sequences: whole batches only). Each run is compared with the full-rank run "
+                "trained under the same conditions (column \"baseline\").\n\n")
+        f.write("| run | baseline | tokens | held-out loss | perplexity | ppl / baseline | model state MiB, steady "
+                "(/ baseline) | model state MiB, peak (/ baseline) | peak RSS MiB | tokens/s |\n")
+        f.write("|---|---|---|---|---|---|---|---|---|---|\n")
         f.write("\n".join(rows) + "\n\n")
         for r in runs:
             if r in NOTES and data[r][0]:
                 f.write(f"{r}: {NOTES[r]}\n\n")
+        for note in STOPPED:
+            f.write(f"Stopped early: {note}\n\n")
         f.write("tokens/s: wall-clock average of the last 20 steps of each run, affected by other work "
                 "on the shared 2-core machine during the runs (the loqt run was paused several times); "
                 "see docs/benchmarks.md for controlled speed measurements.\n\n")
         f.write("Model state = weights (dense, quantized, quantization state) + trainable factors + "
-                "gradients + optimizer state. Steady: held at the end of training. Peak: the largest "
-                "value during the run; for LoQT it includes the dense gradient of every layer that "
-                "exists only during refresh steps.\n\n")
+                "gradients + optimizer state. Steady: held at the end of training. Peak: the sum of "
+                "each category's largest value during the run (an upper bound of the largest total); "
+                "for LoQT it includes the dense gradient that exists only during refresh steps, and "
+                "under per-layer updates the one vocabulary-sized gradient (lm_head or embedding) "
+                "that lives from its computation to its update.\n\n")
         if breakdown:
             f.write("Memory at the end of training (MiB):\n\n")
             f.write("| run | " + " | ".join(k.replace("_", " ") for k in MIB_KEYS) +

@@ -147,9 +147,12 @@ static void test_accumulation_equals_large_batch(void) {
 }
 
 /* Per-layer updates with accumulation 4 equal the ordinary step (the reference implementations
- * step on every micro-batch instead); activation checkpointing recomputes identical values. */
-static void run_variant(llama_model *m, int per_layer, int ckpt, float *losses, float *w_out) {
-    enum { B = 2, T = 8, ACC = 4 };
+ * step on every micro-batch instead), and so do they without accumulation, where every gradient
+ * buffer is released after its update; activation checkpointing recomputes identical values. */
+enum { ACC = 4 };
+static void run_variant_acc(llama_model *m, int per_layer, int ckpt, int acc, float *losses,
+                            float *w_out) {
+    enum { B = 2, T = 8 };
     llama_config c = tiny();
     method_opts mo;
     method_opts_defaults(&mo);
@@ -162,15 +165,19 @@ static void run_variant(llama_model *m, int per_layer, int ckpt, float *losses, 
     int32_t in[ACC][B * T], tg[ACC][B * T];
     for (int s = 0; s < 4; s++) {
         const int32_t *ins[ACC], *tgs[ACC];
-        for (int i = 0; i < ACC; i++) {
+        for (int i = 0; i < acc; i++) {
             tokens(in[i], tg[i], B * T, (uint64_t)(s * ACC + i));
             ins[i] = in[i];
             tgs[i] = tg[i];
         }
-        losses[s] = (float)train_step(m, s, ins, tgs, ACC, &h).loss;
+        losses[s] = (float)train_step(m, s, ins, tgs, acc, &h).loss;
     }
     m->method->export_dense(&m->blocks[0].lin[LIN_Q], w_out);
     memcpy(w_out + 32 * 32, m->embed.w, 96 * 32 * sizeof(float));
+}
+
+static void run_variant(llama_model *m, int per_layer, int ckpt, float *losses, float *w_out) {
+    run_variant_acc(m, per_layer, ckpt, ACC, losses, w_out);
 }
 
 static void test_per_layer_updates_with_accumulation(void) {
@@ -182,6 +189,21 @@ static void test_per_layer_updates_with_accumulation(void) {
     size_t where = 0;
     /* the same arithmetic in a different order of layers: identical up to float rounding */
     CHECK(test_max_violation(wb, wa, 32 * 32 + 96 * 32, 1e-7, 1e-5, &where) <= 1, "weights differ at %zu", where);
+    llama_free(&a);
+    llama_free(&b);
+}
+
+static void test_per_layer_updates_release_gradients(void) {
+    llama_model a, b;
+    float la[4], lb[4], wa[32 * 32 + 96 * 32], wb[32 * 32 + 96 * 32];
+    run_variant_acc(&a, 0, 0, 1, la, wa);
+    run_variant_acc(&b, 1, 0, 1, lb, wb);
+    for (int s = 0; s < 4; s++) CHECK_CLOSE(lb[s], la[s], 1e-6, 1e-6);
+    size_t where = 0;
+    CHECK(test_max_violation(wb, wa, 32 * 32 + 96 * 32, 1e-7, 1e-5, &where) <= 1, "weights differ at %zu", where);
+    CHECK(a.embed.g && a.lm_head.g, "the ordinary step keeps the gradient buffers");
+    CHECK(!b.embed.g && !b.lm_head.g, "per-layer updates without accumulation keep a vocabulary-sized gradient");
+    CHECK(b.blocks[0].attn_norm.g != NULL, "the norms keep their (small) gradient buffers");
     llama_free(&a);
     llama_free(&b);
 }
@@ -257,6 +279,7 @@ int main(void) {
     RUN(test_resume_continues_identically);
     RUN(test_accumulation_equals_large_batch);
     RUN(test_per_layer_updates_with_accumulation);
+    RUN(test_per_layer_updates_release_gradients);
     RUN(test_activation_checkpointing_is_exact);
     RUN(test_init_is_deterministic_and_scaled);
     RUN(test_config_errors);

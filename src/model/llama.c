@@ -22,15 +22,22 @@ static const char *lin_names[LIN_PER_BLOCK] = {
 };
 
 static void param_init(dense_param *p, const char *name, int ndim, int64_t d0, int64_t d1,
-                       optim_kind opt) {
+                       optim_kind opt, int grad_on_demand) {
     snprintf(p->name, sizeof p->name, "%s", name);
     p->ndim = ndim;
     p->shape[0] = d0;
     p->shape[1] = d1;
     p->n = (size_t)d0 * (ndim == 2 ? (size_t)d1 : 1);
     p->w = mem_alloc(MEM_DENSE, p->n * sizeof(float));
-    p->g = mem_alloc(MEM_GRADS, p->n * sizeof(float));
+    p->grad_on_demand = grad_on_demand;
+    p->g = grad_on_demand ? NULL : mem_alloc(MEM_GRADS, p->n * sizeof(float));
     optim_state_init(&p->opt, p->n, opt);
+}
+
+/* The gradient buffer of p, zeroed when it is created here (see dense_param). */
+static float *param_grad(dense_param *p) {
+    if (!p->g) p->g = mem_alloc(MEM_GRADS, p->n * sizeof(float));
+    return p->g;
 }
 
 static void param_fill(dense_param *p, uint64_t seed, float std) {
@@ -56,17 +63,17 @@ int llama_create(llama_model *m, const llama_config *cfg, const linear_method *m
     const int d = cfg->hidden_size, F = cfg->intermediate_size, V = cfg->vocab_size;
     const int hd = d / cfg->num_attention_heads;
     optim_kind ok = mo->optimizer;
-    param_init(&m->embed, "model.embed_tokens.weight", 2, V, d, ok);
+    param_init(&m->embed, "model.embed_tokens.weight", 2, V, d, ok, 1);
     param_fill(&m->embed, seed, 0.02f);
     m->blocks = calloc((size_t)cfg->num_hidden_layers, sizeof *m->blocks);
     for (int l = 0; l < cfg->num_hidden_layers; l++) {
         llama_block *b = &m->blocks[l];
         char name[96];
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-        param_init(&b->attn_norm, name, 1, d, 0, ok);
+        param_init(&b->attn_norm, name, 1, d, 0, ok, 0);
         param_fill(&b->attn_norm, seed, 0);
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-        param_init(&b->mlp_norm, name, 1, d, 0, ok);
+        param_init(&b->mlp_norm, name, 1, d, 0, ok, 0);
         param_fill(&b->mlp_norm, seed, 0);
         for (int j = 0; j < LIN_PER_BLOCK; j++) {
             linear_layer *L = &b->lin[j];
@@ -80,9 +87,9 @@ int llama_create(llama_model *m, const llama_config *cfg, const linear_method *m
             }
         }
     }
-    param_init(&m->final_norm, "model.norm.weight", 1, d, 0, ok);
+    param_init(&m->final_norm, "model.norm.weight", 1, d, 0, ok, 0);
     param_fill(&m->final_norm, seed, 0);
-    param_init(&m->lm_head, "lm_head.weight", 2, V, d, ok);
+    param_init(&m->lm_head, "lm_head.weight", 2, V, d, ok, 1);
     param_fill(&m->lm_head, seed, 0.02f);
     size_t half = (size_t)cfg->max_position_embeddings * (hd / 2);
     m->rope_cos = mem_alloc(MEM_DENSE, half * sizeof(float));
@@ -259,8 +266,13 @@ static void block_backward(llama_model *m, int l, block_acts *a, const float *x)
 }
 
 static void param_step(llama_model *m, dense_param *p) {
-    optim_update(&p->opt, p->w, p->g, &m->layer_step);
-    memset(p->g, 0, p->n * sizeof(float));
+    optim_update(&p->opt, p->w, param_grad(p), &m->layer_step);
+    if (m->transient_grads && p->grad_on_demand) {
+        mem_free(p->g);
+        p->g = NULL;
+    } else {
+        memset(p->g, 0, p->n * sizeof(float));
+    }
 }
 
 /* Per-layer updates: a layer's optimizer step as soon as its gradient for the whole batch is
@@ -297,6 +309,7 @@ double llama_forward(llama_model *m, const int32_t *inputs, const int32_t *targe
      * [N, V] logits never exist. */
     double loss = 0;
     int train = loss_scale > 0 && targets;
+    float *dlm_head = train ? param_grad(&m->lm_head) : NULL;
     for (int r0 = 0; r0 < N; r0 += LOGIT_CHUNK) {
         int rows = N - r0 < LOGIT_CHUNK ? N - r0 : LOGIT_CHUNK;
         float *lc = m->logits_chunk;
@@ -306,7 +319,7 @@ double llama_forward(llama_model *m, const int32_t *inputs, const int32_t *targe
         if (!targets) continue;
         loss += softmax_xent(train ? lc : NULL, lc, targets + r0, rows, V, loss_scale);
         if (train) {
-            gemm(true, false, V, d, rows, 1.0f, lc, V, xr, d, 1.0f, m->lm_head.g, d);
+            gemm(true, false, V, d, rows, 1.0f, lc, V, xr, d, 1.0f, dlm_head, d);
             gemm(false, false, rows, d, V, 1.0f, lc, V, m->lm_head.w, d, 0.0f,
                  m->dxnf + (size_t)r0 * d, d);
         }
@@ -334,7 +347,7 @@ void llama_backward(llama_model *m, const int32_t *inputs) {
         block_backward(m, l, a, m->acts[l].x);
         if (step_now) block_step(m, l);
     }
-    embedding_backward(m->embed.g, inputs, m->d_res, N, d);
+    embedding_backward(param_grad(&m->embed), inputs, m->d_res, N, d);
     if (step_now) param_step(m, &m->embed);
 }
 
@@ -368,7 +381,7 @@ int llama_dense_params(llama_model *m, dense_param **out, int cap) {
             for (linear_layer *L = &(m)->blocks[L##_l].lin[L##_j]; L; L = NULL)
 
 void llama_zero_grad(llama_model *m) {
-    FOR_DENSE(m, p) memset(p->g, 0, p->n * sizeof(float));
+    FOR_DENSE(m, p) if (p->g) memset(p->g, 0, p->n * sizeof(float));
     FOR_LINEAR(m, L) m->method->zero_grad(L);
 }
 
@@ -384,13 +397,13 @@ void llama_end_step(llama_model *m, long step) {
 
 double llama_grad_norm(llama_model *m) {
     double ss = 0;
-    FOR_DENSE(m, p) ss += optim_sqnorm(p->g, p->n);
+    FOR_DENSE(m, p) if (p->g) ss += optim_sqnorm(p->g, p->n);
     FOR_LINEAR(m, L) ss += m->method->grad_sqnorm(L);
     return sqrt(ss);
 }
 
 void llama_optimizer_step(llama_model *m, const optim_hparams *h) {
-    FOR_DENSE(m, p) optim_update(&p->opt, p->w, p->g, h);
+    FOR_DENSE(m, p) optim_update(&p->opt, p->w, param_grad(p), h);
     FOR_LINEAR(m, L) m->method->step(L, h);
 }
 

@@ -15,10 +15,13 @@
 
 enum { LIN_Q, LIN_K, LIN_V, LIN_O, LIN_GATE, LIN_UP, LIN_DOWN, LIN_PER_BLOCK };
 
-/* A dense parameter with its gradient and optimizer state. */
+/* A dense parameter with its gradient and optimizer state.  The vocabulary-sized matrices
+ * (embedding, lm_head) get their gradient buffer at its first use, and per-layer updates without
+ * accumulation free it again right after their update (`grad_on_demand`); the norms keep theirs. */
 typedef struct {
     char name[96];
     float *w, *g;
+    int grad_on_demand;
     size_t n;
     int ndim;
     int64_t shape[2];

@@ -202,10 +202,8 @@ static void sim_loqt_refresh(sim *s, const plan_input *in, const lin_geom *g, in
 /* Per-layer updates (llama.c block_step, train.c): each layer is updated inside the backward of
  * the step's last micro-batch; without accumulation its gradient buffer is released right after
  * (so one block's linear gradients exist at a time), with accumulation every gradient has to
- * survive the micro-batches and nothing is released.  The dense parameters (embedding, norms,
- * lm_head) keep persistent gradient buffers; set this to 1 when the trainer releases those too. */
-enum { PLU_DENSE_GRADS_TRANSIENT = 0 };
-
+ * survive the micro-batches and nothing is released.  The embedding and lm_head gradients follow
+ * the same rule (created at first use, released after their update); the norms' stay. */
 static int transient_grads(const plan_input *in) { return in->per_layer_updates && in->accum == 1; }
 
 /* Activation checkpointing (llama.c llama_set_batch): each block keeps its input x [N, d]; the
@@ -229,27 +227,30 @@ typedef struct {
     int optim_ready; /* optimizer state allocated */
 } runstate;
 
-static void sim_dense_param(sim *s, const plan_input *in, size_t n) {
+/* a dense parameter; `on_demand`: embedding or lm_head, whose gradient buffer llama.c creates at
+ * its first use (in the first forward or backward, before anything of the step is freed, so
+ * counting it here gives the same peaks) unless per-layer updates release it after each update */
+static void sim_dense_param(sim *s, const plan_input *in, size_t n, int on_demand) {
     A(s, MEM_DENSE, 4 * n);
-    if (!(PLU_DENSE_GRADS_TRANSIENT && transient_grads(in))) A(s, MEM_GRADS, 4 * n);
+    if (!(on_demand && transient_grads(in))) A(s, MEM_GRADS, 4 * n);
 }
 
 static void sim_create(sim *s, runstate *rs) {
     const plan_input *in = rs->in;
     const llama_config *c = &in->cfg;
     const size_t d = c->hidden_size, V = c->vocab_size, hd = d / c->num_attention_heads;
-    sim_dense_param(s, in, V * d); /* embed */
+    sim_dense_param(s, in, V * d, 1); /* embed */
     for (int l = 0; l < c->num_hidden_layers; l++) {
-        sim_dense_param(s, in, d); /* attn_norm */
-        sim_dense_param(s, in, d); /* mlp_norm */
+        sim_dense_param(s, in, d, 0); /* attn_norm */
+        sim_dense_param(s, in, d, 0); /* mlp_norm */
         for (int j = 0; j < 7; j++) {
             lin_geom g = geom(in, j);
             if (rs->method == M_FULL) A(s, MEM_DENSE, 4 * g.n); /* dW: at the first backward */
             else sim_loqt_init(s, in, &g);
         }
     }
-    sim_dense_param(s, in, d);     /* final_norm */
-    sim_dense_param(s, in, V * d); /* lm_head */
+    sim_dense_param(s, in, d, 0);     /* final_norm */
+    sim_dense_param(s, in, V * d, 1); /* lm_head */
     const size_t half = (size_t)c->max_position_embeddings * (hd / 2);
     A(s, MEM_DENSE, 4 * half); /* rope cos, sin */
     A(s, MEM_DENSE, 4 * half);
@@ -319,9 +320,11 @@ static void sim_dense_step(sim *s, const runstate *rs, size_t n) {
     if (!rs->optim_ready) sim_optim(s, rs->opt, n);
 }
 
-/* per-layer updates: a dense parameter's update, its gradient buffer around it if transient */
-static void sim_dense_unit(sim *s, const runstate *rs, size_t n) {
-    const int tr = PLU_DENSE_GRADS_TRANSIENT && transient_grads(rs->in);
+/* per-layer updates: a dense parameter's update, with the gradient buffer of an embedding or
+ * lm_head around it if transient (lm_head's is really created in the forward's fused loss, but
+ * nothing is freed in between, so the peaks are the same) */
+static void sim_dense_unit(sim *s, const runstate *rs, size_t n, int on_demand) {
+    const int tr = on_demand && transient_grads(rs->in);
     if (tr) A(s, MEM_GRADS, 4 * n);
     sim_dense_step(s, rs, n);
     if (tr) F(s, MEM_GRADS, 4 * n);
@@ -376,8 +379,8 @@ static void sim_step_per_layer(sim *s, runstate *rs, int update) {
         const int last = mb == in->accum - 1;
         sim_forward(s, rs);
         if (last) {
-            sim_dense_unit(s, rs, V * d); /* lm_head, complete after the forward */
-            sim_dense_unit(s, rs, d);     /* final norm */
+            sim_dense_unit(s, rs, V * d, 1); /* lm_head, complete after the forward */
+            sim_dense_unit(s, rs, d, 0);     /* final norm */
         }
         for (int l = c->num_hidden_layers - 1; l >= 0; l--) {
             for (int jj = 0; jj < 7; jj++) {
@@ -391,10 +394,10 @@ static void sim_step_per_layer(sim *s, runstate *rs, int update) {
                 sim_linear_step(s, rs, &g, rs->have_P || (loqt && update));
                 if (transient) F(s, MEM_GRADS, 4 * (loqt ? g.nB : g.n));
             }
-            sim_dense_unit(s, rs, d); /* the block's norms */
-            sim_dense_unit(s, rs, d);
+            sim_dense_unit(s, rs, d, 0); /* the block's norms */
+            sim_dense_unit(s, rs, d, 0);
         }
-        if (last) sim_dense_unit(s, rs, V * d); /* embedding */
+        if (last) sim_dense_unit(s, rs, V * d, 1); /* embedding */
         if (!transient && (!loqt || rs->have_P)) rs->lin_grads = 1;
     }
     if (loqt && update) rs->have_P = 1;
