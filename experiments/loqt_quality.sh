@@ -8,7 +8,7 @@
 #
 # Every run checkpoints every 50 steps; starting the script again resumes each unfinished run
 # from its newest checkpoint with bit-identical losses, and skips finished ones.
-# Settings (environment): MODEL (60m), STEPS (500), BATCH (8), TOTAL (16 sequences), SEQ (256):
+# Settings (environment): MODEL (60m), STEPS (500), BATCH (8), TOTAL (16 sequences), SEQ (256), SEED (0):
 # 500 steps x 16 x 256 = 2.05M tokens per run.  RUNS picks runs ("full loqt-nq", or a variant
 # such as loqt-gap50-keep), THREADS the threads of each (0 = all cores); two single-threaded runs side by side use 2 cores well.
 set -euo pipefail
@@ -28,7 +28,7 @@ mkdir -p "$ROOT"
 COMMON=(--model "$MODEL" --data data/corpus --num-training-steps "$STEPS" --batch-size "$BATCH"
         --total-batch-size "$TOTAL" --max-length "$SEQ" --warmup-steps $((STEPS / 10))
         --min-lr-ratio 0.1 --grad-clipping 1.0 --eval-every 100 --num-eval-tokens 51200
-        --save-every 50 --seed 0 --threads "$THREADS")
+        --save-every 50 --seed "${SEED:-0}" --threads "$THREADS")
 # the LoQT paper's 60m script: rank 128, alpha 0.4, lr 0.01, gap 100 growing by psi = 1.2,
 # 5 rounds of error compensation; full-rank AdamW at lr 1e-3 as in the GaLore/LoQT baselines
 LOQT_ARGS=(--method loqt --lr 0.01 --rank 128 --lora-alpha 0.4 --update-proj-gap 100
