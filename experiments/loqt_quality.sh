@@ -20,8 +20,12 @@ STEPS=${STEPS:-500}
 BATCH=${BATCH:-8}
 TOTAL=${TOTAL:-16}
 SEQ=${SEQ:-256}
-# metrics.jsonl of finished runs are kept in the repository under ROOT; checkpoints are not
-ROOT=${ROOT:-experiments/results/loqt_quality}
+# metrics.jsonl of finished runs are kept in the repository under ROOT; checkpoints are not.
+# Replications with another seed go to their own ROOT, named <main ROOT>_seed<N>, e.g.
+#   SEED=1 ROOT=experiments/results/loqt_quality_seed1 RUNS="full-noclip loqt-plu" bash ...
+# and the report lists them in a table of their own.
+MAIN_ROOT=experiments/results/loqt_quality
+ROOT=${ROOT:-$MAIN_ROOT}
 THREADS=${THREADS:-0}
 mkdir -p "$ROOT"
 
@@ -67,4 +71,7 @@ if [ "${1:-}" != report ]; then
         "$LOQT" train "${COMMON[@]}" ${ARGS[$name]} --output-dir "$dir" "${resume[@]}"
     done
 fi
-/usr/bin/python3 experiments/report_quality.py "$ROOT" "${REPORT[@]}"
+# the report always covers the main runs, plus every seed replication found beside them
+replicas=()
+for d in "$MAIN_ROOT"_seed*; do [ -d "$d" ] && replicas+=(--replica "$d"); done
+/usr/bin/python3 experiments/report_quality.py "$MAIN_ROOT" "${REPORT[@]}" "${replicas[@]}"

@@ -2,7 +2,10 @@
 """Report of the LoQT quality experiment: docs/loqt_quality.md (table) and docs/loqt_quality.png
 (training and held-out loss curves), from ROOT/<run>/metrics.jsonl of experiments/loqt_quality.sh.
 
-    /usr/bin/python3 experiments/report_quality.py ROOT RUN [RUN ...]
+    /usr/bin/python3 experiments/report_quality.py ROOT RUN [RUN ...] [--replica ROOT2 ...]
+
+A --replica root holds the same runs trained with another seed (experiments/loqt_quality.sh with
+SEED and ROOT set); the report lists them in a table of their own beside the main seed's results.
 
 Runs that have not finished are reported as far as they got. The memory columns come from the
 accounting of each run: "model state" = weights (dense + quantized + quantization state) +
@@ -43,6 +46,24 @@ STOPPED = [
     "is then too large a step.",
 ]
 
+# what the runs below show, written after they finished (the tables under it are regenerated)
+FINDINGS = (
+    "Result. Trained as the LoQT and GaLore reference scripts train every run, without gradient "
+    "clipping, LoQT with per-layer updates (loqt-plu) meets both targets against full-rank AdamW "
+    "trained the same way (full-noclip): held-out perplexity 0.953x (seed 0) and 1.003x (seed 1) "
+    "of full-rank's, with 0.58x its peak model-state memory (0.51x steady). With clipping at 1.0 "
+    "for both (loqt vs full, which rules out per-layer updates) LoQT reaches 1.108x at 0.79x peak "
+    "memory, and misses both.\n\n"
+    "Read the 0.95-1.00x with two caveats. Clipping helps full-rank AdamW a lot at this length "
+    "(held-out loss 5.789 clipped, 5.927 not, seed 0) and LoQT not at all (5.892 clipped, 5.879 "
+    "not): against the clipped full-rank run loqt-plu is 1.094x (evaluated on 49,152 instead of "
+    "51,200 tokens). And the memory ratio is against ordinary full-rank training; full-rank AdamW "
+    "with per-layer updates as well plans at 727 MiB of model state (`loqt memory`), against "
+    "which loqt-plu's peak is 0.71x. LoQT-nq (0.979x, clipped) shows that the low-rank "
+    "parameterization itself costs nothing here; the gap of loqt to it, about 0.12 in loss, is "
+    "the 4-bit quantization, and it appears at the first merge (step 100).\n\n"
+)
+
 MIB_KEYS = ["dense_parameters", "quantized_weights", "quantization_state", "trainable_factors",
             "gradients", "optimizer_state"]
 
@@ -70,8 +91,68 @@ def state_mib(mem, prefix):
     return sum(mem.get(prefix + k + "_mib", 0.0) for k in MIB_KEYS)
 
 
+# the issue's targets for LoQT: held-out perplexity at most 1.05x full-rank's, with weights +
+# trainable factors + gradients + optimizer state at most 0.6x full-rank's
+PPL_TARGET, MEM_TARGET = 1.05, 0.6
+
+
+def parse_args(argv):
+    if len(argv) < 2 or argv[0].startswith("-"):
+        sys.exit("usage: report_quality.py ROOT RUN [RUN ...] [--replica ROOT2 ...]")
+    root, runs, replicas = argv[0], [], []
+    i = 1
+    while i < len(argv):
+        if argv[i] == "--replica":
+            if i + 1 >= len(argv):
+                sys.exit("report_quality.py: --replica needs a directory")
+            replicas.append(argv[i + 1])
+            i += 2
+        else:
+            runs.append(argv[i])
+            i += 1
+    return root, runs, replicas
+
+
+def final_loss(data, name):
+    final = data[name][2] if name in data else None
+    return final["eval_loss"] if final else None
+
+
+def eval_gap(data, run, base):
+    """Held-out loss of run minus its baseline's, at the evaluation steps both have."""
+    b = {e["step"]: e["eval_loss"] for e in data[base][1]}
+    b[data[base][2]["step"]] = data[base][2]["eval_loss"] if data[base][2] else None
+    pts = [(e["tokens"] / 1e6, e["eval_loss"] - b[e["step"]]) for e in data[run][1]
+           if b.get(e["step"]) is not None]
+    return pts
+
+
+def replica_rows(replicas, runs, data0):
+    """One row per (replica root, run) with a finished run and a finished baseline."""
+    rows = []
+    for rroot in replicas:
+        seed = rroot.rsplit("_seed", 1)[-1] if "_seed" in rroot else rroot
+        rdata = {r: load(os.path.join(rroot, r, "metrics.jsonl")) for r in runs}
+        for r in runs:
+            bname = BASELINE.get(r, "full")
+            if r == bname or bname not in rdata:
+                continue
+            loss, bloss = final_loss(rdata, r), final_loss(rdata, bname)
+            if loss is None or bloss is None:
+                if rdata[r][0]:
+                    bsteps = rdata[bname][0]
+                    rows.append(f"| {r} | {seed} | {bname} | running (step {rdata[r][0][-1]['step']}) | "
+                                f"{'running (step %d)' % bsteps[-1]['step'] if bsteps else 'not started'} | | |")
+                continue
+            loss0, bloss0 = final_loss(data0, r), final_loss(data0, bname)
+            ratio0 = f"{math.exp(loss0 - bloss0):.3f}" if loss0 is not None and bloss0 is not None else "-"
+            rows.append(f"| {r} | {seed} | {bname} | {loss:.4f} | {bloss:.4f} | "
+                        f"{math.exp(loss - bloss):.3f} | {ratio0} |")
+    return rows
+
+
 def main():
-    root, runs = sys.argv[1], sys.argv[2:]
+    root, runs, replicas = parse_args(sys.argv[1:])
     data = {r: load(os.path.join(root, r, "metrics.jsonl")) for r in runs}
     os.makedirs("docs", exist_ok=True)
 
@@ -84,7 +165,7 @@ def main():
         base_mem = base_final["memory"] if base_final else None
         steps, evals, final = data[r]
         if not steps:
-            rows.append(f"| {r} | not started | | | | | | | | |")
+            rows.append(f"| {r} | not started | | | | | | | | | |")
             continue
         tokens = steps[-1]["tokens"]
         if final:
@@ -97,14 +178,18 @@ def main():
             mratio = f"{steady / bs:.2f}" if bs else "-"
             pratio = f"{peak / bp:.2f}" if bp else "-"
             tps = sum(s["tokens_per_s"] for s in steps[-20:]) / min(20, len(steps))
+            met = "-"
+            if r != bname and base_loss and bp:
+                ok = ppl / math.exp(base_loss) <= PPL_TARGET and peak / bp <= MEM_TARGET
+                met = "yes" if ok else "no"
             rows.append(f"| {r} | {bname} | {tokens / 1e6:.2f}M | {loss:.4f} | {ppl:.2f} | {ratio} | "
                         f"{steady:.1f} ({mratio}) | {peak:.1f} ({pratio}) | "
-                        f"{mem.get('peak_rss_mib', 0):.0f} | {tps:.0f} |")
+                        f"{mem.get('peak_rss_mib', 0):.0f} | {tps:.0f} | {met} |")
         else:
             last = evals[-1] if evals else None
             rows.append(f"| {r} | {bname} | {tokens / 1e6:.2f}M (running) | "
                         f"{last['eval_loss'] if last else float('nan'):.4f} (step {last['step'] if last else '-'}) "
-                        f"| | | | | | |")
+                        f"| | | | | | | |")
 
     breakdown = []
     for r in runs:
@@ -122,7 +207,8 @@ def main():
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+        fig, ax = plt.subplots(1, 3, figsize=(16, 4.2))
+        color = {r: f"C{i % 10}" for i, r in enumerate(runs)}  # one color per run in every panel
         for r in runs:
             steps, evals, _ = data[r]
             if steps:
@@ -130,16 +216,36 @@ def main():
                 ys = [s["loss"] for s in steps]
                 k = 10  # moving average over 10 steps
                 sm = [sum(ys[max(0, i - k + 1):i + 1]) / len(ys[max(0, i - k + 1):i + 1]) for i in range(len(ys))]
-                ax[0].plot(xs, sm, label=r)
+                ax[0].plot(xs, sm, color=color[r], label=r)
             if evals:
-                ax[1].plot([e["tokens"] / 1e6 for e in evals], [e["eval_loss"] for e in evals], "o-", label=r)
+                ax[1].plot([e["tokens"] / 1e6 for e in evals], [e["eval_loss"] for e in evals], "o-",
+                           color=color[r], label=r)
+        for r in runs:
+            bname = BASELINE.get(r, "full")
+            if r != bname and bname in data and data[bname][1] and data[r][1] and data[bname][2]:
+                pts = eval_gap(data, r, bname)
+                ax[2].plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color[r],
+                           label=f"{r} - {bname}")
+        for rroot in replicas:
+            seed = rroot.rsplit("_seed", 1)[-1]
+            rdata = {r: load(os.path.join(rroot, r, "metrics.jsonl")) for r in runs}
+            for r in runs:
+                bname = BASELINE.get(r, "full")
+                if r != bname and rdata[r][1] and rdata[bname][1] and rdata[bname][2]:
+                    pts = eval_gap(rdata, r, bname)
+                    ax[2].plot([p[0] for p in pts], [p[1] for p in pts], "s--", color=color[r],
+                               alpha=0.6, label=f"{r} - {bname}, seed {seed}")
+        ax[2].axhline(math.log(PPL_TARGET), color="k", lw=0.8, ls=":", label="1.05x perplexity")
+        ax[2].axhline(0, color="k", lw=0.5)
         ax[0].set_title("training loss (10-step mean)")
         ax[1].set_title("held-out loss")
+        ax[1].set_ylim(5.6, 7.4)
+        ax[2].set_title("held-out loss minus its baseline's")
         for a in ax:
             a.set_xlabel("tokens (M)")
             a.set_ylabel("cross-entropy")
             a.grid(alpha=0.3)
-            a.legend()
+            a.legend(fontsize=8)
         ax[0].set_ylim(top=8)
         fig.tight_layout()
         fig.savefig(plot, dpi=110)
@@ -154,13 +260,21 @@ def main():
                 "the first 51,200 validation tokens (49,152 for runs with micro-batches of 16 "
                 "sequences: whole batches only). Each run is compared with the full-rank run "
                 "trained under the same conditions (column \"baseline\").\n\n")
+        f.write(FINDINGS)
         f.write("| run | baseline | tokens | held-out loss | perplexity | ppl / baseline | model state MiB, steady "
-                "(/ baseline) | model state MiB, peak (/ baseline) | peak RSS MiB | tokens/s |\n")
-        f.write("|---|---|---|---|---|---|---|---|---|---|\n")
+                "(/ baseline) | model state MiB, peak (/ baseline) | peak RSS MiB | tokens/s | targets met |\n")
+        f.write("|---|---|---|---|---|---|---|---|---|---|---|\n")
         f.write("\n".join(rows) + "\n\n")
         for r in runs:
             if r in NOTES and data[r][0]:
                 f.write(f"{r}: {NOTES[r]}\n\n")
+        rep = replica_rows(replicas, runs, data)
+        if rep:
+            f.write("Seed replications: the same runs with another initialization seed (the data "
+                    "order is fixed), each against its baseline trained with the same seed.\n\n")
+            f.write("| run | seed | baseline | held-out loss | baseline's | ppl / baseline | "
+                    "same, seed 0 |\n|---|---|---|---|---|---|---|\n")
+            f.write("\n".join(rep) + "\n\n")
         for note in STOPPED:
             f.write(f"Stopped early: {note}\n\n")
         f.write("tokens/s: wall-clock average of the last 20 steps of each run, affected by other work "
