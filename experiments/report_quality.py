@@ -121,10 +121,7 @@ def final_loss(data, name):
 def eval_gap(data, run, base):
     """Held-out loss of run minus its baseline's, at the evaluation steps both have."""
     b = {e["step"]: e["eval_loss"] for e in data[base][1]}
-    b[data[base][2]["step"]] = data[base][2]["eval_loss"] if data[base][2] else None
-    pts = [(e["tokens"] / 1e6, e["eval_loss"] - b[e["step"]]) for e in data[run][1]
-           if b.get(e["step"]) is not None]
-    return pts
+    return [(e["tokens"] / 1e6, e["eval_loss"] - b[e["step"]]) for e in data[run][1] if e["step"] in b]
 
 
 def replica_rows(replicas, runs, data0):
