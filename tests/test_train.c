@@ -150,8 +150,8 @@ static void test_accumulation_equals_large_batch(void) {
  * step on every micro-batch instead), and so do they without accumulation, where every gradient
  * buffer is released after its update; activation checkpointing recomputes identical values. */
 enum { ACC = 4 };
-static void run_variant_acc(llama_model *m, int per_layer, int ckpt, int acc, float *losses,
-                            float *w_out) {
+static void run_variant(llama_model *m, int per_layer, int ckpt, int acc, float *losses,
+                        float *w_out) {
     enum { B = 2, T = 8 };
     llama_config c = tiny();
     method_opts mo;
@@ -176,15 +176,11 @@ static void run_variant_acc(llama_model *m, int per_layer, int ckpt, int acc, fl
     memcpy(w_out + 32 * 32, m->embed.w, 96 * 32 * sizeof(float));
 }
 
-static void run_variant(llama_model *m, int per_layer, int ckpt, float *losses, float *w_out) {
-    run_variant_acc(m, per_layer, ckpt, ACC, losses, w_out);
-}
-
 static void test_per_layer_updates_with_accumulation(void) {
     llama_model a, b;
     float la[4], lb[4], wa[32 * 32 + 96 * 32], wb[32 * 32 + 96 * 32];
-    run_variant(&a, 0, 0, la, wa);
-    run_variant(&b, 1, 0, lb, wb);
+    run_variant(&a, 0, 0, ACC, la, wa);
+    run_variant(&b, 1, 0, ACC, lb, wb);
     for (int s = 0; s < 4; s++) CHECK_CLOSE(lb[s], la[s], 1e-6, 1e-6);
     size_t where = 0;
     /* the same arithmetic in a different order of layers: identical up to float rounding */
@@ -196,13 +192,13 @@ static void test_per_layer_updates_with_accumulation(void) {
 static void test_per_layer_updates_release_gradients(void) {
     llama_model a, b;
     float la[4], lb[4], wa[32 * 32 + 96 * 32], wb[32 * 32 + 96 * 32];
-    run_variant_acc(&a, 0, 0, 1, la, wa);
-    run_variant_acc(&b, 1, 0, 1, lb, wb);
+    run_variant(&a, 0, 0, 1, la, wa);
+    run_variant(&b, 1, 0, 1, lb, wb);
     for (int s = 0; s < 4; s++) CHECK_CLOSE(lb[s], la[s], 1e-6, 1e-6);
     size_t where = 0;
     CHECK(test_max_violation(wb, wa, 32 * 32 + 96 * 32, 1e-7, 1e-5, &where) <= 1, "weights differ at %zu", where);
     CHECK(a.embed.g && a.lm_head.g, "the ordinary step keeps the gradient buffers");
-    CHECK(!b.embed.g && !b.lm_head.g, "per-layer updates without accumulation keep a vocabulary-sized gradient");
+    CHECK(!b.embed.g && !b.lm_head.g, "per-layer updates without accumulation release the vocabulary-sized gradients");
     CHECK(b.blocks[0].attn_norm.g != NULL, "the norms keep their (small) gradient buffers");
     llama_free(&a);
     llama_free(&b);
@@ -211,8 +207,8 @@ static void test_per_layer_updates_release_gradients(void) {
 static void test_activation_checkpointing_is_exact(void) {
     llama_model a, b;
     float la[4], lb[4], wa[32 * 32 + 96 * 32], wb[32 * 32 + 96 * 32];
-    run_variant(&a, 0, 0, la, wa);
-    run_variant(&b, 0, 1, lb, wb);
+    run_variant(&a, 0, 0, ACC, la, wa);
+    run_variant(&b, 0, 1, ACC, lb, wb);
     for (int s = 0; s < 4; s++) CHECK(la[s] == lb[s], "step %d: %.9g vs %.9g", s, la[s], lb[s]);
     CHECK(memcmp(wa, wb, sizeof wa) == 0, "weights differ");
     CHECK(b.acts[1].q == NULL && b.work.q != NULL, "checkpointing keeps one block of activations");
