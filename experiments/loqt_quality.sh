@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The LoQT quality experiment (issue: "LoQT ... trained end to end"): full-rank AdamW, LoQT and
-# LoQT-nq on the same model, tokens, seed and schedule; then a table and a loss plot in docs/.
+# LoQT-nq on the same model, tokens, seed and schedule, and the variants below (the merge-state
+# A/B, ...; RUNS="loqt-keep"); then a table and a loss plot in docs/.
 #
 #   bash experiments/loqt_quality.sh            # run (or resume) all three, then report
 #   nohup bash experiments/loqt_quality.sh > loqt_quality.log 2>&1 &    # in the background
@@ -50,10 +51,13 @@ declare -A ARGS=(
     # the global norm, so these runs and their full-rank baseline train without clipping
     [full-noclip]="--method full --lr 1e-3 --batch-size 16 --grad-clipping 0"
     [loqt-plu]="${LOQT_ARGS[*]} --per-layer-updates --batch-size 16 --grad-clipping 0"
+    # the A/B of B's Adam moments at a merge: as loqt (reset, the default), but kept as the
+    # reference code keeps them; nothing else changed
+    [loqt-keep]="${LOQT_ARGS[*]} --merge-optimizer-state keep"
 )
 ORDER=(loqt full loqt-nq)
 # the report lists every run that has results, the variants after the three main ones
-REPORT=("${ORDER[@]}" loqt-gap50-keep full-noclip loqt-plu)
+REPORT=("${ORDER[@]}" loqt-gap50-keep full-noclip loqt-plu loqt-keep)
 read -r -a RUN_LIST <<<"${RUNS:-${ORDER[*]}}"
 
 finished() { [ -f "$1/metrics.jsonl" ] && grep -q "\"final\": true, \"step\": $STEPS," "$1/metrics.jsonl"; }

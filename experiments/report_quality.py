@@ -27,6 +27,9 @@ NOTES = {
     "full-noclip": "full-rank AdamW as full, but with one micro-batch of 16 sequences per step (the "
                    "same tokens) and no gradient clipping: the baseline of loqt-plu. Ran beside "
                    "loqt-plu with one thread each, so its tokens/s is that of one core.",
+    "loqt-keep": "LoQT as loqt, with --merge-optimizer-state keep (B's Adam moments kept across "
+                 "merges, as the reference code does) and nothing else changed: the A/B of the "
+                 "merge default.",
     "loqt-plu": "LoQT as loqt, with --per-layer-updates (each layer's refresh and update run inside "
                 "backward and every gradient but the norms' is freed after its update), one "
                 "micro-batch of 16 and no gradient clipping (per-layer updates have no global norm "

@@ -420,5 +420,33 @@ n=$(grep -c '"loss"' "$T/underscore/metrics.jsonl" 2>/dev/null)
 check underscore_spelling "exit $RC, $n step lines (expected 3): $(tail -n 1 "$T/err")" \
     bash -c "[ $RC -eq 0 ] && [ '$n' = 3 ] && [ -d '$T/underscore/checkpoints/step-00000003' ]"
 
+# ---- the method platform: every registered method trains and resumes; options per method ----
+methods=$("$LOQT" train --help | sed -n 's/^  --method \([^ ]*\) .*/\1/p' | tr '|' ' ')
+check methods_listed "train --help lists no --method choices" test -n "$methods"
+for meth in $methods; do
+    M=(--model "$T/tiny.json" --data "$D" --num-training-steps 4 --batch-size 2 --max-length 16
+       --threads 1 --num-eval-tokens 32 --save-every 2 --lr 3e-3 --method "$meth")
+    [ "$meth" != full ] && M+=(--rank 4 --update-proj-gap 2)
+    run "$LOQT" train "${M[@]}" --output-dir "$T/m_$meth"
+    if [ "$RC" -ne 0 ]; then bad "method_${meth}_trains" "exit $RC: $(tail -n 1 "$T/err")"; continue; fi
+    ok "method_${meth}_trains"
+    grep -q "^  $meth: " <("$LOQT" train --help) && ok "method_${meth}_help" || bad "method_${meth}_help" "no '  $meth:' section in train --help"
+    rm -rf "$T/m_$meth/checkpoints/step-00000004"
+    run "$LOQT" train "${M[@]}" --output-dir "$T/m_${meth}_r" --resume "$T/m_$meth/checkpoints/step-00000002"
+    metrics steps "$T/m_$meth/metrics.jsonl" step,loss,lr,grad_norm | tail -n 2 >"$T/m1.steps"
+    metrics steps "$T/m_${meth}_r/metrics.jsonl" step,loss,lr,grad_norm >"$T/m2.steps" 2>/dev/null
+    check "method_${meth}_resumes" "exit $RC, or steps 3..4 differ: $(diff "$T/m1.steps" "$T/m2.steps" | head -n 4 | tr '\n' '|')" \
+        bash -c "[ $RC -eq 0 ] && [ -s '$T/m2.steps' ] && cmp -s '$T/m1.steps' '$T/m2.steps'"
+    run "$LOQT" memory --model 60m --method "$meth"
+    check "method_${meth}_memory" "exit $RC or no plan line naming $meth: $(tail -n 1 "$T/err")" \
+        bash -c "[ $RC -eq 0 ] && grep -q 'method $meth' '$T/out' && grep -q '^total: ' '$T/out'"
+done
+MS=(--model "$T/tiny.json" --data "$D" --num-training-steps 2 --batch-size 2 --max-length 16 --threads 1)
+expect_error option_of_other_method 'option of --method loqt' "$LOQT" train "${MS[@]}" --method full --compensate-quant-error-iterations 2
+expect_error option_of_other_method_bench 'option of --method loqt' "$LOQT" bench --model "$T/tiny.json" --method full --lora-alpha 0.5
+expect_error method_option_range 'lora-alpha' "$LOQT" train "${MS[@]}" --method loqt --lora-alpha 0
+expect_error method_option_choice 'merge-optimizer-state' "$LOQT" memory --model 20m --method loqt --merge-optimizer-state sometimes
+expect_error unknown_method 'unknown --method' "$LOQT" memory --model 20m --method nope
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

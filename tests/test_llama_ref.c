@@ -30,7 +30,7 @@ static int open_ref(st_file *f, const char *name, llama_model *m, int B, int T) 
         return -1;
     }
     method_opts mo;
-    method_opts_defaults(&mo);
+    method_opts_defaults(&mo, method_find("full"));
     if (llama_create(m, &cfg, method_find("full"), &mo, 1)) return -1;
     llama_set_batch(m, B, T);
     if (llama_load_tensors(m, f, NULL)) {
@@ -66,12 +66,11 @@ static void check_tensor(const st_file *f, const char *name, const float *a, siz
 
 static void for_each_param(llama_model *m, const st_file *f, const char *prefix, int grads,
                            double atol, double rtol) {
-    dense_param *ps[64];
-    int n = llama_dense_params(m, ps, 64);
     char name[200];
-    for (int i = 0; i < n; i++) {
-        snprintf(name, sizeof name, "%s%s", prefix, ps[i]->name);
-        check_tensor(f, name, grads ? ps[i]->g : ps[i]->w, ps[i]->n, atol, rtol);
+    for (int i = 0; i < llama_dense_count(m); i++) {
+        const dense_param *p = llama_dense_at(m, i);
+        snprintf(name, sizeof name, "%s%s", prefix, p->name);
+        check_tensor(f, name, grads ? p->g : p->w, p->n, atol, rtol);
     }
     for (int l = 0; l < m->cfg.num_hidden_layers; l++)
         for (int j = 0; j < LIN_PER_BLOCK; j++) {
@@ -144,7 +143,8 @@ static void test_reference_adamw_steps(void) {
     const int32_t *ins[2] = {in, in + N}, *tgs[2] = {tg, tg + N};
     float losses[10];
     for (int s = 0; s < steps && s < 10; s++) {
-        step_result r = train_step(&m, s, ins, tgs, accum, &h);
+        step_result r;
+    CHECK(train_step(&m, s, ins, tgs, accum, &h, &r) == 0, "train_step: %s", loqt_last_error());
         losses[s] = (float)r.loss;
     }
     check_tensor(&f, "losses", losses, 10, 1e-5, 1e-5);

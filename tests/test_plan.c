@@ -28,6 +28,12 @@ static llama_config tiny(void) {
     return c;
 }
 
+/* Sets a method option by name when the run's method has it (a table lookup, as the CLI does). */
+static void set_opt(plan_input *in, const char *name, double v) {
+    const method_option *o = method_option_find(method_find(in->method), name);
+    if (o) method_option_set(&in->mo, o, v);
+}
+
 typedef struct {
     const char *what;
     plan_input in;
@@ -90,7 +96,11 @@ static int measure(const run_case *rc) {
             tin[i] = (int32_t)(rng_u64(1, (uint64_t)s, i) % (uint64_t)in->cfg.vocab_size);
             ttg[i] = (int32_t)(rng_u64(2, (uint64_t)s, i) % (uint64_t)in->cfg.vocab_size);
         }
-        train_step(&m, s, ins, tgs, in->accum, &h);
+        step_result sr_;
+        if (train_step(&m, s, ins, tgs, in->accum, &h, &sr_)) {
+            printf("    train_step: %s\n", loqt_last_error());
+            return 1;
+        }
     }
     int bad = 0;
     if (mem_current_total() != p.steady) {
@@ -163,7 +173,7 @@ static run_case base(const char *what, const char *method) {
     rc.in.seq = 16;
     rc.in.steps = 2;
     rc.in.threads = threads();
-    rc.in.mo.rank = 8;
+    set_opt(&rc.in, "rank", 8);
     return rc;
 }
 
@@ -182,7 +192,7 @@ static void test_full_adam8bit_accumulation_exact(void) {
 static void test_loqt_nf4_refresh_with_optimizer_exact(void) {
     /* gap 1: step 1 is a refresh with the optimizer state already there */
     run_case rc = base("loqt nf4 gap 1", "loqt");
-    rc.in.mo.update_proj_gap = 1;
+    set_opt(&rc.in, "update-proj-gap", 1);
     check_exact(&rc);
 }
 
@@ -190,21 +200,21 @@ static void test_loqt_variants_exact(void) {
     /* double quantization, 16-bit P, fp32 B, error compensation, 8-bit Adam, accumulation, and a
      * refresh at step 2 */
     run_case rc = base("loqt dq/bf16 P/fp32 B/compensation", "loqt");
-    rc.in.mo.use_double_quant = 1;
-    rc.in.mo.quantize_projection = 0;
-    rc.in.mo.lowrank_fp32 = 1;
-    rc.in.mo.compensate_quant_error_iterations = 2;
-    rc.in.mo.update_proj_gap = 2;
+    set_opt(&rc.in, "use-double-quant", 1);
+    set_opt(&rc.in, "quantize-projection-matrix", 1);
+    set_opt(&rc.in, "lowrank-dtype", 1);
+    set_opt(&rc.in, "compensate-quant-error-iterations", 2);
+    set_opt(&rc.in, "update-proj-gap", 2);
     rc.in.mo.optimizer = OPTIM_ADAM8BIT;
     rc.in.accum = 2;
     rc.in.steps = 3;
     check_exact(&rc);
     /* LoQT-nq, no later refresh */
     run_case nq = base("loqt-nq rank 50", "loqt");
-    nq.in.mo.quantize_w = 0;
-    nq.in.mo.rank = 50;
+    set_opt(&nq.in, "quantize-w", 1);
+    set_opt(&nq.in, "rank", 50);
     nq.in.seq = 40; /* 80 tokens: a gradient of full rank 64 for the 60-vector range finder */
-    nq.in.mo.update_proj_gap = 5;
+    set_opt(&nq.in, "update-proj-gap", 5);
     check_exact(&nq);
 }
 
@@ -214,7 +224,7 @@ static void test_activation_checkpointing_exact(void) {
     check_exact(&rc);
     run_case lq = base("loqt, activation checkpointing", "loqt");
     lq.in.activation_checkpointing = 1;
-    lq.in.mo.update_proj_gap = 1;
+    set_opt(&lq.in, "update-proj-gap", 1);
     check_exact(&lq);
 }
 
@@ -224,14 +234,14 @@ static void test_per_layer_updates_exact(void) {
     check_exact(&rc);
     run_case lq = base("loqt, per-layer updates", "loqt");
     lq.in.per_layer_updates = 1;
-    lq.in.mo.update_proj_gap = 1;
+    set_opt(&lq.in, "update-proj-gap", 1);
     lq.in.steps = 3;
     check_exact(&lq);
     run_case la = base("loqt, per-layer updates, accumulation, checkpointing", "loqt");
     la.in.per_layer_updates = 1;
     la.in.activation_checkpointing = 1;
     la.in.accum = 2;
-    la.in.mo.update_proj_gap = 2;
+    set_opt(&la.in, "update-proj-gap", 2);
     la.in.steps = 3;
     la.in.mo.optimizer = OPTIM_ADAM8BIT;
     check_exact(&la);
@@ -250,6 +260,48 @@ static void test_data_and_export_exact(void) {
     check_exact(&fu);
 }
 
+/* Every registered method, byte-exact in the settings that change what is allocated when: plain,
+ * 8-bit Adam with accumulation and three steps, per-layer updates (gradients released), per-layer
+ * updates with accumulation and checkpointing, and data + the dense export.  Refreshes at every
+ * step where the method has a gap, so a refresh with the optimizer state in place is covered. */
+static void test_every_method_exact(void) {
+    CHECK(method_count() >= 2, "the registry lists full and loqt at least (%d)", method_count());
+    for (int k = 0; k < method_count(); k++) {
+        const char *name = method_at(k)->name;
+        char what[6][96];
+        run_case rc[6];
+        for (int v = 0; v < 6; v++) {
+            rc[v] = base(what[v], name);
+            set_opt(&rc[v].in, "update-proj-gap", 1);
+        }
+        snprintf(what[0], sizeof what[0], "%s plain", name);
+        snprintf(what[1], sizeof what[1], "%s adam8bit accum 2, 3 steps", name);
+        rc[1].in.mo.optimizer = OPTIM_ADAM8BIT;
+        rc[1].in.accum = 2;
+        rc[1].in.steps = 3;
+        snprintf(what[2], sizeof what[2], "%s per-layer updates", name);
+        rc[2].in.per_layer_updates = 1;
+        rc[2].in.steps = 3;
+        snprintf(what[3], sizeof what[3], "%s per-layer updates, accum 2, checkpointing", name);
+        rc[3].in.per_layer_updates = 1;
+        rc[3].in.accum = 2;
+        rc[3].in.activation_checkpointing = 1;
+        snprintf(what[4], sizeof what[4], "%s checkpointing, gap 2", name);
+        rc[4].in.activation_checkpointing = 1;
+        rc[4].in.steps = 3;
+        set_opt(&rc[4].in, "update-proj-gap", 2);
+        snprintf(what[5], sizeof what[5], "%s with data and export", name);
+        rc[5].with_data = 1;
+        rc[5].in.train = (plan_split){8000, 5000};
+        rc[5].in.val = (plan_split){1000, 1000};
+        rc[5].in.save_original_model = 1;
+        for (int v = 0; v < 6; v++) {
+            rc[v].what = what[v];
+            check_exact(&rc[v]);
+        }
+    }
+}
+
 static plan plan_of(const char *model, const char *method, void (*edit)(plan_input *)) {
     llama_config c;
     plan p;
@@ -260,7 +312,7 @@ static plan plan_of(const char *model, const char *method, void (*edit)(plan_inp
     }
     plan_input_defaults(&in, &c, method);
     in.threads = 2;
-    in.mo.rank = 128;
+    set_opt(&in, "rank", 128);
     if (edit) edit(&in);
     if (plan_make(&p, &in)) {
         printf("    %s\n", loqt_last_error());
@@ -323,8 +375,11 @@ static void test_paper_estimate_close_to_table(void) {
     for (int i = 0; i < 4; i++) {
         llama_config c;
         config_load(&c, models[i]);
-        double f = plan_paper_estimate(&c, "full", ranks[i]) / 1073741824.0;
-        double l = plan_paper_estimate(&c, "loqt", ranks[i]) / 1073741824.0;
+        plan_input in;
+        plan_input_defaults(&in, &c, "loqt");
+        set_opt(&in, "rank", ranks[i]);
+        double f = plan_paper_estimate(&c, "full", &in.mo) / 1073741824.0;
+        double l = plan_paper_estimate(&c, "loqt", &in.mo) / 1073741824.0;
         CHECK_CLOSE(f, full[i], 0, 0.12);
         CHECK_CLOSE(l, loqt[i], 0, 0.12);
     }
@@ -354,7 +409,7 @@ static void test_bad_input_is_an_error(void) {
     in.seq = 1000;
     CHECK(plan_make(&p, &in) == -1, "sequence longer than max_position_embeddings");
     plan_input_defaults(&in, &c, "loqt");
-    in.mo.rank = 0;
+    set_opt(&in, "rank", 0);
     CHECK(plan_make(&p, &in) == -1, "rank 0");
     plan_input_defaults(&in, &c, "full");
     in.batch = 0;
@@ -369,6 +424,7 @@ int main(void) {
     RUN(test_activation_checkpointing_exact);
     RUN(test_per_layer_updates_exact);
     RUN(test_data_and_export_exact);
+    RUN(test_every_method_exact);
     RUN(test_savings_go_the_right_way);
     RUN(test_paper_estimate_close_to_table);
     RUN(test_parse_bytes);

@@ -21,7 +21,7 @@ static llama_config tiny(void) {
 static void make_model(llama_model *m, int B, int T, uint64_t seed) {
     llama_config c = tiny();
     method_opts mo;
-    method_opts_defaults(&mo);
+    method_opts_defaults(&mo, method_find("full"));
     if (llama_create(m, &c, method_find("full"), &mo, seed)) {
         printf("%s\n", loqt_last_error());
         exit(1);
@@ -55,7 +55,11 @@ static void run_steps(llama_model *m, long from, long to, float *losses) {
         tokens(in[0], tg[0], B * T, (uint64_t)s * 2);
         tokens(in[1], tg[1], B * T, (uint64_t)s * 2 + 1);
         const int32_t *ins[2] = {in[0], in[1]}, *tgs[2] = {tg[0], tg[1]};
-        losses[s] = (float)train_step(m, s, ins, tgs, 2, &h).loss;
+        {
+            step_result sr_;
+            CHECK(train_step(m, s, ins, tgs, 2, &h, &sr_) == 0, "train_step: %s", loqt_last_error());
+            losses[s] = (float)sr_.loss;
+        }
     }
 }
 
@@ -133,8 +137,10 @@ static void test_accumulation_equals_large_batch(void) {
     h.sched.warmup_steps = 0;
     const int32_t *ia[2] = {in, in + 2 * T}, *ta[2] = {tg, tg + 2 * T};
     const int32_t *ib[1] = {in}, *tb[1] = {tg};
-    step_result ra = train_step(&a, 0, ia, ta, 2, &h);
-    step_result rb = train_step(&b, 0, ib, tb, 1, &h);
+    step_result ra;
+    CHECK(train_step(&a, 0, ia, ta, 2, &h, &ra) == 0, "train_step: %s", loqt_last_error());
+    step_result rb;
+    CHECK(train_step(&b, 0, ib, tb, 1, &h, &rb) == 0, "train_step: %s", loqt_last_error());
     CHECK_CLOSE(ra.loss, rb.loss, 1e-6, 1e-6);
     CHECK_CLOSE(ra.grad_norm, rb.grad_norm, 1e-7, 1e-5);
     float wa[32 * 64], wb[32 * 64];
@@ -155,7 +161,7 @@ static void run_variant(llama_model *m, int per_layer, int ckpt, int acc, float 
     enum { B = 2, T = 8 };
     llama_config c = tiny();
     method_opts mo;
-    method_opts_defaults(&mo);
+    method_opts_defaults(&mo, method_find("full"));
     if (llama_create(m, &c, method_find("full"), &mo, 11)) exit(1);
     m->per_layer_updates = per_layer;
     m->checkpoint_activations = ckpt;
@@ -170,7 +176,11 @@ static void run_variant(llama_model *m, int per_layer, int ckpt, int acc, float 
             ins[i] = in[i];
             tgs[i] = tg[i];
         }
-        losses[s] = (float)train_step(m, s, ins, tgs, acc, &h).loss;
+        {
+            step_result sr_;
+            CHECK(train_step(m, s, ins, tgs, acc, &h, &sr_) == 0, "train_step: %s", loqt_last_error());
+            losses[s] = (float)sr_.loss;
+        }
     }
     m->method->export_dense(&m->blocks[0].lin[LIN_Q], w_out);
     memcpy(w_out + 32 * 32, m->embed.w, 96 * 32 * sizeof(float));

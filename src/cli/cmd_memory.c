@@ -46,63 +46,29 @@ static int scan_split(const char *dir, const char *split, plan_split *out) {
 }
 
 int cmd_memory(int argc, char **argv) {
-    const char *model = "20m", *method = "full", *optimizer = "adamw", *max_memory = NULL;
+    cli_run r;
+    cli_run_defaults(&r);
     const char *data = NULL;
-    int batch = 8, seq = 256, max_length = 256, total_batch = 0, threads = 0;
-    int per_layer = 0, ckpt = 0, save_original = 0;
+    int save_original = 0;
     long steps = 1000;
     const opt_spec specs[] = {
-        {"model", OPT_STRING, &model, "built-in size (9m 20m 35m 60m 130m 350m 1b 3b 7b 13b) or a JSON config", NULL},
-        {"method", OPT_STRING, &method, "how linear layers are stored and trained", "full|loqt"},
-        {"optimizer", OPT_STRING, &optimizer, "optimizer", "adamw|adam8bit"},
-        {"batch-size", OPT_INT, &batch, "sequences per micro-batch", NULL},
-        {"seq-len", OPT_INT, &seq, "tokens per sequence", NULL},
-        {"max-length", OPT_INT, &max_length, "tokens per sequence (as 'loqt train' names it)", NULL},
-        {"total-batch-size", OPT_INT, &total_batch, "sequences per optimizer step (a multiple of --batch-size); 0 = --batch-size", NULL},
-        {"num-training-steps", OPT_LONG, &steps, "optimizer steps of the run (LoQT: whether a refresh comes after the optimizer state exists)", NULL},
-        {"per-layer-updates", OPT_FLAG, &per_layer, "update each layer inside backward (gradients freed per layer without accumulation)", NULL},
-        {"activation-checkpointing", OPT_FLAG, &ckpt, "keep only each block's input; recompute the block in backward", NULL},
+        {"num-training-steps", OPT_LONG, &steps, "optimizer steps of the run (whether a refresh comes after the optimizer state exists)", NULL},
         {"save-original-model", OPT_FLAG, &save_original, "include the dense export at the end of training", NULL},
         {"data", OPT_STRING, &data, "directory of token shards: include the loader's copy of the train and val splits (default: not counted)", NULL},
-        {"threads", OPT_INT, &threads, "CPU threads; 0 = all cores", NULL},
-        {"max-memory", OPT_STRING, &max_memory, "limit, e.g. 20GiB or 24000MiB; default: the machine's physical memory", NULL},
     };
-    cli_method_args ma;
-    cli_parse_with_method(specs, (int)(sizeof specs / sizeof specs[0]), &ma, argc, argv, "memory", SUMMARY);
-
-    if (opts_given("max-length")) {
-        if (opts_given("seq-len") && seq != max_length) loqt_die("--seq-len %d and --max-length %d disagree", seq, max_length);
-        seq = max_length;
-    }
-    if (batch <= 0 || seq <= 1) loqt_die("--batch-size must be >= 1 and --seq-len >= 2");
-    if (total_batch == 0) total_batch = batch;
-    if (total_batch < batch || total_batch % batch)
-        loqt_die("--total-batch-size %d must be a positive multiple of --batch-size %d", total_batch, batch);
+    cli_parse_run(&r, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "memory", SUMMARY);
     if (steps <= 0) loqt_die("--num-training-steps must be positive");
-    if (threads < 0) loqt_die("--threads must be >= 0");
 
     llama_config cfg;
-    if (config_load(&cfg, model)) loqt_die_last("--model");
-    if (!method_find(method)) loqt_die("unknown --method '%s' (available: %s)", method, method_names());
+    if (config_load(&cfg, r.model)) loqt_die_last("--model");
     plan_input in;
-    plan_input_defaults(&in, &cfg, method);
-    cli_method_apply(&ma, &in.mo);
-    int ok;
-    in.mo.optimizer = optim_kind_parse(optimizer, &ok);
-    if (!ok) loqt_die("unknown --optimizer '%s' (adamw, adam8bit)", optimizer);
-    in.batch = batch;
-    in.seq = seq;
-    in.accum = total_batch / batch;
-    in.steps = steps;
-    in.threads = threads;
-    in.per_layer_updates = per_layer;
-    in.activation_checkpointing = ckpt;
+    cli_run_plan_input(&r, &cfg, steps, &in);
     in.save_original_model = save_original;
     if (data && (scan_split(data, "train", &in.train) || scan_split(data, "val", &in.val)))
         loqt_die_last("--data");
 
     size_t limit = mem_physical();
-    if (max_memory && plan_parse_bytes(max_memory, &limit)) loqt_die_last("--max-memory");
+    if (r.max_memory && plan_parse_bytes(r.max_memory, &limit)) loqt_die_last("--max-memory");
 
     plan p;
     if (plan_make(&p, &in)) loqt_die_last(NULL);

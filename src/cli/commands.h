@@ -16,27 +16,33 @@ int cmd_memory(int argc, char **argv);
 /* The OpenBLAS kernel set chosen at start-up (cli/main.c). */
 const char *loqt_blas_kernels(void);
 
-/* Options of the low-rank methods, shared by train, bench (and memory). */
+/* The run description that train, bench and memory share: the model, the method with its own
+ * options, the optimizer, the batch shape, threads, the memory switches and the memory limit.
+ * One parser (cli/run.c) reads the shared options, the chosen method's options (from its table,
+ * methods/linear.h) and the command's own; one function turns it into the plan's input. */
 #include "cli/options.h"
+#include "model/plan.h"
 typedef struct {
-    int rank, update_proj_gap, max_proj_gap, compensate_quant_error_iterations, use_double_quant;
-    double lora_alpha, increment_size;
-    const char *proj_gap_progression, *quantize_w, *quantize_projection_matrix;
-    const char *merge_optimizer_state, *lowrank_dtype;
-} cli_method_args;
-enum { CLI_METHOD_SPECS = 12 };
-void cli_method_defaults(cli_method_args *a);
-/* Writes CLI_METHOD_SPECS option specs for `a` into out. */
-void cli_method_specs(cli_method_args *a, opt_spec *out);
-/* opts_parse over the command's own specs followed by the method options (defaults set in ma). */
-void cli_parse_with_method(const opt_spec *specs, int n, cli_method_args *ma, int argc, char **argv,
-                           const char *command, const char *summary);
-/* Converts into method options (dies on a bad combination). */
-void cli_method_apply(const cli_method_args *a, method_opts *o);
+    const char *model, *method, *optimizer, *max_memory;
+    int batch_size, total_batch_size, seq_len, threads;
+    int per_layer_updates, activation_checkpointing;
+    /* after cli_parse_run */
+    const linear_method *m;
+    method_opts mo; /* the method's options as given (defaults otherwise), optimizer set */
+    int accum;      /* total_batch_size / batch_size */
+} cli_run;
+
+/* Defaults: model 20m, method full, adamw, batch 8 x 256, no accumulation, all cores. */
+void cli_run_defaults(cli_run *r);
+/* Parses the shared options, the method's options and `extra` (the command's own); dies with one
+ * line (exit 2) on an unknown option, an option of another method, or a value out of range. */
+void cli_parse_run(cli_run *r, const opt_spec *extra, int n_extra, int argc, char **argv,
+                   const char *command, const char *summary);
+/* The plan's input for this run of `steps` optimizer steps on cfg. */
+void cli_run_plan_input(const cli_run *r, const llama_config *cfg, long steps, plan_input *pin);
 
 /* Plans the run's memory and dies with the planner's one-line explanation when it exceeds
  * max_memory ("20GiB"; NULL = the machine's physical memory). */
-#include "model/plan.h"
 void cli_check_memory(const plan_input *pin, const char *max_memory);
 
 /* Shared by the commands (cli/common.c). */

@@ -71,73 +71,14 @@ void cli_load_checkpoint(llama_model *m, const char *dir, int weights_only) {
         if (!weights_only) loqt_die("%s: no trainer state in this checkpoint; it cannot be resumed", dir);
         memset(&tm, 0, sizeof tm);
         snprintf(tm.method, sizeof tm.method, "full");
-        method_opts_defaults(&tm.mopts);
+        method_opts_defaults(&tm.mopts, method_find("full"));
     } else if (checkpoint_read_meta(dir, &tm)) {
         loqt_die_last(NULL);
     }
     const linear_method *meth = method_find(tm.method);
     if (!meth) loqt_die("%s: checkpoint uses method '%s', which this build does not know", dir, tm.method);
-    method_opts mo = tm.mopts;
-    if (!tm.method[0] || !strcmp(tm.method, "full")) method_opts_defaults(&mo);
-    int ok;
-    mo.optimizer = optim_kind_parse(tm.optimizer, &ok);
-    if (llama_create(m, &cfg, meth, &mo, tm.seed)) loqt_die_last(dir);
+    if (llama_create(m, &cfg, meth, &tm.mopts, tm.seed)) loqt_die_last(dir);
     if (checkpoint_load(m, dir, weights_only)) loqt_die_last(NULL);
-}
-
-void cli_method_defaults(cli_method_args *a) {
-    method_opts d;
-    method_opts_defaults(&d);
-    a->rank = d.rank;
-    a->lora_alpha = d.lora_alpha;
-    a->update_proj_gap = d.update_proj_gap;
-    a->proj_gap_progression = gap_progression_name(d.proj_gap_progression);
-    a->increment_size = d.increment_size;
-    a->max_proj_gap = d.max_proj_gap;
-    a->compensate_quant_error_iterations = d.compensate_quant_error_iterations;
-    a->quantize_w = "4bit";
-    a->quantize_projection_matrix = "4bit";
-    a->use_double_quant = 0;
-    a->merge_optimizer_state = "reset";
-    a->lowrank_dtype = "bf16";
-}
-
-void cli_method_specs(cli_method_args *a, opt_spec *o) {
-    const opt_spec specs[CLI_METHOD_SPECS] = {
-        {"rank", OPT_INT, &a->rank, "low-rank methods: rank r of the trainable factors", NULL},
-        {"lora-alpha", OPT_FLOAT, &a->lora_alpha, "LoQT: scale s of the low-rank term W + s*B*P (a plain multiplier, not alpha/r)", NULL},
-        {"update-proj-gap", OPT_INT, &a->update_proj_gap, "LoQT: steps between the first merges/refreshes of P", NULL},
-        {"proj-gap-progression", OPT_STRING, &a->proj_gap_progression, "LoQT: how the gap grows: static, linear (+increment*i), exponential (+int(increment^i))", "static|linear|exponential"},
-        {"increment-size", OPT_FLOAT, &a->increment_size, "LoQT: growth of the gap (psi of the exponential schedule)", NULL},
-        {"max-proj-gap", OPT_INT, &a->max_proj_gap, "LoQT: largest gap; 0 = unbounded", NULL},
-        {"compensate-quant-error-iterations", OPT_INT, &a->compensate_quant_error_iterations, "LoQT: rounds of quantization-error compensation at each merge (0 = B starts at 0)", NULL},
-        {"quantize-w", OPT_STRING, &a->quantize_w, "LoQT: storage of W (none = 16-bit, LoQT-nq)", "4bit|none"},
-        {"quantize-projection-matrix", OPT_STRING, &a->quantize_projection_matrix, "LoQT: storage of P", "4bit|none"},
-        {"use-double-quant", OPT_FLAG, &a->use_double_quant, "NF4 absmax values stored in 8 bits", NULL},
-        {"merge-optimizer-state", OPT_STRING, &a->merge_optimizer_state, "LoQT: B's Adam moments at a merge: reset (default; restarts bias correction) or keep (the reference code)", "reset|keep"},
-        {"lowrank-dtype", OPT_STRING, &a->lowrank_dtype, "storage of the trainable factors (bf16 is updated with stochastic rounding)", "bf16|fp32"},
-    };
-    memcpy(o, specs, sizeof specs);
-}
-
-void cli_method_apply(const cli_method_args *a, method_opts *o) {
-    if (a->rank <= 0) loqt_die("--rank must be positive");
-    if (a->update_proj_gap <= 0) loqt_die("--update-proj-gap must be positive");
-    if (a->increment_size < 0 || a->max_proj_gap < 0 || a->compensate_quant_error_iterations < 0)
-        loqt_die("--increment-size, --max-proj-gap and --compensate-quant-error-iterations must be >= 0");
-    if (a->compensate_quant_error_iterations > 100) loqt_die("--compensate-quant-error-iterations above 100 makes no sense");
-    o->rank = a->rank;
-    o->lora_alpha = a->lora_alpha;
-    o->update_proj_gap = a->update_proj_gap;
-    if (gap_progression_parse(a->proj_gap_progression, &o->proj_gap_progression)) loqt_die_last("--proj-gap-progression");
-    o->increment_size = a->increment_size;
-    o->max_proj_gap = a->max_proj_gap;
-    o->compensate_quant_error_iterations = a->compensate_quant_error_iterations;
-    o->quantize_w = !strcmp(a->quantize_w, "4bit");
-    o->quantize_projection = !strcmp(a->quantize_projection_matrix, "4bit");
-    o->use_double_quant = a->use_double_quant;
-    o->merge_reset_optimizer = !strcmp(a->merge_optimizer_state, "reset");
-    o->lowrank_fp32 = !strcmp(a->lowrank_dtype, "fp32");
 }
 
 void cli_check_memory(const plan_input *pin, const char *max_memory) {
@@ -149,12 +90,3 @@ void cli_check_memory(const plan_input *pin, const char *max_memory) {
     if (plan_check_fits(&p, limit)) loqt_die_last(NULL);
 }
 
-void cli_parse_with_method(const opt_spec *specs, int n, cli_method_args *ma, int argc, char **argv,
-                           const char *command, const char *summary) {
-    opt_spec *all = malloc(sizeof *all * (size_t)(n + CLI_METHOD_SPECS));
-    memcpy(all, specs, sizeof *all * (size_t)n);
-    cli_method_defaults(ma);
-    cli_method_specs(ma, all + n);
-    opts_parse(all, n + CLI_METHOD_SPECS, argc, argv, command, summary);
-    free(all);
-}

@@ -16,6 +16,32 @@ static void normalize(char *dst, size_t cap, const char *src) {
     dst[i] = 0;
 }
 
+static void (*help_extra)(void);
+
+void opts_set_help_extra(void (*print)(void)) { help_extra = print; }
+
+int opts_choice_at(const char *choices, int k, char *buf, size_t cap) {
+    const char *p = choices;
+    for (int i = 0; p && i < k; i++) {
+        p = strchr(p, '|');
+        if (p) p++;
+    }
+    if (!p || k < 0 || !cap) return 0;
+    size_t len = strcspn(p, "|");
+    if (len + 1 > cap) len = cap - 1;
+    memcpy(buf, p, len);
+    buf[len] = 0;
+    return 1;
+}
+
+void opts_name_of(const char *arg, char *name, size_t cap) {
+    if (strncmp(arg, "--", 2) != 0) {
+        name[0] = 0;
+        return;
+    }
+    normalize(name, cap, arg + 2);
+}
+
 static void usage_exit(const opt_spec *s, int n, const char *command, const char *summary) {
     printf("usage: loqt %s [options]\n\n%s\n\noptions:\n", command, summary);
     for (int i = 0; i < n; i++) {
@@ -29,6 +55,7 @@ static void usage_exit(const opt_spec *s, int n, const char *command, const char
             snprintf(def, sizeof def, "%s", v ? v : "(none)");
             break;
         }
+        case OPT_CHOICE: opts_choice_at(s[i].choices, *(int *)s[i].dst, def, sizeof def); break;
         case OPT_FLAG: break;
         }
         const char *arg = s[i].type == OPT_FLAG ? "" : s[i].choices ? s[i].choices : "VALUE";
@@ -39,6 +66,7 @@ static void usage_exit(const opt_spec *s, int n, const char *command, const char
         printf("\n");
     }
     printf("  %-36s %s\n", "--help", "show this help");
+    if (help_extra) help_extra();
     exit(0);
 }
 
@@ -49,16 +77,12 @@ static void bad(const char *command, const char *fmt, const char *a, const char 
     exit(2);
 }
 
-static int in_choices(const char *choices, const char *v) {
-    size_t n = strlen(v);
-    for (const char *p = choices; *p;) {
-        const char *e = strchr(p, '|');
-        size_t len = e ? (size_t)(e - p) : strlen(p);
-        if (len == n && strncmp(p, v, n) == 0) return 1;
-        if (!e) break;
-        p = e + 1;
-    }
-    return 0;
+/* index of v in "a|b|c", or -1 */
+static int choice_index(const char *choices, const char *v) {
+    char buf[64];
+    for (int k = 0; opts_choice_at(choices, k, buf, sizeof buf); k++)
+        if (!strcmp(buf, v)) return k;
+    return -1;
 }
 
 void opts_parse(const opt_spec *s, int n, int argc, char **argv, const char *command,
@@ -113,13 +137,17 @@ void opts_parse(const opt_spec *s, int n, int argc, char **argv, const char *com
             break;
         }
         case OPT_STRING:
-            if (o->choices && !in_choices(o->choices, v)) {
+        case OPT_CHOICE: {
+            int k = o->choices ? choice_index(o->choices, v) : 0;
+            if (k < 0) {
                 char msg[200];
                 snprintf(msg, sizeof msg, "--%s must be one of %s, got '%%s'%%s", name, o->choices);
                 bad(command, msg, v, "");
             }
-            *(const char **)o->dst = v;
+            if (o->type == OPT_CHOICE) *(int *)o->dst = k;
+            else *(const char **)o->dst = v;
             break;
+        }
         case OPT_FLAG: break;
         }
     }

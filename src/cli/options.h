@@ -5,14 +5,16 @@
 #ifndef LOQT_OPTIONS_H
 #define LOQT_OPTIONS_H
 
-typedef enum { OPT_INT, OPT_LONG, OPT_FLOAT, OPT_STRING, OPT_FLAG } opt_type;
+#include <stddef.h>
+
+typedef enum { OPT_INT, OPT_LONG, OPT_FLOAT, OPT_STRING, OPT_FLAG, OPT_CHOICE } opt_type;
 
 typedef struct {
     const char *name;    /* without the leading dashes, dash-spelled */
     opt_type type;
-    void *dst;           /* int*, long*, double*, const char**, int* (flag) */
+    void *dst;           /* int*, long*, double*, const char**, int* (flag), int* (choice index) */
     const char *help;
-    const char *choices; /* for OPT_STRING: "a|b|c" to restrict values, or NULL */
+    const char *choices; /* OPT_STRING: "a|b|c" to restrict values, or NULL; OPT_CHOICE: "a|b|c" */
 } opt_spec;
 
 /* Parses argv[0..argc) (after the command name).  Positional arguments are an error.
@@ -22,5 +24,11 @@ void opts_parse(const opt_spec *specs, int n_specs, int argc, char **argv, const
                 const char *summary);
 /* 1 if the option was given on the command line in the last opts_parse call. */
 int opts_given(const char *name);
+/* Printed by --help after the option table (the methods' own options). */
+void opts_set_help_extra(void (*print)(void));
+/* "--foo_bar=1" -> "foo-bar" (the option name as specs spell it); "" for a non-option. */
+void opts_name_of(const char *arg, char *name, size_t cap);
+/* The k-th entry of "a|b|c" into buf (0 if there is none). */
+int opts_choice_at(const char *choices, int k, char *buf, size_t cap);
 
 #endif

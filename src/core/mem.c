@@ -113,6 +113,55 @@ size_t mem_physical(void) {
     return pages > 0 && psz > 0 ? (size_t)pages * (size_t)psz : 0;
 }
 
+void mem_peak_reset(void) {
+    for (int c = 0; c < MEM_NCAT; c++) atomic_store(&peak[c], atomic_load(&cur[c]));
+    atomic_store(&peak_total, atomic_load(&cur_total));
+}
+
+static void *workspace;
+
+void *mem_workspace(size_t bytes) {
+    if (bytes > mem_size(workspace)) {
+        mem_free(workspace);
+        workspace = mem_alloc(MEM_SCRATCH, bytes);
+    }
+    return workspace;
+}
+
+void mem_workspace_release(void) {
+    mem_free(workspace);
+    workspace = NULL;
+}
+
+void mem_sim_alloc(mem_sim *s, mem_cat c, size_t b) {
+    s->cur[c] += b;
+    if (s->cur[c] > s->peak[c]) s->peak[c] = s->cur[c];
+    s->total += b;
+    if (s->total > s->peak_total) s->peak_total = s->total;
+}
+
+void mem_sim_free(mem_sim *s, mem_cat c, size_t b) {
+    s->cur[c] -= b;
+    s->total -= b;
+}
+
+void mem_sim_temp(mem_sim *s, mem_cat c, size_t b) {
+    mem_sim_alloc(s, c, b);
+    mem_sim_free(s, c, b);
+}
+
+void mem_sim_workspace(mem_sim *s, size_t b) {
+    if (b <= s->workspace) return;
+    if (s->workspace) mem_sim_free(s, MEM_SCRATCH, s->workspace);
+    mem_sim_alloc(s, MEM_SCRATCH, b);
+    s->workspace = b;
+}
+
+void mem_sim_workspace_release(mem_sim *s) {
+    if (s->workspace) mem_sim_free(s, MEM_SCRATCH, s->workspace);
+    s->workspace = 0;
+}
+
 void mem_report(FILE *f) {
     const double MiB = 1048576.0;
     fprintf(f, "memory (MiB)            current      peak\n");

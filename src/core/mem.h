@@ -46,6 +46,28 @@ size_t mem_current_rss(void);
 /* Physical memory of the machine in bytes, 0 if unknown. */
 size_t mem_physical(void);
 
+/* Starts the per-category and total peaks again from what is held now (tests measure one phase
+ * at a time). */
+void mem_peak_reset(void);
+
+/* One grow-only work buffer (MEM_SCRATCH) shared by the linear methods: layers run one at a
+ * time, so one buffer of the largest size any of them asked for serves all.  The pointer is
+ * valid until the next call that asks for more, or mem_workspace_release(). */
+void *mem_workspace(size_t bytes);
+void mem_workspace_release(void);
+
+/* A byte counter that replays allocations as mem_alloc / mem_free count them, for the memory
+ * planner: each allocation of the real code has its twin here, fed by the same size function. */
+typedef struct {
+    size_t cur[MEM_NCAT], peak[MEM_NCAT], total, peak_total;
+    size_t workspace; /* size of the mem_workspace() buffer */
+} mem_sim;
+void mem_sim_alloc(mem_sim *s, mem_cat c, size_t bytes);
+void mem_sim_free(mem_sim *s, mem_cat c, size_t bytes);
+void mem_sim_temp(mem_sim *s, mem_cat c, size_t bytes); /* allocated and freed before the next */
+void mem_sim_workspace(mem_sim *s, size_t bytes);       /* mem_workspace(bytes) */
+void mem_sim_workspace_release(mem_sim *s);
+
 /* Prints a table: category, current, peak; then accounted peak and measured peak RSS. */
 void mem_report(FILE *f);
 /* The same as a JSON object (no trailing newline). */

@@ -98,11 +98,15 @@ static void gram_add(const double *D, int p, int L, double *H) {
     }
 }
 
+size_t linalg_gram_d_scratch(int rows, int cols, bool of_rows) {
+    return sizeof(double) * (size_t)(of_rows ? rows : cols) * GCH;
+}
+
 int linalg_gram_d(const float *A, int rows, int cols, int lda, bool of_rows, double *H) {
     if (!A || !H || rows <= 0 || cols <= 0 || lda < cols)
         return loqt_set_error("gram: bad arguments (%d x %d, lda %d)", rows, cols, lda);
     const int p = of_rows ? rows : cols, len = of_rows ? cols : rows;
-    double *D = mem_try_alloc(MEM_SCRATCH, sizeof(double) * (size_t)p * GCH);
+    double *D = mem_try_alloc(MEM_SCRATCH, linalg_gram_d_scratch(rows, cols, of_rows));
     if (!D) return -1;
     memset(H, 0, sizeof(double) * (size_t)p * p);
     for (int c0 = 0; c0 < len; c0 += GCH) {
@@ -144,6 +148,8 @@ static int cholesky(int n, double *W, double tol) {
     return 0;
 }
 
+size_t linalg_spd_inverse_scratch(int n) { return (size_t)n * n * sizeof(double); }
+
 int linalg_spd_inverse_d(int n, double *H, double *ridge) {
     if (n <= 0 || !H) return loqt_set_error("spd_inverse: bad arguments (n = %d)", n);
     const size_t nn = (size_t)n * n;
@@ -152,7 +158,7 @@ int linalg_spd_inverse_d(int n, double *H, double *ridge) {
         if (!isfinite(H[i])) return loqt_set_error("spd_inverse: matrix has a non-finite entry");
     for (int i = 0; i < n; i++) maxdiag = fmax(maxdiag, H[(size_t)i * n + i]);
     if (!(maxdiag > 0.0)) return loqt_set_error("spd_inverse: matrix is zero (or not PSD)");
-    double *W = mem_try_alloc(MEM_SCRATCH, nn * sizeof(double));
+    double *W = mem_try_alloc(MEM_SCRATCH, linalg_spd_inverse_scratch(n));
     if (!W) return -1;
     double lambda = 0.0;
     int ok = 0;
@@ -241,12 +247,14 @@ static int fix_row(float *Q, int row, int m, uint64_t seed, uint64_t stream) {
     return loqt_set_error("orthonormalize: could not complete the basis at row %d", row);
 }
 
+size_t linalg_orthonormalize_scratch(int k) { return sizeof(float) * (size_t)(k > 0 ? k : 1) * NB; }
+
 int linalg_orthonormalize_rows(float *Q, int k, int m, uint64_t seed, uint64_t stream) {
     if (!Q || k < 0 || m <= 0) return loqt_set_error("orthonormalize: bad arguments");
     if (k > m) return loqt_set_error("orthonormalize: %d rows cannot be orthonormal in %d dims", k, m);
     for (size_t i = 0; i < (size_t)k * m; i++)
         if (!isfinite(Q[i])) return loqt_set_error("orthonormalize: non-finite entry");
-    float *C = mem_try_alloc(MEM_SCRATCH, sizeof(float) * (size_t)(k > 0 ? k : 1) * NB);
+    float *C = mem_try_alloc(MEM_SCRATCH, linalg_orthonormalize_scratch(k));
     if (!C) return -1;
     double orig[NB];
     int rc = 0;

@@ -6,6 +6,7 @@
 #define LOQT_DENSE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* gemm() with a result that does not depend on the number of threads.  OpenBLAS's threaded
@@ -35,5 +36,11 @@ int linalg_spd_inverse_d(int n, double *H, double *ridge);
  * the ones before it is replaced by a random Gaussian row drawn from (seed, stream, row index),
  * orthogonalized, so the result always has k orthonormal rows.  Requires k <= m. */
 int linalg_orthonormalize_rows(float *Q, int k, int m, uint64_t seed, uint64_t stream);
+
+/* Bytes of accounted scratch each of the functions above allocates (and frees before returning),
+ * for the memory planner. */
+size_t linalg_gram_d_scratch(int rows, int cols, bool of_rows);
+size_t linalg_spd_inverse_scratch(int n);
+size_t linalg_orthonormalize_scratch(int k);
 
 #endif

@@ -151,6 +151,8 @@ static int by_desc(const void *a, const void *b) {
     return x->i - y->i;
 }
 
+size_t linalg_eigh_scratch(int n) { return (size_t)n * n * sizeof(double); }
+
 int linalg_eigh_d(int n, double *A, double *w, double *V) {
     if (n <= 0 || !A || !w) return loqt_set_error("eigh: bad arguments (n = %d)", n);
     const size_t nn = (size_t)n * n;
@@ -161,7 +163,7 @@ int linalg_eigh_d(int n, double *A, double *w, double *V) {
     double *rs = malloc(sizeof(double) * n);
     int *ri = malloc(sizeof(int) * n);
     eig_ord *ord = malloc(sizeof(eig_ord) * n);
-    double *Zt = V ? mem_try_alloc(MEM_SCRATCH, nn * sizeof(double)) : NULL;
+    double *Zt = V ? mem_try_alloc(MEM_SCRATCH, linalg_eigh_scratch(n)) : NULL;
     int rc_ = -1;
     if (!e || !beta || !p || !rc || !rs || !ri || !ord || (V && !Zt)) {
         loqt_set_error("eigh: out of memory (n = %d)", n);

@@ -8,6 +8,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* Bytes of the buffers: the inverse Gram (double), its fp32 copy Hf, and C (R P^T or P^T R:
+ * `rows` x r elements). */
+static size_t hinv_bytes(int r) { return sizeof(double) * (size_t)r * r; }
+static size_t hf_bytes(int r) { return sizeof(float) * (size_t)r * r; }
+static size_t c_bytes(int rows, int r) { return sizeof(float) * (size_t)rows * r; }
+
 static int finite_all(const float *a, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (!isfinite(a[i])) return 0;
@@ -17,7 +23,7 @@ static int finite_all(const float *a, size_t n) {
 /* (Gram of P + ridge)^-1 in double, r x r; Gram over rows (P r x n) or columns (P m x r). */
 static double *gram_inverse(const float *P, int rows, int cols, bool of_rows, double *ridge) {
     const int r = of_rows ? rows : cols;
-    double *H = mem_try_alloc(MEM_SCRATCH, sizeof(double) * (size_t)r * r);
+    double *H = mem_try_alloc(MEM_SCRATCH, hinv_bytes(r));
     if (!H || linalg_gram_d(P, rows, cols, cols, of_rows, H) || linalg_spd_inverse_d(r, H, ridge)) {
         mem_free(H);
         return NULL;
@@ -55,6 +61,21 @@ static float *to_float(const double *H, size_t n) {
     return F;
 }
 
+
+static void plan_common(mem_sim *s, int r, int gram_rows, int gram_cols, bool of_rows, int c_rows) {
+    mem_sim_alloc(s, MEM_SCRATCH, hinv_bytes(r));
+    mem_sim_temp(s, MEM_SCRATCH, linalg_gram_d_scratch(gram_rows, gram_cols, of_rows));
+    mem_sim_temp(s, MEM_SCRATCH, linalg_spd_inverse_scratch(r));
+    mem_sim_alloc(s, MEM_SCRATCH, hf_bytes(r));
+    mem_sim_alloc(s, MEM_SCRATCH, c_bytes(c_rows, r));
+    mem_sim_free(s, MEM_SCRATCH, hf_bytes(r));
+    mem_sim_free(s, MEM_SCRATCH, c_bytes(c_rows, r));
+    mem_sim_free(s, MEM_SCRATCH, hinv_bytes(r));
+}
+
+void lstsq_xp_plan(mem_sim *s, int m, int n, int r) { plan_common(s, r, r, n, true, m); }
+void lstsq_px_plan(mem_sim *s, int m, int r, int n) { plan_common(s, r, m, r, false, n); }
+
 int lstsq_xp(const float *R, int m, int n, const float *P, int r, float *X, double *ridge) {
     if (!R || !P || !X || m <= 0 || n <= 0 || r <= 0)
         return loqt_set_error("lstsq_xp: bad arguments (m %d, n %d, r %d)", m, n, r);
@@ -66,7 +87,7 @@ int lstsq_xp(const float *R, int m, int n, const float *P, int r, float *X, doub
     int rc = -1;
     if (lambda == 0.0) {
         float *Hf = to_float(Hi, (size_t)r * r);
-        float *C = mem_try_alloc(MEM_SCRATCH, sizeof(float) * (size_t)m * r);
+        float *C = mem_try_alloc(MEM_SCRATCH, c_bytes(m, r));
         if (Hf && C) {
             linalg_gemm_det(false, true, m, r, n, 1.0f, R, n, P, n, 0.0f, C, r);   /* R P^T */
             linalg_gemm_det(false, false, m, r, r, 1.0f, C, r, Hf, r, 0.0f, X, r); /* (P P^T)^-1 */
@@ -98,7 +119,7 @@ int lstsq_px(const float *P, int m, int r, const float *R, int n, float *X, doub
     int rc = -1;
     if (lambda == 0.0) {
         float *Hf = to_float(Hi, (size_t)r * r);
-        float *C = mem_try_alloc(MEM_SCRATCH, sizeof(float) * (size_t)r * n);
+        float *C = mem_try_alloc(MEM_SCRATCH, c_bytes(n, r));
         if (Hf && C) {
             linalg_gemm_det(true, false, r, n, m, 1.0f, P, r, R, n, 0.0f, C, n);   /* P^T R */
             linalg_gemm_det(false, false, r, n, r, 1.0f, Hf, r, C, n, 0.0f, X, n); /* (P^T P)^-1 */

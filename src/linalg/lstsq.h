@@ -19,4 +19,10 @@ int lstsq_xp(const float *R, int m, int n, const float *P, int r, float *X, doub
 /* X (r x n) minimizing ||P X - R||_F, i.e. X = pinv(P) R.  P: m x r, R: m x n, row-major. */
 int lstsq_px(const float *P, int m, int r, const float *R, int n, float *X, double *ridge);
 
+/* Planning twins (core/mem.h mem_sim) of one call on the usual path (P of full rank: no ridge;
+ * with a ridge the pseudo-inverse factor replaces Hf and C and is smaller). */
+#include "core/mem.h"
+void lstsq_xp_plan(mem_sim *s, int m, int n, int r);
+void lstsq_px_plan(mem_sim *s, int m, int r, int n);
+
 #endif

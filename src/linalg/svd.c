@@ -55,6 +55,29 @@ static void mul_a(const float *G, bool tr, int m, int n, int k, const float *Yt,
     else linalg_gemm_det(false, true, k, n, m, 1.0f, Yt, m, G, m, 0.0f, Zt, n);
 }
 
+/* The work buffers of svd_randomized, in allocation order: Yt, Wt, H, E, Er, UAt, VAt. */
+enum { RAND_BUFS = 7 };
+static void rand_sizes(int M, int N, int r, const svd_opts *o, size_t b[RAND_BUFS], int *kk) {
+    const int m = M > N ? N : M, n = M > N ? M : N;
+    const int k = r + o->oversample < m ? r + o->oversample : m;
+    const size_t f = sizeof(float), d = sizeof(double);
+    const size_t sizes[RAND_BUFS] = {f * k * m, f * k * n, d * k * k, d * k * k, f * r * k, f * r * m, f * r * n};
+    memcpy(b, sizes, sizeof sizes);
+    *kk = k;
+}
+
+void svd_randomized_plan(mem_sim *s, int M, int N, int r, const svd_opts *opts) {
+    svd_opts o = opts ? *opts : svd_default_opts();
+    size_t b[RAND_BUFS];
+    int k;
+    rand_sizes(M, N, r, &o, b, &k);
+    for (int i = 0; i < RAND_BUFS; i++) mem_sim_alloc(s, MEM_SCRATCH, b[i]);
+    mem_sim_temp(s, MEM_SCRATCH, linalg_orthonormalize_scratch(k));
+    mem_sim_temp(s, MEM_SCRATCH, linalg_gram_d_scratch(k, M > N ? M : N, true));
+    mem_sim_temp(s, MEM_SCRATCH, linalg_eigh_scratch(k));
+    for (int i = 0; i < RAND_BUFS; i++) mem_sim_free(s, MEM_SCRATCH, b[i]);
+}
+
 int svd_randomized(const float *G, int M, int N, int r, const svd_opts *opts, float *U, float *S,
                    float *Vt) {
     if (check_args("svd_randomized", G, M, N, r)) return -1;
@@ -63,15 +86,17 @@ int svd_randomized(const float *G, int M, int N, int r, const svd_opts *opts, fl
         return loqt_set_error("svd_randomized: negative oversampling or power iterations");
     const bool tr = M > N;
     const int m = tr ? N : M, n = tr ? M : N; /* A is m x n with m <= n */
-    const int k = r + o.oversample < m ? r + o.oversample : m;
-    float *Yt = mem_try_alloc(MEM_SCRATCH, sizeof(float) * (size_t)k * m);
-    float *Wt = mem_try_alloc(MEM_SCRATCH, sizeof(float) * (size_t)k * n);
-    double *H = mem_try_alloc(MEM_SCRATCH, sizeof(double) * (size_t)k * k);
-    double *E = mem_try_alloc(MEM_SCRATCH, sizeof(double) * (size_t)k * k);
+    size_t b[RAND_BUFS];
+    int k;
+    rand_sizes(M, N, r, &o, b, &k);
+    float *Yt = mem_try_alloc(MEM_SCRATCH, b[0]);
+    float *Wt = mem_try_alloc(MEM_SCRATCH, b[1]);
+    double *H = mem_try_alloc(MEM_SCRATCH, b[2]);
+    double *E = mem_try_alloc(MEM_SCRATCH, b[3]);
     double *lam = malloc(sizeof(double) * k);
-    float *Er = mem_try_alloc(MEM_SCRATCH, sizeof(float) * (size_t)r * k);
-    float *UAt = mem_try_alloc(MEM_SCRATCH, sizeof(float) * (size_t)r * m);
-    float *VAt = mem_try_alloc(MEM_SCRATCH, sizeof(float) * (size_t)r * n);
+    float *Er = mem_try_alloc(MEM_SCRATCH, b[4]);
+    float *UAt = mem_try_alloc(MEM_SCRATCH, b[5]);
+    float *VAt = mem_try_alloc(MEM_SCRATCH, b[6]);
     int rc = -1;
     if (!Yt || !Wt || !H || !E || !lam || !Er || !UAt || !VAt) {
         loqt_set_error("svd_randomized: out of memory (%d x %d, k = %d)", M, N, k);
@@ -146,16 +171,35 @@ static int sv_desc(const void *a, const void *b) {
     return x->i - y->i;
 }
 
+/* The work buffers of svd_exact, in allocation order: X, J, Lt, Rt. */
+enum { EXACT_BUFS = 4 };
+static void exact_sizes(int M, int N, int r, size_t b[EXACT_BUFS]) {
+    const size_t p = (size_t)(M > N ? N : M), q = (size_t)(M > N ? M : N);
+    b[0] = sizeof(double) * p * q;
+    b[1] = sizeof(double) * p * p;
+    b[2] = sizeof(float) * (size_t)r * M;
+    b[3] = sizeof(float) * (size_t)r * N;
+}
+
+void svd_exact_plan(mem_sim *s, int M, int N, int r) {
+    size_t b[EXACT_BUFS];
+    exact_sizes(M, N, r, b);
+    for (int i = 0; i < EXACT_BUFS; i++) mem_sim_alloc(s, MEM_SCRATCH, b[i]);
+    for (int i = 0; i < EXACT_BUFS; i++) mem_sim_free(s, MEM_SCRATCH, b[i]);
+}
+
 int svd_exact(const float *G, int M, int N, int r, float *U, float *S, float *Vt) {
     if (check_args("svd_exact", G, M, N, r)) return -1;
     const bool tr = M > N;
     const int p = tr ? N : M, q = tr ? M : N; /* X: p rows of length q, rows of G or of G^T */
-    double *X = mem_try_alloc(MEM_SCRATCH, sizeof(double) * (size_t)p * q);
-    double *J = mem_try_alloc(MEM_SCRATCH, sizeof(double) * (size_t)p * p);
+    size_t b[EXACT_BUFS];
+    exact_sizes(M, N, r, b);
+    double *X = mem_try_alloc(MEM_SCRATCH, b[0]);
+    double *J = mem_try_alloc(MEM_SCRATCH, b[1]);
     sv_ord *ord = malloc(sizeof(sv_ord) * p);
     double *sv = malloc(sizeof(double) * r);
-    float *Lt = mem_try_alloc(MEM_SCRATCH, sizeof(float) * (size_t)r * M); /* left, as rows */
-    float *Rt = mem_try_alloc(MEM_SCRATCH, sizeof(float) * (size_t)r * N); /* right, as rows */
+    float *Lt = mem_try_alloc(MEM_SCRATCH, b[2]); /* left, as rows */
+    float *Rt = mem_try_alloc(MEM_SCRATCH, b[3]); /* right, as rows */
     int rc = -1;
     if (!X || !J || !ord || !sv || !Lt || !Rt) {
         loqt_set_error("svd_exact: out of memory (%d x %d)", M, N);

@@ -36,4 +36,10 @@ int svd_randomized(const float *G, int m, int n, int r, const svd_opts *opts, fl
  * O(min(m,n)^2 max(m,n)) per sweep; single-threaded. */
 int svd_exact(const float *G, int m, int n, int r, float *U, float *S, float *Vt);
 
+/* Planning twins (core/mem.h mem_sim): the accounted scratch of one call, from the same size
+ * tables the calls allocate with. */
+#include "core/mem.h"
+void svd_randomized_plan(mem_sim *s, int m, int n, int r, const svd_opts *opts);
+void svd_exact_plan(mem_sim *s, int m, int n, int r);
+
 #endif

@@ -13,12 +13,14 @@ typedef struct {
     optim_state opt;
 } dense_state;
 
-static int dense_init(linear_layer *L, const method_opts *o, const float *W0) {
+static size_t weight_bytes(int out, int in) { return (size_t)out * in * sizeof(float); }
+
+static int dense_init(linear_layer *L, const method_opts *o, const linear_init *ini) {
     dense_state *s = calloc(1, sizeof *s);
     size_t n = (size_t)L->out * L->in;
-    if (W0) {
-        s->W = mem_alloc(MEM_DENSE, n * sizeof(float));
-        memcpy(s->W, W0, n * sizeof(float));
+    if (ini && ini->W0) {
+        s->W = mem_alloc(MEM_DENSE, weight_bytes(L->out, L->in));
+        memcpy(s->W, ini->W0, n * sizeof(float));
     } else {
         s->W = linear_random_init(L, o->seed, MEM_DENSE);
     }
@@ -38,7 +40,7 @@ static void dense_backward(linear_layer *L, const float *X, const float *dY, flo
     if (dX)
         gemm(false, false, N, L->in, L->out, 1.0f, dY, L->out, s->W, L->in,
              accumulate ? 1.0f : 0.0f, dX, L->in);
-    if (!s->dW) s->dW = mem_alloc(MEM_GRADS, (size_t)L->out * L->in * sizeof(float));
+    if (!s->dW) s->dW = mem_alloc(MEM_GRADS, weight_bytes(L->out, L->in));
     gemm(true, false, L->out, L->in, N, 1.0f, dY, L->out, X, L->in, 1.0f, s->dW, L->in);
 }
 
@@ -47,9 +49,10 @@ static double dense_grad_sqnorm(const linear_layer *L) {
     return s->dW ? optim_sqnorm(s->dW, (size_t)L->out * L->in) : 0.0;
 }
 
-static void dense_step(linear_layer *L, const optim_hparams *h) {
+static int dense_step(linear_layer *L, const optim_hparams *h) {
     dense_state *s = L->state;
     if (s->dW) optim_update(&s->opt, s->W, s->dW, h);
+    return 0;
 }
 
 static void dense_zero_grad(linear_layer *L) {
@@ -96,6 +99,55 @@ static void dense_release_grads(linear_layer *L) {
     s->dW = NULL;
 }
 
+/* planning state: whether dW and the optimizer state exist */
+enum { PS_DW, PS_OPT };
+
+static void dense_plan(linear_plan *p, linear_phase phase, mem_sim *s) {
+    const size_t n = (size_t)p->out * p->in;
+    switch (phase) {
+    case LPHASE_INIT: mem_sim_alloc(s, MEM_DENSE, weight_bytes(p->out, p->in)); break;
+    case LPHASE_BACKWARD:
+        if (!p->slot[PS_DW]) mem_sim_alloc(s, MEM_GRADS, weight_bytes(p->out, p->in));
+        p->slot[PS_DW] = 1;
+        break;
+    case LPHASE_STEP:
+        if (!p->slot[PS_DW]) break;
+        optim_plan_update(s, p->o->optimizer, n, (int)p->slot[PS_OPT]);
+        p->slot[PS_OPT] = 1;
+        break;
+    case LPHASE_RELEASE_GRADS:
+        if (p->slot[PS_DW]) mem_sim_free(s, MEM_GRADS, weight_bytes(p->out, p->in));
+        p->slot[PS_DW] = 0;
+        break;
+    default: break;
+    }
+}
+
+static int dense_grad_views(linear_layer *L, grad_view *v, int cap) {
+    dense_state *s = L->state;
+    if (!s->dW || cap < 1) return 0;
+    v[0] = (grad_view){s->dW, (size_t)L->out * L->in, "dW"};
+    return 1;
+}
+
+static size_t dense_params_get(const linear_layer *L, float *x) {
+    const dense_state *s = L->state;
+    const size_t n = (size_t)L->out * L->in;
+    if (x) memcpy(x, s->W, n * sizeof(float));
+    return n;
+}
+
+static void dense_params_set(linear_layer *L, const float *x) {
+    dense_state *s = L->state;
+    memcpy(s->W, x, (size_t)L->out * L->in * sizeof(float));
+}
+
+/* weights, Adam's m and v, gradient: 16 bits each */
+static double dense_paper_bytes(int out, int in, const method_opts *o) {
+    (void)o;
+    return 2.0 * 3.0 * out * in;
+}
+
 const float *dense_grad(const linear_layer *L) { return ((const dense_state *)L->state)->dW; }
 
 static void dense_free(linear_layer *L) {
@@ -110,6 +162,7 @@ static void dense_free(linear_layer *L) {
 
 const linear_method method_dense = {
     .name = "full",
+    .summary = "full-rank training: dense fp32 weights, every element trained (AdamW or 8-bit Adam)",
     .init = dense_init,
     .forward = dense_forward,
     .backward = dense_backward,
@@ -122,4 +175,9 @@ const linear_method method_dense = {
     .save = dense_save,
     .load = dense_load,
     .free = dense_free,
+    .plan = dense_plan,
+    .grad_views = dense_grad_views,
+    .params_get = dense_params_get,
+    .params_set = dense_params_set,
+    .paper_bytes = dense_paper_bytes,
 };

@@ -14,7 +14,9 @@
  *     re-quantizes W (with k rounds of error compensation, paper Algorithm 2, else B = 0), and
  *     sets dB to the gradient of B in the new basis (left s G P^T, right s P^T G), so the update of
  *     this step already moves the new B.  B's Adam moments are reset (default) or kept.
- * B is stored in bf16 (or fp32) and written back with stochastic rounding after each update. */
+ * B is stored in bf16 (or fp32) and written back with stochastic rounding after each update.
+ * With W in 16 bits (LoQT-nq) a merge loses nothing, so error compensation is skipped there, as
+ * the reference skips it. */
 #include "methods/loqt.h"
 
 #include "core/error.h"
@@ -25,13 +27,32 @@
 #include "linalg/svd.h"
 #include "quant/qmat.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+static const method_option loqt_options[] = {
+    MOPT_I(loqt_config, rank, "rank", 128, 1, 1 << 20, "rank r of the trainable factor B (at most the layer's smaller side)"),
+    MOPT_F(loqt_config, lora_alpha, "lora-alpha", 0.5, 1e-6, 1e6, "scale s of the low-rank term W + s*B*P (a plain multiplier, not alpha/r)"),
+    MOPT_I(loqt_config, update_proj_gap, "update-proj-gap", 50, 1, 1 << 30, "steps between the first merges/refreshes of P (step 0 is one)"),
+    MOPT_C(loqt_config, proj_gap_progression, "proj-gap-progression", GAP_STATIC, "static|linear|exponential", "how the gap grows: static, linear (+increment*i), exponential (+int(increment^i))"),
+    MOPT_F(loqt_config, increment_size, "increment-size", 1.2, 0, 1e3, "growth of the gap (psi of the exponential schedule)"),
+    MOPT_I(loqt_config, max_proj_gap, "max-proj-gap", 0, 0, 1 << 30, "largest gap; 0 = unbounded"),
+    MOPT_I(loqt_config, compensate_quant_error_iterations, "compensate-quant-error-iterations", 0, 0, 100, "rounds of quantization-error compensation at each merge (0 = B starts at 0; skipped when W is 16-bit)"),
+    MOPT_C(loqt_config, quantize_w, "quantize-w", LOQT_4BIT, "4bit|none", "storage of W: NF4, or 16-bit (none: LoQT-nq)"),
+    MOPT_C(loqt_config, quantize_projection, "quantize-projection-matrix", LOQT_4BIT, "4bit|none", "storage of P: NF4 or 16-bit"),
+    MOPT_B(loqt_config, use_double_quant, "use-double-quant", 0, "NF4 absmax values stored in 8 bits"),
+    MOPT_C(loqt_config, merge_optimizer_state, "merge-optimizer-state", MERGE_RESET, "reset|keep", "B's Adam moments at a merge: reset (restarts bias correction) or keep (as the reference code, whose B update on a merge step is pure stale momentum)"),
+    MOPT_C(loqt_config, lowrank_dtype, "lowrank-dtype", FACTOR_BF16, "bf16|fp32", "storage of B (bf16 is updated with stochastic rounding)"),
+    MOPT_C(loqt_config, svd, "svd", SVD_RANDOMIZED, "randomized|exact", "SVD of the gradient: randomized range finder, or exact one-sided Jacobi (slow; small layers, tests)"),
+};
+_Static_assert(sizeof(loqt_config) <= METHOD_CONFIG_BYTES, "loqt_config too large");
+
 typedef struct {
-    method_opts o;
+    loqt_config c;
+    uint64_t seed;
     int r, left;     /* rank; 1 if in <= out */
     float s;         /* lora_alpha */
     qmat W;          /* out x in: NF4 or bf16 */
@@ -44,102 +65,131 @@ typedef struct {
     optim_state opt; /* of B */
     long step;       /* current optimizer step (for stochastic rounding keys) */
     uint64_t stream; /* rng stream of this layer */
+    double refresh_s; /* seconds spent in this layer's refreshes */
+    double cos_sum;   /* sum over refreshes of |cos| between the old and new top vector of P */
+    long refreshes, changes;
 } loqt_state;
 
-/* Seconds spent in refreshes, for benchmarks (refreshes run one layer at a time). */
-static double refresh_seconds;
+/* ---- shapes and sizes, shared by the code and its planning twin -------------------------- */
 
-/* Work buffers shared by all layers (layers run one at a time). */
-static float *scratch;
-static size_t scratch_floats;
+typedef struct {
+    int r, left;
+    size_t n, nP, nB; /* elements of W, P (r x smaller side), B (larger side x r) */
+    qmat_kind wk, pk, bk;
+    int dq, k;        /* double quantization; compensation rounds that actually run */
+} loqt_geom;
 
-static float *get_scratch(size_t n) {
-    if (n > scratch_floats) {
-        mem_free(scratch);
-        scratch = mem_alloc(MEM_SCRATCH, n * sizeof(float));
-        scratch_floats = n;
-    }
-    return scratch;
+static loqt_geom geom_of(int out, int in, const loqt_config *c) {
+    loqt_geom g;
+    g.left = in <= out;
+    const int small = g.left ? in : out, large = g.left ? out : in;
+    g.r = c->rank < small ? c->rank : small;
+    g.n = (size_t)out * in;
+    g.nP = (size_t)g.r * small;
+    g.nB = (size_t)g.r * large;
+    g.wk = c->quantize_w == LOQT_4BIT ? QMAT_NF4 : QMAT_BF16;
+    g.pk = c->quantize_projection == LOQT_4BIT ? QMAT_NF4 : QMAT_BF16;
+    g.bk = c->lowrank_dtype == FACTOR_FP32 ? QMAT_F32 : QMAT_BF16;
+    g.dq = c->use_double_quant;
+    g.k = g.wk == QMAT_NF4 ? c->compensate_quant_error_iterations : 0;
+    return g;
 }
 
-/* Rows of W dequantized at once: bounds the scratch to ~16 MiB whatever the layer size. */
-static int w_chunk_rows(int in) {
+/* Rows of W dequantized at once: bounds the work buffer to ~16 MiB whatever the layer size. */
+static int w_chunk_rows(int out, int in) {
     int rows = (1 << 22) / (in > 0 ? in : 1);
-    return rows < 1 ? 1 : rows;
+    if (rows < 1) rows = 1;
+    return rows < out ? rows : out;
 }
 
-long loqt_update_step(const method_opts *o, long k) {
+/* Floats of the work buffer of one forward/backward call: a chunk of dequantized W rows, fp32 P
+ * and B, and the [N, r] intermediate of the rank-r path. */
+static size_t work_floats(int out, int in, const loqt_geom *g, int N) {
+    return (size_t)w_chunk_rows(out, in) * in + g->nP + g->nB + (size_t)N * g->r;
+}
+
+static svd_opts svd_settings(const loqt_state *st) {
+    svd_opts so = svd_default_opts();
+    so.seed = st->seed;
+    so.stream = st->stream ^ (uint64_t)st->step;
+    return so;
+}
+
+long loqt_update_step(const loqt_config *c, long k) {
     if (k <= 0) return 0;
-    long step = o->update_proj_gap;
+    long step = c->update_proj_gap;
     for (long i = 1; i < k; i++) {
         double extra = 0;
-        if (o->proj_gap_progression == GAP_EXPONENTIAL) extra = floor(pow(o->increment_size, (double)i));
-        else if (o->proj_gap_progression == GAP_LINEAR) extra = floor(o->increment_size * (double)i);
-        long gap = o->update_proj_gap + (long)extra;
-        if (o->max_proj_gap > 0 && gap > o->max_proj_gap) gap = o->max_proj_gap;
+        if (c->proj_gap_progression == GAP_EXPONENTIAL) extra = floor(pow(c->increment_size, (double)i));
+        else if (c->proj_gap_progression == GAP_LINEAR) extra = floor(c->increment_size * (double)i);
+        /* a gap beyond any run's length ends the schedule (and keeps the sum from overflowing) */
+        if (extra > 1e15) return LONG_MAX;
+        long gap = c->update_proj_gap + (long)extra;
+        if (c->max_proj_gap > 0 && gap > c->max_proj_gap) gap = c->max_proj_gap;
+        if (step > LONG_MAX - gap) return LONG_MAX;
         step += gap;
     }
     return step;
 }
 
-int loqt_is_update_step(const method_opts *o, long step) {
+int loqt_is_update_step(const loqt_config *c, long step) {
     for (long k = 0;; k++) {
-        long s = loqt_update_step(o, k);
+        long s = loqt_update_step(c, k);
         if (s == step) return 1;
         if (s > step) return 0;
     }
 }
 
-static int loqt_init(linear_layer *L, const method_opts *o, const float *W0) {
-    if (o->rank <= 0) return loqt_set_error("--rank must be positive");
-    if (o->update_proj_gap <= 0) return loqt_set_error("--update-proj-gap must be positive");
+static long loqt_next_refresh(const method_opts *o, long after) {
+    loqt_config c;
+    method_config_get(o, &c, sizeof c);
+    for (long k = 0;; k++) {
+        long s = loqt_update_step(&c, k);
+        if (s == LONG_MAX) return -1;
+        if (s > after) return s;
+    }
+}
+
+/* ---- the layer --------------------------------------------------------------------------- */
+
+static int loqt_init(linear_layer *L, const method_opts *o, const linear_init *ini) {
     loqt_state *st = calloc(1, sizeof *st);
-    st->o = *o;
-    st->left = L->in <= L->out;
-    int small = st->left ? L->in : L->out;
-    st->r = o->rank < small ? o->rank : small;
-    st->s = (float)o->lora_alpha;
+    method_config_get(o, &st->c, sizeof st->c);
+    const loqt_geom g = geom_of(L->out, L->in, &st->c);
+    st->seed = o->seed;
+    st->left = g.left;
+    st->r = g.r;
+    st->s = (float)st->c.lora_alpha;
     st->stream = rng_stream_id(L->name);
     L->state = st;
-    if (qmat_init(&st->W, o->quantize_w ? QMAT_NF4 : QMAT_BF16, L->out, L->in, o->use_double_quant,
-                  MEM_DENSE))
-        return -1;
+    if (qmat_init(&st->W, g.wk, L->out, L->in, g.dq, MEM_DENSE)) return -1;
     int pr = st->left ? st->r : L->out, pc = st->left ? L->in : st->r;
     int br = st->left ? L->out : st->r, bc = st->left ? st->r : L->in;
-    if (qmat_init(&st->P, o->quantize_projection ? QMAT_NF4 : QMAT_BF16, pr, pc,
-                  o->use_double_quant, MEM_FACTORS) ||
-        qmat_init(&st->B, o->lowrank_fp32 ? QMAT_F32 : QMAT_BF16, br, bc, false, MEM_FACTORS))
+    if (qmat_init(&st->P, g.pk, pr, pc, g.dq, MEM_FACTORS) ||
+        qmat_init(&st->B, g.bk, br, bc, false, MEM_FACTORS))
         return -1;
-    optim_state_init(&st->opt, (size_t)br * bc, o->optimizer);
-    /* W starts as the random initialization quantized; B = 0 until the step-0 refresh */
+    optim_state_init(&st->opt, g.nB, o->optimizer);
+    /* W starts as the initial weight quantized; B = 0 until the step-0 refresh */
+    const float *W0 = ini ? ini->W0 : NULL;
     float *W = W0 ? (float *)W0 : linear_random_init(L, o->seed, MEM_SCRATCH);
     int rc = qmat_set(&st->W, W);
     if (!W0) mem_free(W);
     return rc;
 }
 
-/* Dequantized P and B into fp32 buffers taken from the scratch after `offset` floats. */
-static void factors_f32(const loqt_state *st, float *Pf, float *Bf) {
-    qmat_get(&st->P, Pf);
-    qmat_get(&st->B, Bf);
-}
-
 static size_t factor_floats(const loqt_state *st) {
     return (size_t)st->P.rows * st->P.cols + (size_t)st->B.rows * st->B.cols;
 }
 
-/* Scratch of one forward/backward call: a chunk of dequantized W rows, fp32 P and B, and the
- * [N, r] intermediate of the rank-r path. */
 typedef struct {
     float *Wc, *Pf, *Bf, *T;
 } work;
 
 static work layer_work(const loqt_state *st, int out, int in, int N) {
-    int cr = w_chunk_rows(in);
-    size_t wfl = (size_t)(cr < out ? cr : out) * in;
+    const loqt_geom g = geom_of(out, in, &st->c);
     work w;
-    w.Wc = get_scratch(wfl + factor_floats(st) + (size_t)N * st->r);
-    w.Pf = w.Wc + wfl;
+    w.Wc = mem_workspace(sizeof(float) * work_floats(out, in, &g, N));
+    w.Pf = w.Wc + (size_t)w_chunk_rows(out, in) * in;
     w.Bf = w.Pf + (size_t)st->P.rows * st->P.cols;
     w.T = w.Bf + (size_t)st->B.rows * st->B.cols;
     return w;
@@ -147,67 +197,67 @@ static work layer_work(const loqt_state *st, int out, int in, int N) {
 
 static void loqt_forward(linear_layer *L, const float *X, float *Y, int N) {
     loqt_state *st = L->state;
-    const int out = L->out, in = L->in, r = st->r, cr = w_chunk_rows(in);
+    const int out = L->out, in = L->in, r = st->r, cr = w_chunk_rows(out, in);
     work w = layer_work(st, out, in, N);
-    float *Wc = w.Wc, *Pf = w.Pf, *Bf = w.Bf, *T = w.T;
     for (int r0 = 0; r0 < out; r0 += cr) {
         int r1 = r0 + cr < out ? r0 + cr : out;
-        qmat_get_rows(&st->W, r0, r1, Wc);
-        gemm(false, true, N, r1 - r0, in, 1.0f, X, in, Wc, in, 0.0f, Y + r0, out);
+        qmat_get_rows(&st->W, r0, r1, w.Wc);
+        gemm(false, true, N, r1 - r0, in, 1.0f, X, in, w.Wc, in, 0.0f, Y + r0, out);
     }
     if (!st->have_P) return; /* B = 0 before the first refresh */
-    factors_f32(st, Pf, Bf);
+    qmat_get(&st->P, w.Pf);
+    qmat_get(&st->B, w.Bf);
     if (st->left) { /* Y += s (X P^T) B^T */
-        gemm(false, true, N, r, in, 1.0f, X, in, Pf, in, 0.0f, T, r);
-        gemm(false, true, N, out, r, st->s, T, r, Bf, r, 1.0f, Y, out);
+        gemm(false, true, N, r, in, 1.0f, X, in, w.Pf, in, 0.0f, w.T, r);
+        gemm(false, true, N, out, r, st->s, w.T, r, w.Bf, r, 1.0f, Y, out);
     } else { /* Y += s (X B^T) P^T */
-        gemm(false, true, N, r, in, 1.0f, X, in, Bf, in, 0.0f, T, r);
-        gemm(false, true, N, out, r, st->s, T, r, Pf, r, 1.0f, Y, out);
+        gemm(false, true, N, r, in, 1.0f, X, in, w.Bf, in, 0.0f, w.T, r);
+        gemm(false, true, N, out, r, st->s, w.T, r, w.Pf, r, 1.0f, Y, out);
     }
 }
 
 static void loqt_backward(linear_layer *L, const float *X, const float *dY, float *dX, int N,
                           int accumulate) {
     loqt_state *st = L->state;
-    const int out = L->out, in = L->in, r = st->r, cr = w_chunk_rows(in);
+    const int out = L->out, in = L->in, r = st->r, cr = w_chunk_rows(out, in);
     work w = layer_work(st, out, in, N);
-    float *Wc = w.Wc, *Pf = w.Pf, *Bf = w.Bf, *T = w.T;
     if (dX) { /* dX = dY deq(W) (+ the low-rank part below) */
         for (int r0 = 0; r0 < out; r0 += cr) {
             int r1 = r0 + cr < out ? r0 + cr : out;
-            qmat_get_rows(&st->W, r0, r1, Wc);
-            gemm(false, false, N, in, r1 - r0, 1.0f, dY + r0, out, Wc, in,
+            qmat_get_rows(&st->W, r0, r1, w.Wc);
+            gemm(false, false, N, in, r1 - r0, 1.0f, dY + r0, out, w.Wc, in,
                  accumulate || r0 > 0 ? 1.0f : 0.0f, dX, in);
         }
     }
     if (st->want_G && !st->G) /* allocated at the layer's first backward, so that with
                                  per-layer updates only one layer's G exists at a time */
-        st->G = mem_alloc(MEM_GRADS, (size_t)out * in * sizeof(float));
+        st->G = mem_alloc(MEM_GRADS, st->W.rows * (size_t)st->W.cols * sizeof(float));
     if (st->G) /* update step: the dense gradient of W_eff, for the SVD */
         gemm(true, false, out, in, N, 1.0f, dY, out, X, in, 1.0f, st->G, in);
     if (!st->have_P) return; /* before the first refresh P is undefined and B's gradient unused */
     if (!st->dB) st->dB = mem_alloc(MEM_GRADS, (size_t)st->B.rows * st->B.cols * sizeof(float));
-    factors_f32(st, Pf, Bf);
+    qmat_get(&st->P, w.Pf);
+    qmat_get(&st->B, w.Bf);
     if (st->left) {
         /* dB += s dY^T (X P^T);  dX += s (dY B) P */
-        gemm(false, true, N, r, in, 1.0f, X, in, Pf, in, 0.0f, T, r);
-        gemm(true, false, out, r, N, st->s, dY, out, T, r, 1.0f, st->dB, r);
+        gemm(false, true, N, r, in, 1.0f, X, in, w.Pf, in, 0.0f, w.T, r);
+        gemm(true, false, out, r, N, st->s, dY, out, w.T, r, 1.0f, st->dB, r);
         if (dX) {
-            gemm(false, false, N, r, out, 1.0f, dY, out, Bf, r, 0.0f, T, r);
-            gemm(false, false, N, in, r, st->s, T, r, Pf, in, 1.0f, dX, in);
+            gemm(false, false, N, r, out, 1.0f, dY, out, w.Bf, r, 0.0f, w.T, r);
+            gemm(false, false, N, in, r, st->s, w.T, r, w.Pf, in, 1.0f, dX, in);
         }
     } else {
         /* U = dY P;  dB += s U^T X;  dX += s U B */
-        gemm(false, false, N, r, out, 1.0f, dY, out, Pf, r, 0.0f, T, r);
-        gemm(true, false, r, in, N, st->s, T, r, X, in, 1.0f, st->dB, in);
-        if (dX) gemm(false, false, N, in, r, st->s, T, r, Bf, in, 1.0f, dX, in);
+        gemm(false, false, N, r, out, 1.0f, dY, out, w.Pf, r, 0.0f, w.T, r);
+        gemm(true, false, r, in, N, st->s, w.T, r, X, in, 1.0f, st->dB, in);
+        if (dX) gemm(false, false, N, in, r, st->s, w.T, r, w.Bf, in, 1.0f, dX, in);
     }
 }
 
 static void loqt_begin_step(linear_layer *L, long step) {
     loqt_state *st = L->state;
     st->step = step;
-    st->want_G = loqt_is_update_step(&st->o, step);
+    st->want_G = loqt_is_update_step(&st->c, step);
 }
 
 /* ||A - B||_F^2 in double */
@@ -227,111 +277,166 @@ static void lowrank_product(const loqt_state *st, const float *Pf, const float *
     else gemm(false, false, out, in, st->r, st->s, Pf, st->r, Bf, in, 0.0f, Wlr, in);
 }
 
-static void loqt_refresh(linear_layer *L) {
-    loqt_state *st = L->state;
-    const int out = L->out, in = L->in, r = st->r;
-    const double t_start = loqt_now();
-    const size_t n = (size_t)out * in, nP = (size_t)st->P.rows * st->P.cols;
-    const size_t nB = (size_t)st->B.rows * st->B.cols;
-    float *Wfp = mem_alloc(MEM_SCRATCH, n * sizeof(float));
-    float *Wt = mem_alloc(MEM_SCRATCH, n * sizeof(float));
-    float *Pf = mem_alloc(MEM_SCRATCH, nP * sizeof(float));
-    float *Bf = mem_alloc(MEM_SCRATCH, nB * sizeof(float));
+/* ---- the refresh, as named steps --------------------------------------------------------- */
 
-    /* 1. merge: W_fp = deq(W) + s BP */
-    qmat_get(&st->W, Wfp);
-    if (st->have_P) {
-        factors_f32(st, Pf, Bf);
-        lowrank_product(st, Pf, Bf, Wt, out, in);
-        for (size_t i = 0; i < n; i++) Wfp[i] += Wt[i];
-    }
-    /* 2. P from the top-r singular vectors of G */
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(st->G[i]))
-            loqt_die("%s: the gradient has a non-finite value at step %ld (training diverged; try a "
-                     "lower --lr)", L->name, st->step);
-    svd_opts so = svd_default_opts();
-    so.seed = st->o.seed;
-    so.stream = st->stream ^ (uint64_t)st->step;
-    int rc = st->left ? svd_randomized(st->G, out, in, r, &so, NULL, NULL, Pf)
-                      : svd_randomized(st->G, out, in, r, &so, Pf, NULL, NULL);
-    if (rc) loqt_die("%s: SVD of the gradient failed: %s", L->name, loqt_last_error());
-    if (qmat_set(&st->P, Pf)) loqt_die("%s: cannot quantize P: %s", L->name, loqt_last_error());
-    qmat_get(&st->P, Pf); /* from now on the quantized P is what the layer uses */
-    st->have_P = 1;
+/* the refresh's work buffers (MEM_SCRATCH), in allocation order */
+typedef struct {
+    float *Wfp, *Wt, *Pf, *Bf;
+} refresh_bufs;
 
-    /* 3. re-quantize W, with k rounds of error compensation (Algorithm 2): W_hat = W_fp; repeat:
-     *    Q = quant(W_hat), R = W_fp - deq Q, B = argmin ||s B P - R||, W_hat = W_fp - s B P;
-     *    keep the (Q, B) pair with the smallest ||W_fp - deq Q - s B P||.  k = 0: Q(W_fp), B = 0. */
-    int k = st->o.compensate_quant_error_iterations;
-    memset(Bf, 0, nB * sizeof(float));
-    if (k > 0) {
-        float *What = Wt, *R = mem_alloc(MEM_SCRATCH, n * sizeof(float));
-        float *LR = mem_alloc(MEM_SCRATCH, n * sizeof(float));
-        float *best_What = mem_alloc(MEM_SCRATCH, n * sizeof(float));
-        float *best_B = mem_alloc(MEM_SCRATCH, nB * sizeof(float));
-        memcpy(What, Wfp, n * sizeof(float));
-        memcpy(best_What, Wfp, n * sizeof(float));
-        double best = INFINITY;
-        for (int it = 0; it < k; it++) {
-            if (qmat_set(&st->W, What)) loqt_die("%s: cannot quantize W: %s", L->name, loqt_last_error());
-            qmat_get(&st->W, R);
-            for (size_t i = 0; i < n; i++) R[i] = Wfp[i] - R[i];
-            double ridge = 0;
-            if (st->left) lstsq_xp(R, out, in, Pf, r, Bf, &ridge);
-            else lstsq_px(Pf, out, r, R, in, Bf, &ridge);
-            for (size_t i = 0; i < nB; i++) Bf[i] /= st->s;
-            qmat_set(&st->B, Bf); /* the stored (rounded) B is what the layer will use */
-            qmat_get(&st->B, Bf);
-            lowrank_product(st, Pf, Bf, LR, out, in);
-            double err = sqdist(R, LR, n), err0 = 0;
-            if (it == 0) {
-                /* the k = 0 answer (B = 0) is a candidate too */
-                for (size_t i = 0; i < n; i++) err0 += (double)R[i] * R[i];
-                best = err0;
-                memset(best_B, 0, nB * sizeof(float));
-            }
-            if (err < best) {
-                best = err;
-                memcpy(best_What, What, n * sizeof(float));
-                memcpy(best_B, Bf, nB * sizeof(float));
-            }
-            for (size_t i = 0; i < n; i++) What[i] = Wfp[i] - LR[i];
-        }
-        if (qmat_set(&st->W, best_What)) loqt_die("%s: cannot quantize W: %s", L->name, loqt_last_error());
-        memcpy(Bf, best_B, nB * sizeof(float));
-        mem_free(R);
-        mem_free(LR);
-        mem_free(best_What);
-        mem_free(best_B);
-    } else if (qmat_set(&st->W, Wfp)) {
-        loqt_die("%s: cannot quantize W: %s", L->name, loqt_last_error());
-    }
-    qmat_set(&st->B, Bf);
-    /* 4. the gradient of B in the new basis, from the dense gradient of this step */
-    if (!st->dB) st->dB = mem_alloc(MEM_GRADS, nB * sizeof(float));
-    if (st->left) gemm(false, true, out, r, in, st->s, st->G, in, Pf, in, 0.0f, st->dB, r);
-    else gemm(true, false, r, in, out, st->s, Pf, r, st->G, in, 0.0f, st->dB, in);
-    if (st->o.merge_reset_optimizer) optim_state_restart(&st->opt, st->step);
-    mem_free(Wfp);
-    mem_free(Wt);
-    mem_free(Pf);
-    mem_free(Bf);
-    /* big layers take seconds each: say what is happening, so a long refresh step is not silent */
-    const double dt = loqt_now() - t_start;
-    refresh_seconds += dt;
-    if (dt >= 1.0)
-        loqt_progress("step %ld: refreshed %s (%d x %d, rank %d) in %.1f s", st->step, L->name, out, in, r, dt);
+/* 1. merge: W_fp = deq(W) + s BP */
+static void merge_weight(loqt_state *st, int out, int in, refresh_bufs *b) {
+    const size_t n = (size_t)out * in;
+    qmat_get(&st->W, b->Wfp);
+    if (!st->have_P) return;
+    qmat_get(&st->P, b->Pf);
+    qmat_get(&st->B, b->Bf);
+    lowrank_product(st, b->Pf, b->Bf, b->Wt, out, in);
+    for (size_t i = 0; i < n; i++) b->Wfp[i] += b->Wt[i];
 }
 
-static void loqt_end_step(linear_layer *L, long step) {
+/* 2. P from the top-r singular vectors of G (stored quantized; b->Pf receives the stored P) */
+static int choose_projection(loqt_state *st, const linear_layer *L, refresh_bufs *b) {
+    const int out = L->out, in = L->in, r = st->r;
+    const size_t n = (size_t)out * in;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(st->G[i]))
+            return loqt_set_error("%s: the gradient has a non-finite value at step %ld (training "
+                                  "diverged; try a lower --lr)", L->name, st->step);
+    const svd_opts so = svd_settings(st);
+    /* the old top vector (row 0 of P, or column 0), to report how far the subspace moved */
+    const int len = st->left ? in : out, stride = st->left ? 1 : r;
+    float *top = st->have_P ? malloc(sizeof(float) * (size_t)len) : NULL;
+    for (int i = 0; top && i < len; i++) top[i] = b->Pf[(size_t)i * stride];
+    float *U = st->left ? NULL : b->Pf, *Vt = st->left ? b->Pf : NULL;
+    int rc = st->c.svd == SVD_EXACT ? svd_exact(st->G, out, in, r, U, NULL, Vt)
+                                    : svd_randomized(st->G, out, in, r, &so, U, NULL, Vt);
+    if (rc) {
+        free(top);
+        return loqt_set_error("%s: SVD of the gradient failed: %s", L->name, loqt_last_error());
+    }
+    if (top) {
+        double d = 0;
+        for (int i = 0; i < len; i++) d += (double)top[i] * b->Pf[(size_t)i * stride];
+        st->cos_sum += fabs(d);
+        st->changes++;
+        free(top);
+    }
+    if (qmat_set(&st->P, b->Pf)) return loqt_set_error("%s: cannot quantize P: %s", L->name, loqt_last_error());
+    qmat_get(&st->P, b->Pf); /* from now on the quantized P is what the layer uses */
+    st->have_P = 1;
+    return 0;
+}
+
+/* 3. re-quantize W with k rounds of error compensation (Algorithm 2): W_hat = W_fp; repeat:
+ *    Q = quant(W_hat), R = W_fp - deq Q, B = argmin ||s B P - R||, W_hat = W_fp - s B P;
+ *    keep the (Q, B) pair with the smallest ||W_fp - deq Q - s B P||.  k = 0: Q(W_fp), B = 0.
+ *    b->Bf receives the chosen B. */
+static int compensate_requantize(loqt_state *st, const linear_layer *L, int k, refresh_bufs *b) {
+    const int out = L->out, in = L->in, r = st->r;
+    const size_t n = (size_t)out * in, nB = (size_t)st->B.rows * st->B.cols;
+    memset(b->Bf, 0, nB * sizeof(float));
+    if (k == 0) {
+        if (qmat_set(&st->W, b->Wfp)) return loqt_set_error("%s: cannot quantize W: %s", L->name, loqt_last_error());
+        return 0;
+    }
+    float *What = b->Wt, *R = mem_alloc(MEM_SCRATCH, n * sizeof(float));
+    float *LR = mem_alloc(MEM_SCRATCH, n * sizeof(float));
+    float *best_What = mem_alloc(MEM_SCRATCH, n * sizeof(float));
+    float *best_B = mem_alloc(MEM_SCRATCH, nB * sizeof(float));
+    memcpy(What, b->Wfp, n * sizeof(float));
+    memcpy(best_What, b->Wfp, n * sizeof(float));
+    double best = INFINITY;
+    int rc = 0;
+    for (int it = 0; it < k && !rc; it++) {
+        if (qmat_set(&st->W, What)) {
+            rc = loqt_set_error("%s: cannot quantize W: %s", L->name, loqt_last_error());
+            break;
+        }
+        qmat_get(&st->W, R);
+        for (size_t i = 0; i < n; i++) R[i] = b->Wfp[i] - R[i];
+        double ridge = 0;
+        rc = st->left ? lstsq_xp(R, out, in, b->Pf, r, b->Bf, &ridge)
+                      : lstsq_px(b->Pf, out, r, R, in, b->Bf, &ridge);
+        if (rc) {
+            rc = loqt_set_error("%s: error compensation: %s", L->name, loqt_last_error());
+            break;
+        }
+        for (size_t i = 0; i < nB; i++) b->Bf[i] /= st->s;
+        qmat_set(&st->B, b->Bf); /* the stored (rounded) B is what the layer will use */
+        qmat_get(&st->B, b->Bf);
+        lowrank_product(st, b->Pf, b->Bf, LR, out, in);
+        double err = sqdist(R, LR, n);
+        if (it == 0) {
+            /* the k = 0 answer (B = 0) is a candidate too */
+            double err0 = 0;
+            for (size_t i = 0; i < n; i++) err0 += (double)R[i] * R[i];
+            best = err0;
+            memset(best_B, 0, nB * sizeof(float));
+        }
+        if (err < best) {
+            best = err;
+            memcpy(best_What, What, n * sizeof(float));
+            memcpy(best_B, b->Bf, nB * sizeof(float));
+        }
+        for (size_t i = 0; i < n; i++) What[i] = b->Wfp[i] - LR[i];
+    }
+    if (!rc && qmat_set(&st->W, best_What)) rc = loqt_set_error("%s: cannot quantize W: %s", L->name, loqt_last_error());
+    memcpy(b->Bf, best_B, nB * sizeof(float));
+    mem_free(R);
+    mem_free(LR);
+    mem_free(best_What);
+    mem_free(best_B);
+    return rc;
+}
+
+/* 4. the gradient of B in the new basis, from the dense gradient of this step */
+static void gradient_in_new_basis(loqt_state *st, int out, int in, const float *Pf) {
+    const int r = st->r;
+    if (!st->dB) st->dB = mem_alloc(MEM_GRADS, (size_t)st->B.rows * st->B.cols * sizeof(float));
+    if (st->left) gemm(false, true, out, r, in, st->s, st->G, in, Pf, in, 0.0f, st->dB, r);
+    else gemm(true, false, r, in, out, st->s, Pf, r, st->G, in, 0.0f, st->dB, in);
+}
+
+static int loqt_refresh(linear_layer *L) {
+    loqt_state *st = L->state;
+    const int out = L->out, in = L->in;
+    const loqt_geom g = geom_of(out, in, &st->c);
+    const double t_start = loqt_now();
+    refresh_bufs b = {
+        mem_alloc(MEM_SCRATCH, g.n * sizeof(float)), mem_alloc(MEM_SCRATCH, g.n * sizeof(float)),
+        mem_alloc(MEM_SCRATCH, g.nP * sizeof(float)), mem_alloc(MEM_SCRATCH, g.nB * sizeof(float)),
+    };
+    merge_weight(st, out, in, &b);
+    int rc = choose_projection(st, L, &b);
+    if (!rc) rc = compensate_requantize(st, L, g.k, &b);
+    if (!rc) {
+        qmat_set(&st->B, b.Bf);
+        gradient_in_new_basis(st, out, in, b.Pf);
+        if (st->c.merge_optimizer_state == MERGE_RESET) optim_state_restart(&st->opt, st->step);
+    }
+    mem_free(b.Wfp);
+    mem_free(b.Wt);
+    mem_free(b.Pf);
+    mem_free(b.Bf);
+    /* big layers take seconds each: say what is happening, so a long refresh step is not silent */
+    const double dt = loqt_now() - t_start;
+    st->refresh_s += dt;
+    st->refreshes++;
+    if (dt >= 1.0 && !rc)
+        loqt_progress("step %ld: refreshed %s (%d x %d, rank %d) in %.1f s", st->step, L->name, out, in, st->r, dt);
+    return rc;
+}
+
+static int loqt_end_step(linear_layer *L, long step) {
     loqt_state *st = L->state;
     (void)step;
     st->want_G = 0;
-    if (!st->G) return;
-    loqt_refresh(L);
+    if (!st->G) return 0;
+    int rc = loqt_refresh(L);
     mem_free(st->G);
     st->G = NULL;
+    return rc;
 }
 
 static double loqt_grad_sqnorm(const linear_layer *L) {
@@ -340,19 +445,20 @@ static double loqt_grad_sqnorm(const linear_layer *L) {
     return optim_sqnorm(st->dB, (size_t)st->B.rows * st->B.cols);
 }
 
-static void loqt_step(linear_layer *L, const optim_hparams *h) {
+static int loqt_step(linear_layer *L, const optim_hparams *h) {
     loqt_state *st = L->state;
-    if (!st->have_P || !st->dB) return;
+    if (!st->have_P || !st->dB) return 0;
     size_t nB = (size_t)st->B.rows * st->B.cols;
     if (st->B.kind == QMAT_F32) {
         optim_update(&st->opt, st->B.f32, st->dB, h);
-        return;
+        return 0;
     }
-    float *Bf = get_scratch(nB);
+    float *Bf = mem_workspace(nB * sizeof(float));
     qmat_get(&st->B, Bf);
     optim_update(&st->opt, Bf, st->dB, h);
     /* bf16 storage: stochastic rounding keeps small updates from vanishing on average */
-    qmat_set_stochastic(&st->B, Bf, st->o.seed ^ 0xb5b5b5b5ull, st->stream + (uint64_t)h->t * 0x9e37ull);
+    qmat_set_stochastic(&st->B, Bf, st->seed ^ 0xb5b5b5b5ull, st->stream + (uint64_t)h->t * 0x9e37ull);
+    return 0;
 }
 
 static void loqt_zero_grad(linear_layer *L) {
@@ -383,7 +489,8 @@ static void loqt_export(const linear_layer *L, float *W) {
     float *Pf = mem_alloc(MEM_SCRATCH, factor_floats(st) * sizeof(float));
     float *Bf = Pf + (size_t)st->P.rows * st->P.cols;
     float *Wlr = mem_alloc(MEM_SCRATCH, n * sizeof(float));
-    factors_f32(st, Pf, Bf);
+    qmat_get(&st->P, Pf);
+    qmat_get(&st->B, Bf);
     lowrank_product(st, Pf, Bf, Wlr, L->out, L->in);
     for (size_t i = 0; i < n; i++) W[i] += Wlr[i];
     mem_free(Wlr);
@@ -436,8 +543,133 @@ static void loqt_free(linear_layer *L) {
     L->state = NULL;
 }
 
+/* ---- planning twin ------------------------------------------------------------------------- */
+
+/* planning state: P exists, dB exists, G exists, this step wants G, optimizer state exists */
+enum { PS_HAVE_P, PS_DB, PS_G, PS_WANT_G, PS_OPT };
+
+/* loqt_refresh; `alloc_dB`: dB does not exist yet (gradient_in_new_basis creates it) */
+static void plan_refresh(const linear_plan *p, const loqt_geom *g, const loqt_config *c,
+                         int alloc_dB, mem_sim *s) {
+    const size_t f = sizeof(float), n = g->n;
+    const size_t bufs[4] = {f * n, f * n, f * g->nP, f * g->nB}; /* Wfp, Wt, Pf, Bf */
+    for (int i = 0; i < 4; i++) mem_sim_alloc(s, MEM_SCRATCH, bufs[i]);
+    if (c->svd == SVD_EXACT) svd_exact_plan(s, p->out, p->in, g->r);
+    else svd_randomized_plan(s, p->out, p->in, g->r, NULL);
+    qmat_plan_set(s, g->pk, g->nP, g->dq);
+    if (g->k > 0) {
+        const size_t comp[4] = {f * n, f * n, f * n, f * g->nB}; /* R, LR, best W_hat, best B */
+        for (int i = 0; i < 4; i++) mem_sim_alloc(s, MEM_SCRATCH, comp[i]);
+        for (int it = 0; it < g->k; it++) {
+            qmat_plan_set(s, g->wk, n, g->dq);
+            if (g->left) lstsq_xp_plan(s, p->out, p->in, g->r);
+            else lstsq_px_plan(s, p->out, g->r, p->in);
+        }
+        qmat_plan_set(s, g->wk, n, g->dq);
+        for (int i = 0; i < 4; i++) mem_sim_free(s, MEM_SCRATCH, comp[i]);
+    } else {
+        qmat_plan_set(s, g->wk, n, g->dq);
+    }
+    if (alloc_dB) mem_sim_alloc(s, MEM_GRADS, f * g->nB);
+    for (int i = 0; i < 4; i++) mem_sim_free(s, MEM_SCRATCH, bufs[i]);
+}
+
+static void loqt_plan(linear_plan *p, linear_phase phase, mem_sim *s) {
+    loqt_config c;
+    method_config_get(p->o, &c, sizeof c);
+    const loqt_geom g = geom_of(p->out, p->in, &c);
+    const size_t f = sizeof(float);
+    long *sl = p->slot;
+    switch (phase) {
+    case LPHASE_INIT:
+        qmat_plan_init(s, g.wk, g.n, g.dq, MEM_DENSE);
+        qmat_plan_init(s, g.pk, g.nP, g.dq, MEM_FACTORS);
+        qmat_plan_init(s, g.bk, g.nB, false, MEM_FACTORS);
+        mem_sim_alloc(s, MEM_SCRATCH, f * g.n); /* the random initial W, quantized, freed */
+        qmat_plan_set(s, g.wk, g.n, g.dq);
+        mem_sim_free(s, MEM_SCRATCH, f * g.n);
+        break;
+    case LPHASE_BEGIN_STEP: sl[PS_WANT_G] = loqt_is_update_step(&c, p->step); break;
+    case LPHASE_FORWARD: mem_sim_workspace(s, f * work_floats(p->out, p->in, &g, p->N)); break;
+    case LPHASE_BACKWARD:
+        mem_sim_workspace(s, f * work_floats(p->out, p->in, &g, p->N));
+        if (sl[PS_WANT_G] && !sl[PS_G]) mem_sim_alloc(s, MEM_GRADS, f * g.n);
+        if (sl[PS_WANT_G]) sl[PS_G] = 1;
+        if (sl[PS_HAVE_P] && !sl[PS_DB]) mem_sim_alloc(s, MEM_GRADS, f * g.nB);
+        if (sl[PS_HAVE_P]) sl[PS_DB] = 1;
+        break;
+    case LPHASE_END_STEP:
+        sl[PS_WANT_G] = 0;
+        if (!sl[PS_G]) break;
+        plan_refresh(p, &g, &c, !sl[PS_DB], s);
+        sl[PS_DB] = sl[PS_HAVE_P] = 1;
+        mem_sim_free(s, MEM_GRADS, f * g.n);
+        sl[PS_G] = 0;
+        break;
+    case LPHASE_STEP:
+        if (!sl[PS_HAVE_P] || !sl[PS_DB]) break;
+        if (g.bk != QMAT_F32) mem_sim_workspace(s, f * g.nB);
+        optim_plan_update(s, p->o->optimizer, g.nB, (int)sl[PS_OPT]);
+        sl[PS_OPT] = 1;
+        break;
+    case LPHASE_RELEASE_GRADS:
+        if (sl[PS_DB]) mem_sim_free(s, MEM_GRADS, f * g.nB);
+        sl[PS_DB] = 0;
+        break;
+    case LPHASE_EXPORT:
+        if (!sl[PS_HAVE_P]) break;
+        mem_sim_alloc(s, MEM_SCRATCH, f * (g.nP + g.nB));
+        mem_sim_temp(s, MEM_SCRATCH, f * g.n);
+        mem_sim_free(s, MEM_SCRATCH, f * (g.nP + g.nB));
+        break;
+    }
+}
+
+/* ---- views, statistics, the papers' estimate ---------------------------------------------- */
+
+static int loqt_grad_views(linear_layer *L, grad_view *v, int cap) {
+    loqt_state *st = L->state;
+    if (cap < 1) return 0;
+    /* on a refresh step the SVD needs the averaged dense gradient; dB is then recomputed from it */
+    if (st->G) {
+        v[0] = (grad_view){st->G, (size_t)L->out * L->in, "G"};
+        return 1;
+    }
+    if (!st->dB) return 0;
+    v[0] = (grad_view){st->dB, (size_t)st->B.rows * st->B.cols, "dB"};
+    return 1;
+}
+
+static size_t loqt_params_get(const linear_layer *L, float *x) {
+    const loqt_state *st = L->state;
+    if (x) qmat_get(&st->B, x);
+    return (size_t)st->B.rows * st->B.cols;
+}
+
+static void loqt_params_set(linear_layer *L, const float *x) { qmat_set(&((loqt_state *)L->state)->B, x); }
+
+static void loqt_stats(const linear_layer *L, method_stats *acc) {
+    const loqt_state *st = L->state;
+    method_stats_add(acc, "refresh_s", STAT_SUM, st->refresh_s);
+    method_stats_add(acc, "refreshes", STAT_SUM, (double)st->refreshes);
+    if (st->changes) method_stats_add(acc, "subspace_cos", STAT_MEAN, st->cos_sum / st->changes);
+}
+
+/* W in 4 bits, P and B in 16 bits, Adam's two moments of B in 16 bits */
+static double loqt_paper_bytes(int out, int in, const method_opts *o) {
+    loqt_config c;
+    method_config_get(o, &c, sizeof c);
+    const loqt_geom g = geom_of(out, in, &c);
+    return 0.5 * (double)g.n + 2.0 * (double)g.nP + 2.0 * (double)g.nB + 4.0 * (double)g.nB;
+}
+
 const linear_method method_loqt = {
     .name = "loqt",
+    .summary = "LoQT: W and P quantized (NF4), only B trained; P from the gradient's SVD, merges W <- Q(W + s*B*P) on a growing schedule",
+    .options = loqt_options,
+    .n_options = sizeof loqt_options / sizeof loqt_options[0],
+    .config_size = sizeof(loqt_config),
+    .heap_churn = 1,
     .init = loqt_init,
     .forward = loqt_forward,
     .backward = loqt_backward,
@@ -452,6 +684,13 @@ const linear_method method_loqt = {
     .save = loqt_save,
     .load = loqt_load,
     .free = loqt_free,
+    .plan = loqt_plan,
+    .next_refresh = loqt_next_refresh,
+    .grad_views = loqt_grad_views,
+    .params_get = loqt_params_get,
+    .params_set = loqt_params_set,
+    .stats = loqt_stats,
+    .paper_bytes = loqt_paper_bytes,
 };
 
 int loqt_layer_info(const linear_layer *L, int *rank, int *left, int *have_P) {
@@ -461,8 +700,6 @@ int loqt_layer_info(const linear_layer *L, int *rank, int *left, int *have_P) {
     *have_P = st->have_P;
     return 0;
 }
-
-double loqt_refresh_seconds(void) { return refresh_seconds; }
 
 const float *loqt_grad_B(const linear_layer *L) { return ((const loqt_state *)L->state)->dB; }
 

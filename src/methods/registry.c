@@ -1,64 +1,174 @@
+/* The registry of training methods, and everything derived from their option tables: defaults,
+ * range checks, checkpoint JSON, run descriptions. */
 #include "methods/linear.h"
 
 #include "core/error.h"
 #include "core/json.h"
 #include "core/rng.h"
 
+#include <math.h>
 #include <string.h>
 
-extern const linear_method method_dense, method_loqt;
+/* One line per method: X(name) for the linear_method method_<name> of methods/<name>.c. */
+#define METHODS      \
+    X(dense)         \
+    X(loqt)          \
+    /* end of list */
 
-static const linear_method *const methods[] = {&method_dense, &method_loqt};
+#define X(n) extern const linear_method method_##n;
+METHODS
+#undef X
+#define X(n) &method_##n,
+static const linear_method *const methods[] = {METHODS};
+#undef X
+
+enum { N_METHODS = sizeof methods / sizeof methods[0] };
+
+int method_count(void) { return N_METHODS; }
+const linear_method *method_at(int i) { return i >= 0 && i < N_METHODS ? methods[i] : NULL; }
 
 const linear_method *method_find(const char *name) {
+    if (!name) return NULL;
     if (!strcmp(name, "dense") || !strcmp(name, "adamw")) name = "full";
-    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
+    for (int i = 0; i < N_METHODS; i++)
         if (!strcmp(methods[i]->name, name)) return methods[i];
     return NULL;
 }
 
-const char *method_names(void) { return "full|loqt"; }
+const char *method_names(void) {
+    static char buf[256];
+    if (!buf[0]) {
+        size_t k = 0;
+        for (int i = 0; i < N_METHODS && k < sizeof buf; i++) {
+            int w = snprintf(buf + k, sizeof buf - k, "%s%s", i ? "|" : "", methods[i]->name);
+            if (w < 0) break;
+            k += (size_t)w;
+        }
+    }
+    return buf;
+}
 
-void method_opts_defaults(method_opts *o) {
+/* ---- option values ------------------------------------------------------------------------- */
+
+void method_config_get(const method_opts *o, void *cfg, size_t size) {
+    memcpy(cfg, o->config, size <= METHOD_CONFIG_BYTES ? size : METHOD_CONFIG_BYTES);
+}
+
+void method_config_set(method_opts *o, const void *cfg, size_t size) {
+    memcpy(o->config, cfg, size <= METHOD_CONFIG_BYTES ? size : METHOD_CONFIG_BYTES);
+}
+
+double method_option_get(const method_opts *o, const method_option *opt) {
+    if (opt->type == MOPT_FLOAT) {
+        double d;
+        memcpy(&d, o->config + opt->offset, sizeof d);
+        return d;
+    }
+    int i;
+    memcpy(&i, o->config + opt->offset, sizeof i);
+    return i;
+}
+
+void method_option_set(method_opts *o, const method_option *opt, double v) {
+    if (opt->type == MOPT_FLOAT) {
+        memcpy(o->config + opt->offset, &v, sizeof v);
+    } else {
+        int i = (int)v;
+        memcpy(o->config + opt->offset, &i, sizeof i);
+    }
+}
+
+void method_opts_defaults(method_opts *o, const linear_method *m) {
     memset(o, 0, sizeof *o);
-    o->rank = 128;
-    o->lora_alpha = 0.5;
-    o->update_proj_gap = 50;
-    o->proj_gap_progression = GAP_STATIC;
-    o->increment_size = 1.2;
-    o->quantize_w = 1;
-    o->quantize_projection = 1;
-    o->merge_reset_optimizer = 1;
-    o->galore_scale = 0.25;
     o->optimizer = OPTIM_ADAMW;
+    if (!m) return;
+    for (int i = 0; i < m->n_options; i++) method_option_set(o, &m->options[i], m->options[i].def);
 }
 
-const char *gap_progression_name(gap_progression g) {
-    return g == GAP_EXPONENTIAL ? "exponential" : g == GAP_LINEAR ? "linear" : "static";
+const method_option *method_option_find(const linear_method *m, const char *name) {
+    for (int i = 0; m && i < m->n_options; i++)
+        if (!strcmp(m->options[i].name, name)) return &m->options[i];
+    return NULL;
 }
 
-int gap_progression_parse(const char *s, gap_progression *out) {
-    if (!strcmp(s, "static")) *out = GAP_STATIC;
-    else if (!strcmp(s, "linear")) *out = GAP_LINEAR;
-    else if (!strcmp(s, "exponential")) *out = GAP_EXPONENTIAL;
-    else return loqt_set_error("unknown projection gap progression '%s' (static, linear, exponential)", s);
+/* the k-th entry of "a|b|c" into buf; 0 if there is none */
+static int choice_at(const char *choices, int k, char *buf, size_t cap) {
+    const char *p = choices;
+    for (int i = 0; p && i < k; i++) {
+        p = strchr(p, '|');
+        if (p) p++;
+    }
+    if (!p || k < 0) return 0;
+    size_t len = strcspn(p, "|");
+    if (len + 1 > cap) len = cap - 1;
+    memcpy(buf, p, len);
+    buf[len] = 0;
+    return 1;
+}
+
+static int choice_index(const char *choices, const char *v) {
+    char buf[64];
+    for (int k = 0; choice_at(choices, k, buf, sizeof buf); k++)
+        if (!strcmp(buf, v)) return k;
+    return -1;
+}
+
+static int check_option(const method_option *opt, double v) {
+    switch (opt->type) {
+    case MOPT_INT:
+        if (v != floor(v) || v < opt->lo || v > opt->hi)
+            return loqt_set_error("--%s must be an integer in [%.0f, %.0f], got %.17g", opt->name,
+                                  opt->lo, opt->hi, v);
+        return 0;
+    case MOPT_FLOAT:
+        if (!isfinite(v) || v < opt->lo || v > opt->hi)
+            return loqt_set_error("--%s must be in [%g, %g], got %g", opt->name, opt->lo, opt->hi, v);
+        return 0;
+    case MOPT_FLAG:
+        if (v != 0 && v != 1) return loqt_set_error("--%s is a flag (0 or 1), got %g", opt->name, v);
+        return 0;
+    case MOPT_CHOICE: {
+        char buf[64];
+        if (v != floor(v) || !choice_at(opt->choices, (int)v, buf, sizeof buf))
+            return loqt_set_error("--%s must be one of %s", opt->name, opt->choices);
+        return 0;
+    }
+    }
+    return loqt_set_error("--%s: unknown option type", opt->name);
+}
+
+int method_config_validate(const linear_method *m, const method_opts *o) {
+    for (int i = 0; i < m->n_options; i++)
+        if (check_option(&m->options[i], method_option_get(o, &m->options[i]))) return -1;
     return 0;
 }
 
-void method_opts_write_json(const method_opts *o, FILE *f) {
-    fprintf(f,
-            "{\"rank\": %d, \"lora_alpha\": %.17g, \"update_proj_gap\": %d, "
-            "\"proj_gap_progression\": \"%s\", \"increment_size\": %.17g, \"max_proj_gap\": %d, "
-            "\"compensate_quant_error_iterations\": %d, \"quantize_w\": %d, "
-            "\"quantize_projection\": %d, \"use_double_quant\": %d, \"merge_reset_optimizer\": %d, "
-            "\"lowrank_fp32\": %d, \"galore_scale\": %.17g}",
-            o->rank, o->lora_alpha, o->update_proj_gap, gap_progression_name(o->proj_gap_progression),
-            o->increment_size, o->max_proj_gap, o->compensate_quant_error_iterations, o->quantize_w,
-            o->quantize_projection, o->use_double_quant, o->merge_reset_optimizer, o->lowrank_fp32,
-            o->galore_scale);
+/* ---- JSON ---------------------------------------------------------------------------------- */
+
+/* "update-proj-gap" -> "update_proj_gap" */
+static void json_key(const char *name, char *buf, size_t cap) {
+    size_t i = 0;
+    for (; name[i] && i + 1 < cap; i++) buf[i] = name[i] == '-' ? '_' : name[i];
+    buf[i] = 0;
 }
 
-int method_opts_parse_json(method_opts *o, const char *text) {
+void method_config_write_json(const linear_method *m, const method_opts *o, FILE *f) {
+    fprintf(f, "{");
+    for (int i = 0; i < m->n_options; i++) {
+        const method_option *opt = &m->options[i];
+        char key[64], choice[64];
+        json_key(opt->name, key, sizeof key);
+        fprintf(f, "%s\"%s\": ", i ? ", " : "", key);
+        double v = method_option_get(o, opt);
+        if (opt->type == MOPT_CHOICE && choice_at(opt->choices, (int)v, choice, sizeof choice))
+            json_write_string(f, choice);
+        else if (opt->type == MOPT_FLOAT) fprintf(f, "%.17g", v);
+        else fprintf(f, "%d", (int)v);
+    }
+    fprintf(f, "}");
+}
+
+int method_config_parse_json(const linear_method *m, method_opts *o, const char *text) {
     json_value *v = json_parse(text, strlen(text));
     if (!v) return -1;
     int rc = -1;
@@ -67,35 +177,31 @@ int method_opts_parse_json(method_opts *o, const char *text) {
         goto done;
     }
     for (size_t i = 0; i < v->len; i++) {
-        const char *k = v->keys[i];
         const json_value *x = &v->items[i];
-        int *ip = !strcmp(k, "rank") ? &o->rank
-                  : !strcmp(k, "update_proj_gap") ? &o->update_proj_gap
-                  : !strcmp(k, "max_proj_gap") ? &o->max_proj_gap
-                  : !strcmp(k, "compensate_quant_error_iterations") ? &o->compensate_quant_error_iterations
-                  : !strcmp(k, "quantize_w") ? &o->quantize_w
-                  : !strcmp(k, "quantize_projection") ? &o->quantize_projection
-                  : !strcmp(k, "use_double_quant") ? &o->use_double_quant
-                  : !strcmp(k, "merge_reset_optimizer") ? &o->merge_reset_optimizer
-                  : !strcmp(k, "lowrank_fp32") ? &o->lowrank_fp32
-                  : NULL;
-        double *dp = !strcmp(k, "lora_alpha") ? &o->lora_alpha
-                     : !strcmp(k, "increment_size") ? &o->increment_size
-                     : !strcmp(k, "galore_scale") ? &o->galore_scale
-                     : NULL;
-        if (ip || dp) {
-            if (x->type != JSON_NUMBER || (ip && (x->number != (int)x->number))) {
-                loqt_set_error("method options: '%s' has a bad value", k);
-                goto done;
-            }
-            if (ip) *ip = (int)x->number;
-            else *dp = x->number;
-        } else if (!strcmp(k, "proj_gap_progression") && x->type == JSON_STRING) {
-            if (gap_progression_parse(x->string, &o->proj_gap_progression)) goto done;
-        } else {
-            loqt_set_error("method options: unknown key '%s'", k);
+        const method_option *opt = NULL;
+        for (int j = 0; j < m->n_options && !opt; j++) {
+            char key[64];
+            json_key(m->options[j].name, key, sizeof key);
+            if (!strcmp(key, v->keys[i])) opt = &m->options[j];
+        }
+        if (!opt) {
+            loqt_set_error("method options: method %s has no option '%s'", m->name, v->keys[i]);
             goto done;
         }
+        double val;
+        if (opt->type == MOPT_CHOICE && x->type == JSON_STRING) {
+            val = choice_index(opt->choices, x->string);
+        } else if (opt->type != MOPT_CHOICE && x->type == JSON_NUMBER) {
+            val = x->number;
+        } else {
+            loqt_set_error("method options: '%s' has a value of the wrong type", v->keys[i]);
+            goto done;
+        }
+        if (check_option(opt, val)) {
+            loqt_set_error("method options: %s", loqt_last_error());
+            goto done;
+        }
+        method_option_set(o, opt, val);
     }
     rc = 0;
 done:
@@ -103,9 +209,51 @@ done:
     return rc;
 }
 
+void method_config_describe(const linear_method *m, const method_opts *o, char *buf, size_t cap) {
+    size_t k = 0;
+    buf[0] = 0;
+    for (int i = 0; i < m->n_options && k < cap; i++) {
+        const method_option *opt = &m->options[i];
+        double v = method_option_get(o, opt);
+        char val[64];
+        if (opt->type == MOPT_CHOICE) choice_at(opt->choices, (int)v, val, sizeof val);
+        else if (opt->type == MOPT_FLAG) snprintf(val, sizeof val, "%s", v ? "on" : "off");
+        else snprintf(val, sizeof val, "%g", v);
+        int w = snprintf(buf + k, cap - k, "%s%s %s", i ? ", " : "", opt->name, val);
+        if (w < 0) break;
+        k += (size_t)w;
+    }
+}
+
+/* ---- statistics ---------------------------------------------------------------------------- */
+
+void method_stats_add(method_stats *st, const char *name, stat_kind kind, double value) {
+    int i = 0;
+    while (i < st->n && strcmp(st->s[i].name, name)) i++;
+    if (i == st->n) {
+        if (st->n == (int)(sizeof st->s / sizeof st->s[0])) return;
+        st->n++;
+        st->s[i].name = name;
+        st->s[i].kind = kind;
+        st->s[i].sum = 0;
+        st->s[i].count = 0;
+    }
+    st->s[i].sum += value;
+    st->s[i].count++;
+}
+
+double method_stats_value(const method_stats *st, int i) {
+    if (i < 0 || i >= st->n) return NAN;
+    if (st->s[i].kind == STAT_MEAN) return st->s[i].count ? st->s[i].sum / st->s[i].count : NAN;
+    return st->s[i].sum;
+}
+
+/* ---- helpers ------------------------------------------------------------------------------- */
+
+size_t linear_random_init_bytes(const linear_layer *L) { return (size_t)L->out * L->in * sizeof(float); }
+
 float *linear_random_init(const linear_layer *L, uint64_t seed, mem_cat cat) {
-    size_t n = (size_t)L->out * L->in;
-    float *W = mem_alloc(cat, n * sizeof(float));
-    rng_fill_normal(W, n, 0.02f, seed, rng_stream_id(L->name));
+    float *W = mem_alloc(cat, linear_random_init_bytes(L));
+    rng_fill_normal(W, (size_t)L->out * L->in, 0.02f, seed, rng_stream_id(L->name));
     return W;
 }

@@ -22,14 +22,13 @@ static int join(char *out, size_t cap, const char *dir, const char *name) {
 }
 
 void llama_save_tensors(const llama_model *m, st_writer *model, st_writer *state) {
-    dense_param *ps[2 * 1024 + 3];
-    int n = llama_dense_params((llama_model *)m, ps, 2 * 1024 + 3);
-    for (int i = 0; i < n; i++) {
-        st_writer_add(model, ps[i]->name, ST_F32, ps[i]->ndim, ps[i]->shape, ps[i]->w);
+    for (int i = 0; i < llama_dense_count(m); i++) {
+        const dense_param *p = llama_dense_at(m, i);
+        st_writer_add(model, p->name, ST_F32, p->ndim, p->shape, p->w);
         if (state) {
             char name[160];
-            snprintf(name, sizeof name, "optimizer.%s", ps[i]->name);
-            optim_state_save(&ps[i]->opt, state, name);
+            snprintf(name, sizeof name, "optimizer.%s", p->name);
+            optim_state_save(&p->opt, state, name);
         }
     }
     st_writer *dummy = state ? NULL : st_writer_new();
@@ -40,14 +39,13 @@ void llama_save_tensors(const llama_model *m, st_writer *model, st_writer *state
 }
 
 int llama_load_tensors(llama_model *m, const st_file *model, const st_file *state) {
-    dense_param *ps[2 * 1024 + 3];
-    int n = llama_dense_params(m, ps, 2 * 1024 + 3);
-    for (int i = 0; i < n; i++) {
-        if (st_read_f32(model, ps[i]->name, ps[i]->w, ps[i]->ndim, ps[i]->shape)) return -1;
+    for (int i = 0; i < llama_dense_count(m); i++) {
+        dense_param *p = llama_dense_at(m, i);
+        if (st_read_f32(model, p->name, p->w, p->ndim, p->shape)) return -1;
         if (state) {
             char name[160];
-            snprintf(name, sizeof name, "optimizer.%s", ps[i]->name);
-            if (optim_state_load(&ps[i]->opt, state, name)) return -1;
+            snprintf(name, sizeof name, "optimizer.%s", p->name);
+            if (optim_state_load(&p->opt, state, name)) return -1;
         }
     }
     for (int l = 0; l < m->cfg.num_hidden_layers; l++)
@@ -113,7 +111,7 @@ int checkpoint_save(const llama_model *m, const trainer_meta *tm, const char *di
     char *mo_json = NULL;
     size_t mo_len = 0;
     FILE *mf = open_memstream(&mo_json, &mo_len);
-    method_opts_write_json(&m->mopts, mf);
+    method_config_write_json(m->method, &m->mopts, mf);
     fclose(mf);
     st_writer_meta(ws, "method_opts", mo_json);
     st_writer_meta(wm, "format", "pt");
@@ -203,9 +201,16 @@ int checkpoint_read_meta(const char *dir, trainer_meta *tm) {
         snprintf(tm->optimizer, sizeof tm->optimizer, "%s", v ? v : "adamw");
         v = st_meta(&f, "loss");
         tm->loss = v ? strtod(v, NULL) : 0;
-        method_opts_defaults(&tm->mopts);
+        const linear_method *lm = method_find(tm->method);
+        method_opts_defaults(&tm->mopts, lm);
+        tm->mopts.seed = tm->seed;
+        int known;
+        tm->mopts.optimizer = optim_kind_parse(tm->optimizer, &known);
         v = st_meta(&f, "method_opts");
-        if (v && method_opts_parse_json(&tm->mopts, v))
+        if (!lm)
+            rc = loqt_set_error("%s: checkpoint uses method '%s', which this build does not know (%s)",
+                                path, tm->method, method_names());
+        else if (v && method_config_parse_json(lm, &tm->mopts, v))
             rc = loqt_set_error("%s: %s", path, loqt_last_error());
     }
     st_close(&f);
@@ -257,9 +262,10 @@ int llama_export_dense(const llama_model *m, const char *dir) {
     if (file_mkdir_p(dir) || write_config(&m->cfg, dir)) return -1;
     st_writer *w = st_writer_new();
     st_writer_meta(w, "format", "pt");
-    dense_param *ps[2 * 1024 + 3];
-    int n = llama_dense_params((llama_model *)m, ps, 2 * 1024 + 3);
-    for (int i = 0; i < n; i++) st_writer_add(w, ps[i]->name, ST_F32, ps[i]->ndim, ps[i]->shape, ps[i]->w);
+    for (int i = 0; i < llama_dense_count(m); i++) {
+        const dense_param *p = llama_dense_at(m, i);
+        st_writer_add(w, p->name, ST_F32, p->ndim, p->shape, p->w);
+    }
     int nl = m->cfg.num_hidden_layers * LIN_PER_BLOCK;
     float **dense = calloc((size_t)nl, sizeof *dense);
     char(*names)[128] = calloc((size_t)nl, sizeof *names);

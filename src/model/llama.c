@@ -81,7 +81,8 @@ int llama_create(llama_model *m, const llama_config *cfg, const linear_method *m
             L->out = j == LIN_GATE || j == LIN_UP ? F : d;
             L->in = j == LIN_DOWN ? F : d;
             snprintf(L->name, sizeof L->name, "model.layers.%d.%s", l, lin_names[j]);
-            if (method->init(L, &m->mopts, NULL)) {
+            const linear_init random_init = {0};
+            if (method->init(L, &m->mopts, &random_init)) {
                 loqt_set_error("%s: %s", L->name, loqt_last_error());
                 return -1;
             }
@@ -91,7 +92,7 @@ int llama_create(llama_model *m, const llama_config *cfg, const linear_method *m
     param_fill(&m->final_norm, seed, 0);
     param_init(&m->lm_head, "lm_head.weight", 2, V, d, ok, 1);
     param_fill(&m->lm_head, seed, 0.02f);
-    size_t half = (size_t)cfg->max_position_embeddings * (hd / 2);
+    size_t half = llama_rope_floats(cfg);
     m->rope_cos = mem_alloc(MEM_DENSE, half * sizeof(float));
     m->rope_sin = mem_alloc(MEM_DENSE, half * sizeof(float));
     rope_tables(m->rope_cos, m->rope_sin, cfg->max_position_embeddings, hd, cfg->rope_theta);
@@ -103,35 +104,58 @@ int llama_create(llama_model *m, const llama_config *cfg, const linear_method *m
     return 0;
 }
 
+void llama_block_act_bytes(const llama_config *c, int B, int T, size_t out[BLOCK_ACT_BUFS]) {
+    const size_t N = (size_t)B * T, d = c->hidden_size, F = c->intermediate_size;
+    const size_t H = c->num_attention_heads, f = sizeof(float);
+    const size_t b[BLOCK_ACT_BUFS] = {N * d, N, N * d, N * d, N * d, N * d, N * d,
+                                      N * H, N * d, N,     N * d, N * F, N * F, N * F};
+    for (int i = 0; i < BLOCK_ACT_BUFS; i++) out[i] = f * b[i];
+}
+
+void llama_batch_bytes(const llama_config *c, int B, int T, int threads, size_t out[BATCH_BUFS]) {
+    const size_t N = (size_t)B * T, d = c->hidden_size, F = c->intermediate_size;
+    const size_t V = c->vocab_size, f = sizeof(float), chunk = N < LOGIT_CHUNK ? N : LOGIT_CHUNK;
+    const size_t FF = F > d ? F : d; /* the F-sized buffers also hold dk and dv */
+    const size_t b[BATCH_BUFS] = {
+        f * N * d, f * N, f * N * d, f * N * d, sizeof(int32_t) * N,
+        f * chunk * V, f * N * d, f * N * d, f * N * d, f * N * d, f * N * FF, f * N * FF,
+        f * (size_t)threads * attention_scratch_floats(T),
+    };
+    memcpy(out, b, sizeof b);
+}
+
+size_t llama_rope_floats(const llama_config *c) {
+    return (size_t)c->max_position_embeddings * (c->hidden_size / c->num_attention_heads / 2);
+}
+
+/* a block's buffers in llama_block_act_bytes' order */
+static void block_bufs(block_acts *a, float **b[BLOCK_ACT_BUFS]) {
+    float **p[BLOCK_ACT_BUFS] = {&a->x,  &a->rstd1, &a->xn1, &a->q, &a->k, &a->v, &a->att,
+                                 &a->lse, &a->x2,   &a->rstd2, &a->xn2, &a->g, &a->u, &a->h};
+    memcpy(b, p, sizeof p);
+}
+
 static void free_block(block_acts *a, int x_too) {
-    float **bufs[] = {&a->rstd1, &a->xn1, &a->q,  &a->k,     &a->v,   &a->att, &a->lse,
-                      &a->x2,    &a->rstd2, &a->xn2, &a->g, &a->u, &a->h};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+    float **bufs[BLOCK_ACT_BUFS];
+    block_bufs(a, bufs);
+    for (int i = x_too ? 0 : 1; i < BLOCK_ACT_BUFS; i++) {
         mem_free(*bufs[i]);
         *bufs[i] = NULL;
     }
-    if (x_too) {
-        mem_free(a->x);
-        a->x = NULL;
-    }
 }
 
-static void alloc_block(block_acts *a, size_t N, size_t d, size_t F, size_t H, int x_too) {
-    const size_t f = sizeof(float);
-    if (x_too) a->x = mem_alloc(MEM_ACTS, N * d * f);
-    a->rstd1 = mem_alloc(MEM_ACTS, N * f);
-    a->xn1 = mem_alloc(MEM_ACTS, N * d * f);
-    a->q = mem_alloc(MEM_ACTS, N * d * f);
-    a->k = mem_alloc(MEM_ACTS, N * d * f);
-    a->v = mem_alloc(MEM_ACTS, N * d * f);
-    a->att = mem_alloc(MEM_ACTS, N * d * f);
-    a->lse = mem_alloc(MEM_ACTS, N * H * f);
-    a->x2 = mem_alloc(MEM_ACTS, N * d * f);
-    a->rstd2 = mem_alloc(MEM_ACTS, N * f);
-    a->xn2 = mem_alloc(MEM_ACTS, N * d * f);
-    a->g = mem_alloc(MEM_ACTS, N * F * f);
-    a->u = mem_alloc(MEM_ACTS, N * F * f);
-    a->h = mem_alloc(MEM_ACTS, N * F * f);
+static void alloc_block(block_acts *a, const size_t bytes[BLOCK_ACT_BUFS], int x_too) {
+    float **bufs[BLOCK_ACT_BUFS];
+    block_bufs(a, bufs);
+    for (int i = x_too ? 0 : 1; i < BLOCK_ACT_BUFS; i++) *bufs[i] = mem_alloc(MEM_ACTS, bytes[i]);
+}
+
+/* the model's float batch buffers in llama_batch_bytes' order (targets, index 4, is int32) */
+static void batch_bufs(llama_model *m, float **b[BATCH_BUFS]) {
+    float **p[BATCH_BUFS] = {&m->xf,  &m->rstdf, &m->xnf, &m->dxnf, NULL,     &m->logits_chunk,
+                             &m->d_res, &m->d_a, &m->d_b, &m->d_c,  &m->d_F1, &m->d_F2,
+                             &m->attn_scratch};
+    memcpy(b, p, sizeof p);
 }
 
 static void free_acts(llama_model *m) {
@@ -140,12 +164,13 @@ static void free_acts(llama_model *m) {
     free(m->acts);
     m->acts = NULL;
     free_block(&m->work, 0);
-    float **bufs[] = {&m->xf, &m->rstdf, &m->xnf, &m->dxnf, &m->logits_chunk, &m->d_res, &m->d_a,
-                      &m->d_b, &m->d_c, &m->d_F1, &m->d_F2, &m->attn_scratch};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-        mem_free(*bufs[i]);
-        *bufs[i] = NULL;
-    }
+    float **bufs[BATCH_BUFS];
+    batch_bufs(m, bufs);
+    for (int i = 0; i < BATCH_BUFS; i++)
+        if (bufs[i]) {
+            mem_free(*bufs[i]);
+            *bufs[i] = NULL;
+        }
     mem_free(m->targets);
     m->targets = NULL;
 }
@@ -155,33 +180,24 @@ void llama_set_batch(llama_model *m, int B, int T) {
     free_acts(m);
     m->B = B;
     m->T = T;
-    const size_t N = (size_t)B * T, d = m->cfg.hidden_size, F = m->cfg.intermediate_size;
-    const size_t H = m->cfg.num_attention_heads, V = m->cfg.vocab_size;
-    const size_t f = sizeof(float);
+    size_t act[BLOCK_ACT_BUFS], bat[BATCH_BUFS];
+    llama_block_act_bytes(&m->cfg, B, T, act);
+    llama_batch_bytes(&m->cfg, B, T, m->n_threads, bat);
     m->acts = calloc((size_t)m->cfg.num_hidden_layers, sizeof *m->acts);
     for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
         /* with activation checkpointing only each block's input is kept; the rest of a block's
          * activations live in one work block, recomputed during backward */
-        if (m->checkpoint_activations) m->acts[l].x = mem_alloc(MEM_ACTS, N * d * f);
-        else alloc_block(&m->acts[l], N, d, F, H, 1);
+        if (m->checkpoint_activations) m->acts[l].x = mem_alloc(MEM_ACTS, act[0]);
+        else alloc_block(&m->acts[l], act, 1);
     }
-    if (m->checkpoint_activations) alloc_block(&m->work, N, d, F, H, 0);
-    m->xf = mem_alloc(MEM_ACTS, N * d * f);
-    m->rstdf = mem_alloc(MEM_ACTS, N * f);
-    m->xnf = mem_alloc(MEM_ACTS, N * d * f);
-    m->dxnf = mem_alloc(MEM_ACTS, N * d * f);
-    m->targets = mem_alloc(MEM_ACTS, N * sizeof(int32_t));
-    size_t chunk = N < LOGIT_CHUNK ? N : LOGIT_CHUNK;
-    m->logits_chunk = mem_alloc(MEM_SCRATCH, chunk * V * f);
-    m->d_res = mem_alloc(MEM_SCRATCH, N * d * f);
-    m->d_a = mem_alloc(MEM_SCRATCH, N * d * f);
-    m->d_b = mem_alloc(MEM_SCRATCH, N * d * f);
-    m->d_c = mem_alloc(MEM_SCRATCH, N * d * f);
-    /* the F-sized buffers also hold dk and dv in the attention backward */
-    size_t FF = F > d ? F : d;
-    m->d_F1 = mem_alloc(MEM_SCRATCH, N * FF * f);
-    m->d_F2 = mem_alloc(MEM_SCRATCH, N * FF * f);
-    m->attn_scratch = mem_alloc(MEM_SCRATCH, (size_t)m->n_threads * attention_scratch_floats(T) * f);
+    if (m->checkpoint_activations) alloc_block(&m->work, act, 0);
+    float **bufs[BATCH_BUFS];
+    batch_bufs(m, bufs);
+    for (int i = 0; i < BATCH_BUFS; i++) {
+        void *p = mem_alloc(i < BATCH_ACT_BUFS ? MEM_ACTS : MEM_SCRATCH, bat[i]);
+        if (bufs[i]) *bufs[i] = p;
+        else m->targets = p;
+    }
 }
 
 void llama_free(llama_model *m) {
@@ -200,6 +216,7 @@ void llama_free(llama_model *m) {
     param_free(&m->lm_head);
     mem_free(m->rope_cos);
     mem_free(m->rope_sin);
+    mem_workspace_release(); /* the methods' shared work buffer */
     memset(m, 0, sizeof *m);
 }
 
@@ -277,17 +294,18 @@ static void param_step(llama_model *m, dense_param *p) {
 
 /* Per-layer updates: a layer's optimizer step as soon as its gradient for the whole batch is
  * complete (during the last micro-batch's backward), then its gradients are zeroed. */
-static void block_step(llama_model *m, int l) {
+static int block_step(llama_model *m, int l) {
     llama_block *b = &m->blocks[l];
     for (int j = 0; j < LIN_PER_BLOCK; j++) {
         linear_layer *L = &b->lin[j];
-        if (m->method->end_step) m->method->end_step(L, m->layer_step_index);
-        m->method->step(L, &m->layer_step);
+        if (m->method->end_step && m->method->end_step(L, m->layer_step_index)) return -1;
+        if (m->method->step(L, &m->layer_step)) return -1;
         if (m->transient_grads && m->method->release_grads) m->method->release_grads(L);
         else m->method->zero_grad(L);
     }
     param_step(m, &b->attn_norm);
     param_step(m, &b->mlp_norm);
+    return 0;
 }
 
 double llama_forward(llama_model *m, const int32_t *inputs, const int32_t *targets,
@@ -327,7 +345,7 @@ double llama_forward(llama_model *m, const int32_t *inputs, const int32_t *targe
     return targets ? loss / N : 0.0;
 }
 
-void llama_backward(llama_model *m, const int32_t *inputs) {
+int llama_backward(llama_model *m, const int32_t *inputs) {
     const llama_config *c = &m->cfg;
     const int N = m->B * m->T, d = c->hidden_size;
     const int step_now = m->per_layer_updates && m->last_microbatch;
@@ -345,35 +363,28 @@ void llama_backward(llama_model *m, const int32_t *inputs) {
             block_forward(m, l, a, m->acts[l].x, x_next, m->d_a);
         }
         block_backward(m, l, a, m->acts[l].x);
-        if (step_now) block_step(m, l);
+        if (step_now && block_step(m, l)) return -1;
     }
     embedding_backward(param_grad(&m->embed), inputs, m->d_res, N, d);
     if (step_now) param_step(m, &m->embed);
+    return 0;
 }
 
-int llama_dense_params(llama_model *m, dense_param **out, int cap) {
-    int n = 0;
-#define ADD(p)                  \
-    do {                        \
-        if (n < cap) out[n] = p; \
-        n++;                    \
-    } while (0)
-    ADD(&m->embed);
-    for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
-        ADD(&m->blocks[l].attn_norm);
-        ADD(&m->blocks[l].mlp_norm);
-    }
-    ADD(&m->final_norm);
-    ADD(&m->lm_head);
-#undef ADD
-    return n;
+/* embed, (attn_norm, mlp_norm) per block, final norm, lm_head */
+int llama_dense_count(const llama_model *m) { return 2 * m->cfg.num_hidden_layers + 3; }
+
+dense_param *llama_dense_at(const llama_model *m, int i) {
+    const int L = m->cfg.num_hidden_layers;
+    llama_model *mm = (llama_model *)m;
+    if (i == 0) return &mm->embed;
+    if (i <= 2 * L) return (i & 1) ? &mm->blocks[(i - 1) / 2].attn_norm : &mm->blocks[(i - 1) / 2].mlp_norm;
+    if (i == 2 * L + 1) return &mm->final_norm;
+    return i == 2 * L + 2 ? &mm->lm_head : NULL;
 }
 
 #define FOR_DENSE(m, p)                                                   \
-    dense_param *p##_list[2 * 1024 + 3];                                  \
-    int p##_n = llama_dense_params(m, p##_list, 2 * 1024 + 3);            \
-    for (int p##_i = 0; p##_i < p##_n; p##_i++)                           \
-        for (dense_param *p = p##_list[p##_i]; p; p = NULL)
+    for (int p##_i = 0; p##_i < llama_dense_count(m); p##_i++)            \
+        for (dense_param *p = llama_dense_at(m, p##_i); p; p = NULL)
 
 #define FOR_LINEAR(m, L)                                                  \
     for (int L##_l = 0; L##_l < (m)->cfg.num_hidden_layers; L##_l++)      \
@@ -390,9 +401,10 @@ void llama_begin_step(llama_model *m, long step) {
     FOR_LINEAR(m, L) m->method->begin_step(L, step);
 }
 
-void llama_end_step(llama_model *m, long step) {
-    if (!m->method->end_step) return;
-    FOR_LINEAR(m, L) m->method->end_step(L, step);
+int llama_end_step(llama_model *m, long step) {
+    if (!m->method->end_step) return 0;
+    FOR_LINEAR(m, L) if (m->method->end_step(L, step)) return -1;
+    return 0;
 }
 
 double llama_grad_norm(llama_model *m) {
@@ -402,9 +414,24 @@ double llama_grad_norm(llama_model *m) {
     return sqrt(ss);
 }
 
-void llama_optimizer_step(llama_model *m, const optim_hparams *h) {
+int llama_optimizer_step(llama_model *m, const optim_hparams *h) {
     FOR_DENSE(m, p) optim_update(&p->opt, p->w, param_grad(p), h);
-    FOR_LINEAR(m, L) m->method->step(L, h);
+    FOR_LINEAR(m, L) if (m->method->step(L, h)) return -1;
+    return 0;
+}
+
+void llama_method_stats(const llama_model *m, method_stats *out) {
+    memset(out, 0, sizeof *out);
+    if (!m->method->stats) return;
+    FOR_LINEAR(m, L) m->method->stats(L, out);
+}
+
+int llama_grad_views(llama_model *m, grad_view *v, int cap) {
+    int n = 0;
+    FOR_DENSE(m, p) if (p->g && n < cap) v[n++] = (grad_view){p->g, p->n, p->name};
+    if (!m->method->grad_views) return n;
+    FOR_LINEAR(m, L) n += m->method->grad_views(L, v + n, cap - n);
+    return n;
 }
 
 void llama_param_bytes(const llama_model *m, size_t bytes[MEM_NCAT]) {

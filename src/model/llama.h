@@ -76,6 +76,17 @@ typedef struct {
     long layer_step_index;
 } llama_model;
 
+/* Sizes, shared by the allocations below and the memory planner (model/plan.c). */
+/* One block's activations in allocation order: x rstd1 xn1 q k v att lse x2 rstd2 xn2 g u h. */
+enum { BLOCK_ACT_BUFS = 14 };
+void llama_block_act_bytes(const llama_config *c, int B, int T, size_t out[BLOCK_ACT_BUFS]);
+/* The model's batch buffers after the blocks, in allocation order: xf rstdf xnf dxnf targets
+ * (MEM_ACTS), logits_chunk d_res d_a d_b d_c d_F1 d_F2 attn_scratch (MEM_SCRATCH). */
+enum { BATCH_BUFS = 13, BATCH_ACT_BUFS = 5 };
+void llama_batch_bytes(const llama_config *c, int B, int T, int threads, size_t out[BATCH_BUFS]);
+/* Floats of each RoPE table (cos and sin). */
+size_t llama_rope_floats(const llama_config *c);
+
 /* Creates a model with random init (normal(0, 0.02), norms 1) from `seed`, every tensor drawn from
  * its own named stream so the init does not depend on thread count or creation order. */
 int llama_create(llama_model *m, const llama_config *cfg, const linear_method *method,
@@ -92,17 +103,24 @@ void llama_set_batch(llama_model *m, int B, int T);
 double llama_forward(llama_model *m, const int32_t *inputs, const int32_t *targets,
                      float loss_scale, float *logits);
 /* Backward through the blocks and embedding; accumulates gradients (call after a forward with
- * loss_scale > 0 on the same inputs). */
-void llama_backward(llama_model *m, const int32_t *inputs);
+ * loss_scale > 0 on the same inputs).  Under per-layer updates of the last micro-batch it also
+ * updates each layer; 0, or -1 with an error from a method's refresh or update. */
+int llama_backward(llama_model *m, const int32_t *inputs);
 
 void llama_zero_grad(llama_model *m);
 void llama_begin_step(llama_model *m, long step);
-void llama_end_step(llama_model *m, long step);
+int llama_end_step(llama_model *m, long step);
 double llama_grad_norm(llama_model *m);
-void llama_optimizer_step(llama_model *m, const optim_hparams *h);
+int llama_optimizer_step(llama_model *m, const optim_hparams *h);
 
-/* Enumerates the dense parameters (embed, norms, lm_head) in HF order. */
-int llama_dense_params(llama_model *m, dense_param **out, int cap);
+/* The dense parameters (embed, norms, lm_head) in HF order: count, and the i-th. */
+int llama_dense_count(const llama_model *m);
+dense_param *llama_dense_at(const llama_model *m, int i);
+
+/* The method's statistics summed over all linear layers. */
+void llama_method_stats(const llama_model *m, method_stats *out);
+/* Every gradient buffer of the current step (dense parameters, then each layer's views). */
+int llama_grad_views(llama_model *m, grad_view *v, int cap);
 
 /* Bytes per memory category held by parameters, gradients and optimizer state (not activations). */
 void llama_param_bytes(const llama_model *m, size_t bytes[MEM_NCAT]);

@@ -1,20 +1,18 @@
 /* The memory planner: what a training run will allocate, from its options alone.
  *
  * plan_make() replays, without allocating anything, the sequence of mem_alloc / mem_free calls
- * that `loqt train` and `loqt bench` make (model creation, activations, the data buffers, the
- * first optimizer step with its refresh for LoQT, an ordinary step, a later refresh step with the
- * optimizer state in place, and the optional dense export at the end), on a counter of bytes per
- * memory category.  So plan.peak[c] is what mem_peak(c) reports after such a run, and
- * plan.accounted_peak what mem_peak_total() reports; the tests check both to the byte.
- * To that it adds an estimate of the memory that is not accounted (the program, its libraries,
- * OpenBLAS's per-thread buffers, thread stacks, malloc slack), measured on `loqt bench` runs
- * (docs/memory.md), which gives plan.total: the expected peak resident set size.
- *
- * Keep it in step with the code it mirrors: model/llama.c (parameters, activations, backward
- * scratch), methods/dense.c, methods/loqt.c (+ quant/qmat.c, quant/nf4.c, linalg/svd.c,
- * linalg/lstsq.c for the refresh), optim/ (AdamW, 8-bit Adam), cli/cmd_train.c, cli/cmd_bench.c.
- * Per-layer updates and activation checkpointing are modelled in one function each
- * (see plan.c) so they can follow the trainer as it changes. */
+ * that `loqt train` and `loqt bench` make (the data buffers, model creation, activations, the
+ * first optimizer step, an ordinary step, the first later refresh step with the optimizer state
+ * in place, and the optional dense export at the end), on a mem_sim byte counter.  The model's
+ * own buffers are replayed here from the size functions model/llama.c allocates with; every
+ * linear layer's are replayed by its method's `plan` hook, phase by phase, next to the code it
+ * mirrors (methods/linear.h), so this file names no method.  So plan.peak[c] is what mem_peak(c)
+ * reports after such a run, and plan.accounted_peak what mem_peak_total() reports; the tests
+ * check both to the byte for every registered method.  To that it adds an estimate of the memory
+ * that is not accounted (the program, its libraries, the GEMM library's per-thread buffers,
+ * thread stacks, malloc slack), measured on `loqt bench` runs (docs/memory.md), which gives
+ * plan.total: the expected peak resident set size.  Reporting and the search for options that
+ * make a run fit live in model/plan_report.c. */
 #ifndef LOQT_PLAN_H
 #define LOQT_PLAN_H
 
@@ -35,7 +33,7 @@ typedef struct {
 
 typedef struct {
     llama_config cfg;
-    const char *method;       /* "full" or "loqt" (aliases as method_find) */
+    const char *method;       /* a registered method's name (aliases as method_find) */
     method_opts mo;           /* the method's options; mo.optimizer is the optimizer */
     int batch, seq, accum;    /* micro-batch B x T, micro-batches per optimizer step */
     long steps;               /* optimizer steps of the run (decides whether a later LoQT refresh
@@ -55,14 +53,14 @@ typedef struct {
     size_t steady;           /* accounted bytes held during ordinary steps */
     size_t overhead;         /* estimate of unaccounted memory */
     size_t total;            /* accounted_peak + overhead: the expected peak RSS */
-    int refresh_with_optim;  /* a LoQT refresh happens after the optimizer state exists */
+    int refresh_with_optim;  /* a refresh happens after the optimizer state exists */
 } plan;
 
 /* Defaults: batch 8 x 256, 1 micro-batch, 1000 steps, threads 0, AdamW, method defaults. */
 void plan_input_defaults(plan_input *in, const llama_config *cfg, const char *method);
 
 /* Fills p from in.  0, or -1 with loqt_set_error on an impossible input (unknown method, sizes,
- * rank). */
+ * an option out of its range). */
 int plan_make(plan *p, const plan_input *in);
 
 /* 0 if p->total <= max_bytes; else -1 with a one-line error naming the total, the largest
@@ -77,9 +75,9 @@ void plan_print(const plan *p, FILE *f);
  * accumulation).  The measured model of docs/memory.md. */
 size_t plan_overhead_bytes(int threads, int heap_churn);
 
-/* The papers' memory estimate (weights + optimizer state, everything in 16 bits; LoQT: W in
- * 4 bits, P and B in 16 bits, Adam on B), in bytes.  method "full" or "loqt"; rank as --rank. */
-double plan_paper_estimate(const llama_config *cfg, const char *method, int rank);
+/* The papers' memory estimate (weights + optimizer state, everything in 16 bits, each method's
+ * layers as its paper_bytes hook counts them), in bytes; 0 when the method has no such hook. */
+double plan_paper_estimate(const llama_config *cfg, const char *method, const method_opts *mo);
 
 /* "20GiB", "24000MiB", "1.5G", "512M", "123456" (bytes); KiB/MiB/GiB/TiB and K/M/G/T are powers
  * of 1024, KB/MB/GB/TB powers of 1000.  0, or -1 with an error. */

@@ -16,16 +16,18 @@ void train_hparams_defaults(train_hparams *h) {
     h->optimizer = OPTIM_ADAMW;
 }
 
-step_result train_step(llama_model *m, long step, const int32_t *const *inputs,
-                       const int32_t *const *targets, int accum, const train_hparams *h) {
+int train_step(llama_model *m, long step, const int32_t *const *inputs,
+               const int32_t *const *targets, int accum, const train_hparams *h, step_result *out) {
     step_result r = {0};
+    /* a method may scale the whole model's learning rate (ReLoRA's restarting warmup) */
+    const double lr_scale = m->method->lr_scale ? m->method->lr_scale(&m->mopts, step) : 1.0;
     const int N = m->B * m->T;
     /* each token's loss weighs 1 / (all tokens of the step), so accumulated gradients are those of
      * the mean loss of the whole batch */
     const float scale = 1.0f / ((float)N * (float)accum);
     optim_hparams oh = {
         .kind = h->optimizer,
-        .lr = (float)sched_lr(&h->sched, step),
+        .lr = (float)(sched_lr(&h->sched, step) * lr_scale),
         .beta1 = h->beta1,
         .beta2 = h->beta2,
         .eps = h->eps,
@@ -42,15 +44,17 @@ step_result train_step(llama_model *m, long step, const int32_t *const *inputs,
         m->layer_step_index = step;
         m->transient_grads = accum == 1;
         llama_begin_step(m, step);
-        for (int i = 0; i < accum; i++) {
+        int rc = 0;
+        for (int i = 0; i < accum && !rc; i++) {
             m->last_microbatch = i == accum - 1;
             r.loss += llama_forward(m, inputs[i], targets[i], scale, NULL);
-            llama_backward(m, inputs[i]);
+            rc = llama_backward(m, inputs[i]);
         }
         m->last_microbatch = 0;
         r.loss /= accum;
         r.grad_norm = NAN;
-        return r;
+        *out = r;
+        return rc;
     }
     llama_zero_grad(m);
     llama_begin_step(m, step);
@@ -59,13 +63,14 @@ step_result train_step(llama_model *m, long step, const int32_t *const *inputs,
         llama_backward(m, inputs[i]);
     }
     r.loss /= accum;
-    llama_end_step(m, step);
+    *out = r;
+    if (llama_end_step(m, step)) return -1;
     r.grad_norm = llama_grad_norm(m);
     /* torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1 */
     if (h->grad_clipping > 0) {
         float coef = (float)(h->grad_clipping / (r.grad_norm + 1e-6));
         if (coef < 1.0f) oh.grad_scale = coef;
     }
-    llama_optimizer_step(m, &oh);
-    return r;
+    out->grad_norm = r.grad_norm;
+    return llama_optimizer_step(m, &oh);
 }

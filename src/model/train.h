@@ -23,8 +23,9 @@ typedef struct {
 } step_result;
 
 /* Runs optimizer step `step` (0-based) on `accum` micro-batches; inputs[i], targets[i] hold B*T
- * tokens each (the model's batch shape). */
-step_result train_step(llama_model *m, long step, const int32_t *const *inputs,
-                       const int32_t *const *targets, int accum, const train_hparams *h);
+ * tokens each (the model's batch shape).  0, or -1 with an error when a method's refresh or
+ * update fails (the model is then not usable for further steps). */
+int train_step(llama_model *m, long step, const int32_t *const *inputs,
+               const int32_t *const *targets, int accum, const train_hparams *h, step_result *out);
 
 #endif

@@ -184,6 +184,21 @@ static q8_view q8_of(const optim_state *s) {
     return q;
 }
 
+int adam8bit_get_moments(const optim_state *s, float *m, float *v) {
+    if (!s->q) return 0;
+    q8_view q = q8_of(s);
+    adam8bit_dequantize(adam8bit_map(1), q.cm, q.absm, s->n, m);
+    adam8bit_dequantize(adam8bit_map(0), q.cv, q.absv, s->n, v);
+    return 1;
+}
+
+void adam8bit_set_moments(optim_state *s, const float *m, const float *v) {
+    if (!s->q) return;
+    q8_view q = q8_of(s);
+    adam8bit_quantize(adam8bit_map(1), m, s->n, q.cm, q.absm);
+    adam8bit_quantize(adam8bit_map(0), v, s->n, q.cv, q.absv);
+}
+
 void adam8bit_update(optim_state *s, float *w, const float *g, const optim_hparams *h) {
     if (!adam8bit_is_quantized(s)) {
         /* small tensors: the 8-bit state would save little and cost the most accuracy there */

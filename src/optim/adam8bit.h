@@ -49,6 +49,10 @@ int adam8bit_is_quantized(const optim_state *s);
  * fresh block absmax.  Small tensors: the AdamW update.  Called by optim_update. */
 void adam8bit_update(optim_state *s, float *w, const float *g, const optim_hparams *h);
 
+/* The moments as fp32 (0 when the 8-bit state does not exist), and back (re-quantized). */
+int adam8bit_get_moments(const optim_state *s, float *m, float *v);
+void adam8bit_set_moments(optim_state *s, const float *m, const float *v);
+
 /* Checkpoint tensors of the 8-bit state (nothing if none has been allocated yet). */
 void adam8bit_state_save(const optim_state *s, st_writer *w, const char *prefix);
 /* Loads them if present (0 if absent); -1 with an error if they are present but this state is not

@@ -51,6 +51,34 @@ size_t optim_state_bytes(const optim_state *s) {
     return mem_size(s->m) + mem_size(s->v) + (s->q ? mem_size(s->q) : 0);
 }
 
+int optim_state_get_moments(const optim_state *s, float *m, float *v) {
+    if (s->m) {
+        memcpy(m, s->m, s->n * sizeof(float));
+        memcpy(v, s->v, s->n * sizeof(float));
+        return 1;
+    }
+    return adam8bit_get_moments(s, m, v);
+}
+
+void optim_state_set_moments(optim_state *s, const float *m, const float *v) {
+    if (s->m) {
+        memcpy(s->m, m, s->n * sizeof(float));
+        memcpy(s->v, v, s->n * sizeof(float));
+        return;
+    }
+    adam8bit_set_moments(s, m, v);
+}
+
+void optim_plan_update(mem_sim *s, optim_kind kind, size_t n, int ready) {
+    if (ready) return;
+    if (kind == OPTIM_ADAM8BIT && adam8bit_state_bytes(n)) {
+        mem_sim_alloc(s, MEM_OPTIM, adam8bit_state_bytes(n));
+    } else {
+        mem_sim_alloc(s, MEM_OPTIM, n * sizeof(float)); /* m */
+        mem_sim_alloc(s, MEM_OPTIM, n * sizeof(float)); /* v */
+    }
+}
+
 void adamw_update(optim_state *s, float *w, const float *g, const optim_hparams *h) {
     if (!s->m) {
         s->m = mem_alloc(MEM_OPTIM, s->n * sizeof(float));

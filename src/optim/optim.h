@@ -6,6 +6,7 @@
 #ifndef LOQT_OPTIM_H
 #define LOQT_OPTIM_H
 
+#include "core/mem.h"
 #include "io/safetensors.h"
 
 #include <stddef.h>
@@ -46,6 +47,16 @@ void optim_update(optim_state *s, float *w, const float *g, const optim_hparams 
 /* The fp32 AdamW update, whatever s->kind says: optim_update's AdamW path, and 8-bit Adam's path
  * for tensors too small to quantize. */
 void adamw_update(optim_state *s, float *w, const float *g, const optim_hparams *h);
+
+/* Adam's moments as fp32 (8-bit state dequantized), for methods that change the basis their
+ * moments live in (GaLore's projection).  get returns 0 when no update has allocated them yet
+ * (m and v untouched), 1 after copying; set writes them back (re-quantized for 8-bit). */
+int optim_state_get_moments(const optim_state *s, float *m, float *v);
+void optim_state_set_moments(optim_state *s, const float *m, const float *v);
+
+/* Planning twin (core/mem.h mem_sim) of the state a first optim_update allocates for n elements;
+ * `ready`: the state exists already (nothing is allocated). */
+void optim_plan_update(mem_sim *s, optim_kind kind, size_t n, int ready);
 
 /* Sum of squares of g (double accumulation), for global-norm clipping. */
 double optim_sqnorm(const float *g, size_t n);

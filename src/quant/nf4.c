@@ -69,6 +69,25 @@ uint8_t nf4_code(float v) {
     return (uint8_t)c;
 }
 
+/* the sizes nf4_init and nf4_quantize allocate, shared with their planning twins */
+static size_t dq_scale_bytes(size_t nblocks) { return dq_groups(nblocks) * sizeof(float); }
+static size_t dq_absmax_scratch_bytes(size_t nblocks) { return nblocks * sizeof(float); }
+
+void nf4_plan_init(mem_sim *s, size_t n, bool double_quant) {
+    const size_t nb = nf4_num_blocks(n);
+    mem_sim_alloc(s, MEM_QWEIGHTS, nf4_packed_bytes(n));
+    if (double_quant) {
+        mem_sim_alloc(s, MEM_QSTATE, nb);
+        mem_sim_alloc(s, MEM_QSTATE, dq_scale_bytes(nb));
+    } else {
+        mem_sim_alloc(s, MEM_QSTATE, nb * sizeof(float));
+    }
+}
+
+void nf4_plan_quantize(mem_sim *s, size_t n, bool double_quant) {
+    if (double_quant) mem_sim_temp(s, MEM_SCRATCH, dq_absmax_scratch_bytes(nf4_num_blocks(n)));
+}
+
 int nf4_init(nf4_tensor *t, size_t n, bool double_quant) {
     memset(t, 0, sizeof *t);
     if (n == 0) return loqt_set_error("nf4: empty tensor");
@@ -79,7 +98,7 @@ int nf4_init(nf4_tensor *t, size_t n, bool double_quant) {
     if (!t->codes) return -1;
     if (double_quant) {
         t->qabsmax = mem_try_alloc(MEM_QSTATE, t->nblocks);
-        t->dq_scale = mem_try_alloc(MEM_QSTATE, dq_groups(t->nblocks) * sizeof(float));
+        t->dq_scale = mem_try_alloc(MEM_QSTATE, dq_scale_bytes(t->nblocks));
         if (!t->qabsmax || !t->dq_scale) {
             nf4_free(t);
             return -1;
@@ -158,7 +177,7 @@ int nf4_quantize(nf4_tensor *t, const float *x) {
         return 0;
     }
     /* double quantization: all absmax first, then their mean, then int8 groups, then codes */
-    float *am = mem_try_alloc(MEM_SCRATCH, nb * sizeof(float));
+    float *am = mem_try_alloc(MEM_SCRATCH, dq_absmax_scratch_bytes(nb));
     if (!am) return -1;
 #pragma omp parallel for schedule(static) reduction(| : bad) if (par_ok(n))
     for (size_t b = 0; b < nb; b++) {

@@ -19,6 +19,8 @@
 #ifndef LOQT_NF4_H
 #define LOQT_NF4_H
 
+#include "core/mem.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -56,6 +58,9 @@ uint8_t nf4_code(float v);
 
 /* Allocates buffers for n elements (n >= 1).  Returns 0, or -1 with loqt_set_error. */
 int nf4_init(nf4_tensor *t, size_t n, bool double_quant);
+/* Planning twins of nf4_init and nf4_quantize (core/mem.h mem_sim). */
+void nf4_plan_init(mem_sim *s, size_t n, bool double_quant);
+void nf4_plan_quantize(mem_sim *s, size_t n, bool double_quant);
 void nf4_free(nf4_tensor *t);
 
 /* Quantizes x[0..n) into t (buffers are reused, so re-quantizing at a merge allocates nothing).

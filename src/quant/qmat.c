@@ -25,6 +25,29 @@ int qmat_init(qmat *m, qmat_kind kind, int rows, int cols, bool double_quant, me
     return loqt_set_error("unknown matrix storage kind");
 }
 
+void qmat_plan_init(mem_sim *s, qmat_kind kind, size_t n, bool dq, mem_cat cat) {
+    switch (kind) {
+    case QMAT_F32: mem_sim_alloc(s, cat, n * sizeof(float)); break;
+    case QMAT_BF16: mem_sim_alloc(s, cat, n * sizeof(uint16_t)); break;
+    case QMAT_NF4: nf4_plan_init(s, n, dq); break;
+    }
+}
+
+void qmat_plan_free(mem_sim *s, qmat_kind kind, size_t n, bool dq, mem_cat cat) {
+    switch (kind) {
+    case QMAT_F32: mem_sim_free(s, cat, n * sizeof(float)); break;
+    case QMAT_BF16: mem_sim_free(s, cat, n * sizeof(uint16_t)); break;
+    case QMAT_NF4:
+        mem_sim_free(s, MEM_QWEIGHTS, nf4_packed_bytes(n));
+        mem_sim_free(s, MEM_QSTATE, nf4_state_bytes(n, dq));
+        break;
+    }
+}
+
+void qmat_plan_set(mem_sim *s, qmat_kind kind, size_t n, bool dq) {
+    if (kind == QMAT_NF4) nf4_plan_quantize(s, n, dq);
+}
+
 void qmat_free(qmat *m) {
     mem_free(m->f32);
     mem_free(m->bf16);
@@ -45,23 +68,35 @@ int qmat_set(qmat *m, const float *x) {
     return -1;
 }
 
-int qmat_set_stochastic(qmat *m, const float *x, uint64_t seed, uint64_t stream) {
-    if (m->kind != QMAT_BF16) return qmat_set(m, x);
-    long n = (long)m->rows * m->cols;
+int qmat_set_rows_stochastic(qmat *m, int r0, int r1, const float *x, uint64_t seed,
+                              uint64_t stream) {
+    const size_t e0 = (size_t)r0 * m->cols, e1 = (size_t)r1 * m->cols;
+    if (m->kind == QMAT_F32) {
+        memcpy(m->f32 + e0, x, (e1 - e0) * sizeof(float));
+        return 0;
+    }
+    if (m->kind != QMAT_BF16) return loqt_set_error("qmat: row updates need fp32 or bf16 storage");
+    const long n = (long)(e1 - e0);
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (long i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, &x[i], 4);
         if ((u & 0x7f800000u) == 0x7f800000u) { /* inf / nan: no dithering */
-            m->bf16[i] = f32_to_bf16(x[i]);
+            m->bf16[e0 + i] = f32_to_bf16(x[i]);
             continue;
         }
         /* add 16 random bits below the kept mantissa, then truncate: rounds up with probability
-         * equal to the dropped fraction, so E[bf16] = x */
-        u += (uint32_t)(rng_u64(seed, stream, (uint64_t)i) & 0xffffu);
-        m->bf16[i] = (uint16_t)(u >> 16);
+         * equal to the dropped fraction, so E[bf16] = x; the key is the element's index in the
+         * whole matrix, so a row range rounds as the whole matrix would */
+        u += (uint32_t)(rng_u64(seed, stream, (uint64_t)(e0 + i)) & 0xffffu);
+        m->bf16[e0 + i] = (uint16_t)(u >> 16);
     }
     return 0;
+}
+
+int qmat_set_stochastic(qmat *m, const float *x, uint64_t seed, uint64_t stream) {
+    if (m->kind != QMAT_BF16) return qmat_set(m, x);
+    return qmat_set_rows_stochastic(m, 0, m->rows, x, seed, stream);
 }
 
 void qmat_get_rows(const qmat *m, int r0, int r1, float *y) {

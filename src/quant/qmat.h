@@ -31,6 +31,9 @@ int qmat_set(qmat *m, const float *x);
 /* m <- x with stochastic rounding for BF16 (unbiased; uniform from (seed, stream, element));
  * other kinds round as qmat_set does. */
 int qmat_set_stochastic(qmat *m, const float *x, uint64_t seed, uint64_t stream);
+/* Rows [r0, r1) <- x with stochastic rounding (BF16, keyed by the element's index in the whole
+ * matrix) or copied (F32); -1 for NF4. */
+int qmat_set_rows_stochastic(qmat *m, int r0, int r1, const float *x, uint64_t seed, uint64_t stream);
 void qmat_get_rows(const qmat *m, int r0, int r1, float *y);
 void qmat_get(const qmat *m, float *y);
 void qmat_mem_bytes(const qmat *m, size_t bytes[MEM_NCAT]);
@@ -41,6 +44,12 @@ void qmat_save(const qmat *m, st_writer *w, const char *name);
 int qmat_load(qmat *m, const st_file *f, const char *name);
 
 const char *qmat_kind_name(qmat_kind k);
+
+/* Planning twins (core/mem.h mem_sim): the allocations of qmat_init and of one qmat_set /
+ * qmat_set_stochastic, from the same size functions. */
+void qmat_plan_init(mem_sim *s, qmat_kind kind, size_t n, bool double_quant, mem_cat cat);
+void qmat_plan_set(mem_sim *s, qmat_kind kind, size_t n, bool double_quant);
+void qmat_plan_free(mem_sim *s, qmat_kind kind, size_t n, bool double_quant, mem_cat cat);
 
 static inline uint16_t f32_to_bf16(float x) {
     uint32_t u;
