@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The LoQT quality experiment (issue: "LoQT ... trained end to end"): full-rank AdamW, LoQT and
-# LoQT-nq on the same model, tokens, seed and schedule, and the variants below (the merge-state
-# A/B, ...; RUNS="loqt-keep"); then a table and a loss plot in docs/.
+# LoQT-nq on the same model, tokens, seed and schedule, and the variants below (GaLore, the
+# merge-state A/B, ...; RUNS="galore loqt-keep"); then a table and a loss plot in docs/.
 #
 #   bash experiments/loqt_quality.sh            # run (or resume) all three, then report
 #   nohup bash experiments/loqt_quality.sh > loqt_quality.log 2>&1 &    # in the background
@@ -54,10 +54,13 @@ declare -A ARGS=(
     # the A/B of B's Adam moments at a merge: as loqt (reset, the default), but kept as the
     # reference code keeps them; nothing else changed
     [loqt-keep]="${LOQT_ARGS[*]} --merge-optimizer-state keep"
+    # GaLore at the GaLore paper's 60m settings (rank 128, scale 0.25, P every 200 steps, lr 0.01),
+    # with the same tokens, schedule and clipping as loqt and full
+    [galore]="--method galore --lr 0.01 --rank 128 --galore-scale 0.25 --update-proj-gap 200"
 )
 ORDER=(loqt full loqt-nq)
 # the report lists every run that has results, the variants after the three main ones
-REPORT=("${ORDER[@]}" loqt-gap50-keep full-noclip loqt-plu loqt-keep)
+REPORT=("${ORDER[@]}" loqt-gap50-keep full-noclip loqt-plu loqt-keep galore)
 read -r -a RUN_LIST <<<"${RUNS:-${ORDER[*]}}"
 
 finished() { [ -f "$1/metrics.jsonl" ] && grep -q "\"final\": true, \"step\": $STEPS," "$1/metrics.jsonl"; }

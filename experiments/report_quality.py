@@ -27,9 +27,15 @@ NOTES = {
     "full-noclip": "full-rank AdamW as full, but with one micro-batch of 16 sequences per step (the "
                    "same tokens) and no gradient clipping: the baseline of loqt-plu. Ran beside "
                    "loqt-plu with one thread each, so its tokens/s is that of one core.",
+    "loqt-nq": "LoQT with W and P in 16 bits. Trained (2026-11) with 5 rounds of error compensation "
+               "at each merge, as loqt; loqt now skips compensation when W is 16-bit (a merge "
+               "loses nothing there, and the reference skips it too), so a rerun would differ.",
     "loqt-keep": "LoQT as loqt, with --merge-optimizer-state keep (B's Adam moments kept across "
                  "merges, as the reference code does) and nothing else changed: the A/B of the "
                  "merge default.",
+    "galore": "GaLore (--method galore) at the GaLore paper's 60m settings: rank 128, scale 0.25, "
+              "P from the gradient's SVD every 200 steps, lr 0.01, --galore-state project; the "
+              "same tokens, schedule and clipping as loqt and full.",
     "loqt-plu": "LoQT as loqt, with --per-layer-updates (each layer's refresh and update run inside "
                 "backward and every gradient but the norms' is freed after its update), one "
                 "micro-batch of 16 and no gradient clipping (per-layer updates have no global norm "

@@ -33,6 +33,7 @@ static const method_entry entries[] = {
     /* NF4 W: the initial weight within half the code book's widest gap (0.1385 of a block's
      * absmax); fp32 B so that finite differences see the perturbation (bf16 would round it) */
     {"loqt", 1e-5, 0.139, 1e-3, {"lowrank-dtype=fp32", NULL}},
+    {"galore", 1e-5, 0, 1e-3, {NULL}},
 };
 enum { N_ENTRIES = sizeof entries / sizeof entries[0] };
 

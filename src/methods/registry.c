@@ -13,6 +13,7 @@
 #define METHODS      \
     X(dense)         \
     X(loqt)          \
+    X(galore)        \
     /* end of list */
 
 #define X(n) extern const linear_method method_##n;
