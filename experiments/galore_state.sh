@@ -20,22 +20,17 @@ RANK=${RANK:-64}
 THREADS=${THREADS:-0}
 ROOT=experiments/results/galore_state
 read -r -a RUN_LIST <<<"${RUNS:-keep project reset}"
-finished() { [ -f "$1/metrics.jsonl" ] && grep -q "\"final\": true, \"step\": $STEPS," "$1/metrics.jsonl"; }
-
+# shellcheck source=experiments/run_or_resume.sh
+. experiments/run_or_resume.sh
 if [ "${1:-}" != report ]; then
     [ -x "$LOQT" ] || make -j2
     [ -f data/corpus/manifest.json ] || make data
     for state in "${RUN_LIST[@]}"; do
-        dir=$ROOT/$state
-        if finished "$dir"; then echo "== $state: finished"; continue; fi
-        resume=()
-        if ls -d "$dir"/checkpoints/step-* >/dev/null 2>&1; then resume=(--resume latest); fi
-        echo "== $state: ${resume[*]:-start} ($(date -u +%H:%M:%S))"
-        "$LOQT" train --model "$MODEL" --data data/corpus --num-training-steps "$STEPS" \
+        run_or_resume "$state" "$ROOT/$state" "$STEPS" "$LOQT" --model "$MODEL" --data data/corpus \
             --batch-size "$BATCH" --max-length "$SEQ" --warmup-steps $((STEPS / 10)) --min-lr-ratio 0.1 \
             --eval-every 50 --num-eval-tokens 51200 --save-every 50 --seed 0 --threads "$THREADS" \
             --method galore --lr 0.01 --rank "$RANK" --update-proj-gap "$GAP" --galore-scale 0.25 \
-            --galore-state "$state" --output-dir "$dir" "${resume[@]}"
+            --galore-state "$state"
     done
 fi
 /usr/bin/python3 - "$ROOT" "$MODEL" "$STEPS" "$BATCH" "$SEQ" "$GAP" "$RANK" <<'PY'

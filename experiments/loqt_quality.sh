@@ -30,7 +30,7 @@ ROOT=${ROOT:-$MAIN_ROOT}
 THREADS=${THREADS:-0}
 mkdir -p "$ROOT"
 
-COMMON=(--model "$MODEL" --data data/corpus --num-training-steps "$STEPS" --batch-size "$BATCH"
+COMMON=(--model "$MODEL" --data data/corpus --batch-size "$BATCH"
         --total-batch-size "$TOTAL" --max-length "$SEQ" --warmup-steps $((STEPS / 10))
         --min-lr-ratio 0.1 --grad-clipping 1.0 --eval-every 100 --num-eval-tokens 51200
         --save-every 50 --seed "${SEED:-0}" --threads "$THREADS")
@@ -63,19 +63,14 @@ ORDER=(loqt full loqt-nq)
 REPORT=("${ORDER[@]}" loqt-gap50-keep full-noclip loqt-plu loqt-keep galore)
 read -r -a RUN_LIST <<<"${RUNS:-${ORDER[*]}}"
 
-finished() { [ -f "$1/metrics.jsonl" ] && grep -q "\"final\": true, \"step\": $STEPS," "$1/metrics.jsonl"; }
-
+# shellcheck source=experiments/run_or_resume.sh
+. experiments/run_or_resume.sh
 if [ "${1:-}" != report ]; then
     [ -x "$LOQT" ] || make -j2
     [ -f data/corpus/manifest.json ] || make data
     for name in "${RUN_LIST[@]}"; do
-        dir=$ROOT/$name
-        if finished "$dir"; then echo "== $name: finished"; continue; fi
-        resume=()
-        if ls -d "$dir"/checkpoints/step-* >/dev/null 2>&1; then resume=(--resume latest); fi
-        echo "== $name: ${resume[*]:-start} ($(date -u +%H:%M:%S))"
         # shellcheck disable=SC2086
-        "$LOQT" train "${COMMON[@]}" ${ARGS[$name]} --output-dir "$dir" "${resume[@]}"
+        run_or_resume "$name" "$ROOT/$name" "$STEPS" "$LOQT" "${COMMON[@]}" ${ARGS[$name]}
     done
 fi
 # the report always covers the main runs, plus every seed replication found beside them
