@@ -337,6 +337,8 @@ open(sys.argv[2], 'wb').write(b)" "$TOK" "$T/flip.tok"
         bad generate_empty_prompt "exit $RC without one 'loqt' error line"
     else ok generate_empty_prompt
     fi
+    # a huge --max-new-tokens under a memory limit: one line, not a crash
+    expect_error generate_out_of_memory 'memory' bash -c "ulimit -v 3000000; exec '$LOQT' generate --checkpoint '$GK' --tokenizer '$TOK' --threads 1 --max-new-tokens 2000000000"
 else
     echo "# $TOK not found: generate is tested only for tokenizer errors"
 fi
@@ -384,6 +386,9 @@ expect_error bad_resume_dense_export 'trainer' "$LOQT" train --model "$T/tiny.js
 expect_error bad_resume_latest_none 'checkpoint' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --resume latest --output-dir "$T/norun"
 expect_error bad_eval_no_checkpoint_option 'checkpoint' "$LOQT" eval "${EVAL[@]}"
 expect_error bad_export_no_out 'out' "$LOQT" export --checkpoint "$CK"
+expect_error bad_export_into_checkpoint 'checkpoint' "$LOQT" export --checkpoint "$CK" --out "$CK"
+expect_error bad_adam_eps_underflows 'adam-eps' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --adam-eps 1e-50
+expect_error bad_beta2_rounds_to_one 'beta' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --beta2 0.99999999999
 expect_error bad_unknown_command 'unknown command' "$LOQT" frobnicate
 
 # ---- 8. --help of every command, underscore spellings ----------------------------------------

@@ -80,14 +80,18 @@ int cmd_generate(int argc, char **argv) {
     int32_t *ids = NULL;
     long n = tokenizer_encode(tk, prompt, strlen(prompt), 1, &ids);
     if (n < 0) loqt_die_last("--prompt");
+    /* room for the prompt (at least BOS) and every new token; refused, not crashed, when the
+     * memory is not there */
+    int32_t *grown = realloc(ids, sizeof(int32_t) * (size_t)((n > 0 ? n : 1) + (long)max_new));
+    prob_id *buf = malloc(sizeof *buf * (size_t)V);
+    if (!grown || !buf)
+        loqt_die("generate: out of memory for %ld prompt + %d new tokens (lower --max-new-tokens)", n, max_new);
+    ids = grown;
     if (n == 0) { /* an empty prompt: start from BOS alone */
-        ids = realloc(ids, sizeof(int32_t));
         ids[0] = TOK_BOS;
         n = 1;
     }
     const int ctx = m.cfg.max_position_embeddings;
-    ids = realloc(ids, sizeof(int32_t) * (size_t)(n + max_new));
-    prob_id *buf = malloc(sizeof *buf * (size_t)V);
     rng_state r = {(uint64_t)seed, 0x67656e, 0};
     printf("%s", prompt);
     fflush(stdout);
@@ -96,6 +100,7 @@ int cmd_generate(int argc, char **argv) {
         int start = n > ctx ? (int)(n - ctx) : 0, T = (int)(n - start);
         llama_set_batch(&m, 1, T);
         float *logits = malloc(sizeof(float) * (size_t)T * V);
+        if (!logits) loqt_die("generate: out of memory for the logits of %d tokens", T);
         llama_forward(&m, ids + start, NULL, 0.0f, logits);
         int next = sample(logits + (size_t)(T - 1) * V, V, (float)temperature, (float)top_p, &r, buf);
         free(logits);

@@ -150,8 +150,14 @@ static void parse_args(train_args *a, int argc, char **argv) {
     if (!(a->lr > 0)) loqt_die("--lr must be positive");
     if (a->min_lr_ratio < 0 || a->min_lr_ratio > 1) loqt_die("--min-lr-ratio must be in [0, 1]");
     if (a->grad_clipping < 0 || a->weight_decay < 0) loqt_die("--grad-clipping and --weight-decay must be >= 0");
-    if (!(a->beta1 >= 0 && a->beta1 < 1 && a->beta2 >= 0 && a->beta2 < 1 && a->adam_eps > 0))
-        loqt_die("Adam betas must be in [0, 1) and --adam-eps positive");
+    /* checked as the optimizer uses them, in single precision: 1e-50 is 0 there, and
+     * 0.99999999999 is 1 */
+    const float b1 = (float)a->beta1, b2 = (float)a->beta2, eps = (float)a->adam_eps;
+    if (!(b1 >= 0 && b1 < 1 && b2 >= 0 && b2 < 1))
+        loqt_die("Adam betas must be in [0, 1) in single precision (--beta1 %.17g, --beta2 %.17g give %.9g, %.9g)",
+                 a->beta1, a->beta2, b1, b2);
+    if (!(eps >= 1e-30f) || !isfinite(eps))
+        loqt_die("--adam-eps %g is not a usable single-precision epsilon (1e-30 .. 3e38)", a->adam_eps);
     if (a->warmup_steps < 0) a->warmup_steps = a->num_training_steps / 10;
     if (a->run.per_layer_updates && a->grad_clipping > 0)
         loqt_die("--grad-clipping needs the global gradient norm before any update, which --per-layer-updates does not have; use one or the other");
