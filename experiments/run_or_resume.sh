@@ -9,7 +9,8 @@ run_or_resume() {
         return 0
     fi
     local resume=()
-    if ls -d "$dir"/checkpoints/step-* >/dev/null 2>&1; then resume=(--resume latest); fi
+    if ls -d "$dir"/checkpoints/step-* >/dev/null 2>&1; then resume=(--resume latest)
+    elif [ -e "$dir/metrics.jsonl" ]; then resume=(--overwrite); fi # stopped before its first checkpoint
     echo "== $name: ${resume[*]:-start} ($(date -u +%H:%M:%S))"
     "$loqt" train "$@" --num-training-steps "$steps" --output-dir "$dir" "${resume[@]}"
 }

@@ -259,6 +259,16 @@ else
         bash -c "[ $RC -eq 0 ] && [ \$(wc -l <'$T/c.steps') -eq 6 ] && tail -n 6 '$T/a.steps' | cmp -s - '$T/c.steps'"
 fi
 
+# ---- 3b. an existing run directory is never reused by accident --------------------------------
+sum_before=$(cat "$A/metrics.jsonl" "$A/checkpoints/step-00000012/model.safetensors" | md5sum)
+expect_error output_dir_holds_a_run 'holds a run' "$LOQT" train "${COMMON[@]}" --num-training-steps 3 --output-dir "$A"
+check output_dir_untouched "the refused run changed $A" \
+    bash -c "[ \"\$(cat '$A/metrics.jsonl' '$A/checkpoints/step-00000012/model.safetensors' | md5sum)\" = '$sum_before' ]"
+cp -r "$A" "$T/runO"
+run "$LOQT" train "${COMMON[@]}" --num-training-steps 3 --output-dir "$T/runO" --overwrite
+check output_dir_overwrite "exit $RC, or the old run's checkpoints survived: $(ls "$T/runO/checkpoints" 2>/dev/null | tr '\n' ' ')" \
+    bash -c "[ $RC -eq 0 ] && [ ! -d '$T/runO/checkpoints/step-00000012' ] && [ -d '$T/runO/checkpoints/step-00000003' ] && [ \$(grep -c '\"loss\"' '$T/runO/metrics.jsonl') -eq 3 ]"
+
 # ---- 4. gradient accumulation ----------------------------------------------------------------
 ACC=(--model "$T/tiny.json" --data "$D" --max-length 32 --threads 1 --num-eval-tokens 64 --num-training-steps 3)
 run "$LOQT" train "${ACC[@]}" --batch-size 2 --total-batch-size 4 --output-dir "$T/acc"

@@ -23,7 +23,7 @@
 typedef struct {
     cli_run run;
     const char *data, *scheduler, *output_dir, *resume;
-    int eval_every, save_every, log_every, save_original_model;
+    int eval_every, save_every, log_every, save_original_model, overwrite;
     long num_training_steps, warmup_steps, num_eval_tokens, seed;
     double lr, min_lr_ratio, grad_clipping, weight_decay, beta1, beta2, adam_eps;
 } train_args;
@@ -144,6 +144,7 @@ static void parse_args(train_args *a, int argc, char **argv) {
         {"resume", OPT_STRING, &a->resume, "continue from a checkpoint directory, or 'latest' in --output-dir (the method's options come from the checkpoint)", NULL},
         {"seed", OPT_LONG, &a->seed, "seed of the initialization (the data order is fixed)", NULL},
         {"save-original-model", OPT_FLAG, &a->save_original_model, "at the end also write a plain dense LLaMA (W_eff merged) to OUTPUT_DIR/original_model", NULL},
+        {"overwrite", OPT_FLAG, &a->overwrite, "start a new run in an --output-dir that holds one (its metrics.jsonl, checkpoints/ and original_model/ are deleted)", NULL},
     };
     cli_parse_run(&a->run, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "train", SUMMARY);
     if (a->num_training_steps <= 0) loqt_die("--num-training-steps must be positive");
@@ -192,6 +193,27 @@ static void locate_run(train_args *a, train_run *t) {
     }
     if (a->run.seq_len > t->cfg.max_position_embeddings)
         loqt_die("--max-length %d exceeds the model's max_position_embeddings %d", a->run.seq_len, t->cfg.max_position_embeddings);
+}
+
+/* A new run in a directory that holds one would truncate its metrics, replace its checkpoints of
+ * the same step numbers and leave the later ones, which a --resume latest would then continue:
+ * refused unless --overwrite says to start over. */
+static void claim_output_dir(const train_args *a) {
+    char metrics[4200], ckpts[4200], orig[4200];
+    snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", a->output_dir);
+    snprintf(ckpts, sizeof ckpts, "%s/checkpoints", a->output_dir);
+    snprintf(orig, sizeof orig, "%s/original_model", a->output_dir);
+    struct stat sb;
+    int held = stat(metrics, &sb) == 0 || stat(ckpts, &sb) == 0 || stat(orig, &sb) == 0;
+    if (!held || a->resume) return;
+    if (!a->overwrite)
+        loqt_die("--output-dir %s holds a run already (metrics.jsonl, checkpoints/ or original_model/): "
+                 "continue it with --resume latest, use another --output-dir, or pass --overwrite to delete it and start over",
+                 a->output_dir);
+    unlink(metrics);
+    file_remove_tree(ckpts);
+    file_remove_tree(orig);
+    printf("--overwrite: deleted the previous run in %s\n", a->output_dir);
 }
 
 static void open_data(const train_args *a, train_run *t) {
@@ -382,6 +404,7 @@ int cmd_train(int argc, char **argv) {
     parse_args(&a, argc, argv);
     cli_set_threads(a.run.threads);
     locate_run(&a, &t);
+    claim_output_dir(&a);
     open_data(&a, &t);
     if (*t.resume_dir) resume_options(&a, &t, &tm);
     set_hparams(&a, &t.h);

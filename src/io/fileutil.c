@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "core/mem.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -194,4 +195,20 @@ int file_mkdir_p(const char *path) {
     }
     free(buf);
     return 0;
+}
+
+void file_remove_tree(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char p[4096];
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        struct stat st;
+        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) file_remove_tree(p);
+        else unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
 }

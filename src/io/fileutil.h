@@ -33,6 +33,9 @@ int file_write_atomic(const char *path, const void *data, size_t len);
 
 /* Creates path and any missing parents (like mkdir -p); existing directories are fine. */
 int file_mkdir_p(const char *path);
+/* Removes a directory tree that loqt itself wrote (a stale .tmp or .old checkpoint, a run's
+ * checkpoints under --overwrite); symbolic links are removed, not followed. */
+void file_remove_tree(const char *dir);
 /* fsyncs a directory so that entries created or renamed in it are durable. */
 int file_fsync_dir(const char *dir);
 /* fsyncs the directory that contains path ("." for a bare name). */

@@ -78,28 +78,11 @@ static void meta_strings(const trainer_meta *tm, char v[6][64]) {
 }
 static const char *meta_keys[6] = {"step", "tokens_seen", "data_position", "seed", "loss", "method"};
 
-/* Removes a directory tree that loqt itself wrote (a stale .tmp or .old checkpoint). */
-static void remove_tree(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[4096];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) remove_tree(p);
-        else unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 int checkpoint_save(const llama_model *m, const trainer_meta *tm, const char *dir) {
     char tmp[4096], path[4096];
     if (strlen(dir) > 4000) return loqt_set_error("checkpoint path too long: %s", dir);
     snprintf(tmp, sizeof tmp, "%s.tmp", dir);
-    remove_tree(tmp);
+    file_remove_tree(tmp);
     if (file_mkdir_p(tmp)) return -1;
     if (write_config(&m->cfg, tmp)) return -1;
 
@@ -148,14 +131,14 @@ int checkpoint_save(const llama_model *m, const trainer_meta *tm, const char *di
     /* replace an existing checkpoint of the same name only after the new one is complete */
     char old[4096];
     snprintf(old, sizeof old, "%s.old", dir);
-    remove_tree(old);
+    file_remove_tree(old);
     struct stat st;
     if (stat(dir, &st) == 0 && rename(dir, old) != 0)
         return loqt_set_error("%s: cannot move the previous checkpoint aside: %s", dir,
                               strerror(errno));
     if (rename(tmp, dir) != 0)
         return loqt_set_error("%s: cannot rename %s into place: %s", dir, tmp, strerror(errno));
-    remove_tree(old);
+    file_remove_tree(old);
     return file_fsync_parent(dir);
 }
 
