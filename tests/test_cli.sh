@@ -269,6 +269,55 @@ run "$LOQT" train "${COMMON[@]}" --num-training-steps 3 --output-dir "$T/runO" -
 check output_dir_overwrite "exit $RC, or the old run's checkpoints survived: $(ls "$T/runO/checkpoints" 2>/dev/null | tr '\n' ' ')" \
     bash -c "[ $RC -eq 0 ] && [ ! -d '$T/runO/checkpoints/step-00000012' ] && [ -d '$T/runO/checkpoints/step-00000003' ] && [ \$(grep -c '\"loss\"' '$T/runO/metrics.jsonl') -eq 3 ]"
 
+# ---- 3c. divergence and signals -------------------------------------------------------------
+# a learning rate that overflows the weights: the NaN steps are skipped with a warning each, and
+# --max-bad-steps of them in a row stop the run; no checkpoint holds the NaN weights
+run "$LOQT" train "${COMMON[@]}" --num-training-steps 20 --lr 1e30 --warmup-steps 0 --max-bad-steps 3 --output-dir "$T/nan"
+check diverged_stops "exit $RC; stderr: $(tail -n 1 "$T/err")" \
+    bash -c "[ $RC -eq 1 ] && tail -n 1 '$T/err' | grep -q '^loqt: error: 3 steps in a row' && [ \$(grep -c 'warning: step' '$T/err') -eq 3 ]"
+# a learning rate so large that the activations overflow: RMSNorm's output becomes 0, the loss
+# sits at ln(V) with a zero gradient; reported as a dead model, not trained on with exit 0
+run "$LOQT" train "${COMMON[@]}" --num-training-steps 30 --lr 300 --warmup-steps 0 --output-dir "$T/dead"
+check dead_model_reported "exit $RC; stderr: $(tail -n 1 "$T/err")" \
+    bash -c "[ $RC -eq 1 ] && tail -n 1 '$T/err' | grep -q 'model is dead'"
+# SIGTERM (as a scheduler sends it) and SIGINT (Ctrl-C): the step finishes, a checkpoint is
+# written, the exit status is 128 + the signal, and --resume latest continues from it
+for sig in TERM INT; do
+    want=$([ $sig = TERM ] && echo 143 || echo 130)
+    "$LOQT" train "${COMMON[@]}" --num-training-steps 1000000 --output-dir "$T/sig$sig" >"$T/sig.out" 2>"$T/sig.err" &
+    pid=$!
+    for _ in $(seq 1 600); do
+        [ "$(grep -c '"loss"' "$T/sig$sig/metrics.jsonl" 2>/dev/null)" -ge 3 ] && break
+        sleep 0.05
+    done
+    kill -$sig $pid
+    wait $pid
+    rc=$?
+    last=$(ls -d "$T/sig$sig/checkpoints"/step-* 2>/dev/null | tail -n 1)
+    check "signal_${sig}_checkpoint" "exit $rc (expected $want), checkpoint '$last': $(tail -n 1 "$T/sig.err")" \
+        bash -c "[ $rc -eq $want ] && [ -s '$last/model.safetensors' ] && grep -q 'stopped by signal' '$T/sig.out'"
+    n=${last##*step-}
+    n=$((10#$n))
+    run "$LOQT" train "${COMMON[@]}" --num-training-steps $((n + 2)) --output-dir "$T/sig$sig" --resume latest
+    check "signal_${sig}_resumes" "exit $RC: $(tail -n 1 "$T/err")" \
+        bash -c "[ $RC -eq 0 ] && grep -q 'resumed from .*step-' '$T/out'"
+done
+# weights that are not finite are refused by eval and generate, not evaluated
+cp -r "$A/checkpoints/step-00000012" "$T/nanckpt"
+"$PY" - "$T/nanckpt/model.safetensors" <<'PYNAN'
+import json, struct, sys
+p = sys.argv[1]
+b = bytearray(open(p, "rb").read())
+n = struct.unpack("<Q", b[:8])[0]
+hdr = json.loads(b[8:8 + n])
+name = next(k for k, v in hdr.items() if k != "__metadata__" and v["dtype"] == "F32")
+off = 8 + n + hdr[name]["data_offsets"][0]
+b[off:off + 4] = struct.pack("<f", float("nan"))
+open(p, "wb").write(bytes(b))
+PYNAN
+expect_error eval_refuses_nan 'non-finite' "$LOQT" eval --checkpoint "$T/nanckpt" --data "$D" --max-length 32 --threads 1
+expect_error generate_refuses_nan 'non-finite' "$LOQT" generate --checkpoint "$T/nanckpt" --tokenizer "$TOK" --threads 1
+
 # ---- 4. gradient accumulation ----------------------------------------------------------------
 ACC=(--model "$T/tiny.json" --data "$D" --max-length 32 --threads 1 --num-eval-tokens 64 --num-training-steps 3)
 run "$LOQT" train "${ACC[@]}" --batch-size 2 --total-batch-size 4 --output-dir "$T/acc"

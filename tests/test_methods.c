@@ -5,6 +5,7 @@
  *   - the trainable gradients against central finite differences, and the gradient views,
  *   - a save/load round trip that continues bit for bit (resume),
  *   - release_grads returning the gradient memory, the next backward giving the same gradient,
+ *   - skip_step discarding a step's gradients (and refresh buffers),
  *   - the planning hook equal to the real allocations, phase by phase, to the byte,
  *   - and in a tiny model, per-layer updates with accumulation equal to the ordinary step.
  * Each method supplies only its tolerances (and the options that make a check meaningful); a
@@ -305,6 +306,30 @@ static void check_release_grads(const linear_method *m, const method_entry *e, i
     data_free(&d);
 }
 
+/* skip_step (a step with a non-finite loss): the step's gradients are gone, refresh buffers
+ * freed, and the next step runs as if the skipped one had not begun. */
+static void check_skip_step(const linear_method *m, const method_entry *e, int out, int in) {
+    method_opts o = opts_for(m, e, 1); /* every step a refresh step */
+    layer_data d = data_for(out, in, 8, 8);
+    linear_layer L;
+    make(&L, m, &o, out, in, NULL);
+    one_step(&L, &d, 0);
+    size_t b0[MEM_NCAT] = {0}, b1[MEM_NCAT] = {0};
+    m->mem_bytes(&L, b0);
+    if (m->begin_step) m->begin_step(&L, 1);
+    m->zero_grad(&L);
+    m->backward(&L, d.X, d.dY, NULL, d.N, 0);
+    if (m->skip_step) m->skip_step(&L);
+    else m->zero_grad(&L);
+    m->mem_bytes(&L, b1);
+    CHECK(m->grad_sqnorm(&L) == 0, "%s: a gradient survived skip_step", m->name);
+    CHECK(b1[MEM_GRADS] <= b0[MEM_GRADS], "%s: skip_step left %zu gradient bytes (before the step %zu)", m->name,
+          b1[MEM_GRADS], b0[MEM_GRADS]);
+    one_step(&L, &d, 2);
+    m->free(&L);
+    data_free(&d);
+}
+
 /* ---- the planning hook against the real allocations ------------------------------------- */
 
 static int sim_matches(const mem_sim *s, const size_t base[MEM_NCAT], size_t base_total, const char *what) {
@@ -439,6 +464,7 @@ static void test_dense_init(void) { FOR_EACH_METHOD_AND_SHAPE(check_dense_init(m
 static void test_finite_differences(void) { FOR_EACH_METHOD_AND_SHAPE(check_finite_differences(m, e, out, in)); }
 static void test_save_load_resume(void) { FOR_EACH_METHOD_AND_SHAPE(check_save_load_resume(m, e, out, in)); }
 static void test_release_grads(void) { FOR_EACH_METHOD_AND_SHAPE(check_release_grads(m, e, out, in)); }
+static void test_skip_step(void) { FOR_EACH_METHOD_AND_SHAPE(check_skip_step(m, e, out, in)); }
 static void test_plan_equals_allocations(void) {
     FOR_EACH_METHOD_AND_SHAPE(check_plan(m, e, out, in, OPTIM_ADAMW));
     /* 8-bit Adam keeps 8-bit moments from 4096 elements on: a layer whose rank-6 factors are that
@@ -460,6 +486,7 @@ int main(void) {
     RUN(test_finite_differences);
     RUN(test_save_load_resume);
     RUN(test_release_grads);
+    RUN(test_skip_step);
     RUN(test_plan_equals_allocations);
     RUN(test_per_layer_updates_and_checkpointing);
     TEST_END();

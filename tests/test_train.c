@@ -125,6 +125,28 @@ static void test_resume_continues_identically(void) {
     CHECK(system(cmd) == 0, "cleanup");
 }
 
+/* A model with a NaN weight is never written as a checkpoint: the save fails with a message
+ * naming the tensor, and neither the checkpoint nor its .tmp directory is left behind. */
+static void test_no_checkpoint_of_nan_weights(void) {
+    llama_model m;
+    make_model(&m, 2, 8, 7);
+    m.blocks[1].attn_norm.w[3] = NAN;
+    char dir[256];
+    CHECK(test_make_tmpdir(dir, sizeof dir, "nanckpt") == 0, "tmpdir");
+    char ck[300], tmp[320];
+    snprintf(ck, sizeof ck, "%s/step-00000001", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", ck);
+    trainer_meta tm = {.step = 1, .seed = 7};
+    snprintf(tm.method, sizeof tm.method, "full");
+    snprintf(tm.optimizer, sizeof tm.optimizer, "adamw");
+    CHECK(checkpoint_save(&m, &tm, ck) == -1, "a checkpoint with a NaN weight was written");
+    CHECK(strstr(loqt_last_error(), "model.layers.1.input_layernorm.weight") && strstr(loqt_last_error(), "non-finite"),
+          "the message names the tensor: %s", loqt_last_error());
+    CHECK(access(ck, F_OK) != 0 && access(tmp, F_OK) != 0, "a checkpoint or .tmp directory was left behind");
+    llama_free(&m);
+    rmdir(dir);
+}
+
 static void test_accumulation_equals_large_batch(void) {
     /* two micro-batches of 2 sequences == one batch of 4 sequences (same tokens) */
     enum { T = 8 };
@@ -283,6 +305,7 @@ static void test_builtin_configs_match_json_files(void) {
 int main(void) {
     RUN(test_schedule_matches_reference_formula);
     RUN(test_resume_continues_identically);
+    RUN(test_no_checkpoint_of_nan_weights);
     RUN(test_accumulation_equals_large_batch);
     RUN(test_per_layer_updates_with_accumulation);
     RUN(test_per_layer_updates_release_gradients);

@@ -13,6 +13,7 @@
 #include "model/train.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +24,7 @@
 typedef struct {
     cli_run run;
     const char *data, *scheduler, *output_dir, *resume;
-    int eval_every, save_every, log_every, save_original_model, overwrite;
+    int eval_every, save_every, log_every, save_original_model, overwrite, max_bad_steps;
     long num_training_steps, warmup_steps, num_eval_tokens, seed;
     double lr, min_lr_ratio, grad_clipping, weight_decay, beta1, beta2, adam_eps;
 } train_args;
@@ -119,7 +120,7 @@ static double do_eval(llama_model *m, data_loader *val, long max_tokens, FILE *m
 
 static void parse_args(train_args *a, int argc, char **argv) {
     *a = (train_args){
-        .data = "data/corpus", .scheduler = "cosine", .log_every = 1, .num_training_steps = 1000,
+        .data = "data/corpus", .scheduler = "cosine", .log_every = 1, .num_training_steps = 1000, .max_bad_steps = 5,
         .warmup_steps = -1, .num_eval_tokens = 100000, .lr = 1e-3, .min_lr_ratio = 0.1,
         .beta1 = 0.9, .beta2 = 0.999, .adam_eps = 1e-6,
     };
@@ -144,6 +145,7 @@ static void parse_args(train_args *a, int argc, char **argv) {
         {"resume", OPT_STRING, &a->resume, "continue from a checkpoint directory, or 'latest' in --output-dir (the method's options come from the checkpoint)", NULL},
         {"seed", OPT_LONG, &a->seed, "seed of the initialization (the data order is fixed)", NULL},
         {"save-original-model", OPT_FLAG, &a->save_original_model, "at the end also write a plain dense LLaMA (W_eff merged) to OUTPUT_DIR/original_model", NULL},
+        {"max-bad-steps", OPT_INT, &a->max_bad_steps, "a step with a non-finite loss or gradient is skipped with a warning; this many in a row stop the run", NULL},
         {"overwrite", OPT_FLAG, &a->overwrite, "start a new run in an --output-dir that holds one (its metrics.jsonl, checkpoints/ and original_model/ are deleted)", NULL},
     };
     cli_parse_run(&a->run, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "train", SUMMARY);
@@ -163,6 +165,7 @@ static void parse_args(train_args *a, int argc, char **argv) {
     if (a->run.per_layer_updates && a->grad_clipping > 0)
         loqt_die("--grad-clipping needs the global gradient norm before any update, which --per-layer-updates does not have; use one or the other");
     if (a->log_every <= 0) a->log_every = 1;
+    if (a->max_bad_steps < 1) loqt_die("--max-bad-steps must be >= 1");
     a->run.mo.seed = (uint64_t)a->seed;
 }
 
@@ -325,15 +328,53 @@ static void report_step(const train_args *a, train_run *t, long step, const step
            mem_current_rss() / 1073741824.0, tty ? "   " : "\n");
     fflush(stdout);
     if ((step + 1) % a->log_every == 0 || step + 1 == a->num_training_steps) {
-        char gn[32] = "null"; /* no global norm with per-layer updates */
-        if (!isnan(r->grad_norm)) snprintf(gn, sizeof gn, "%.6g", r->grad_norm);
+        char gn[32] = "null", loss[32] = "null"; /* no global norm with per-layer updates */
+        if (isfinite(r->grad_norm)) snprintf(gn, sizeof gn, "%.6g", r->grad_norm);
+        if (isfinite(r->loss)) snprintf(loss, sizeof loss, "%.6f", r->loss);
         fprintf(t->metrics,
-                "{\"step\": %ld, \"tokens\": %llu, \"loss\": %.6f, \"lr\": %.6g, "
-                "\"grad_norm\": %s, \"step_s\": %.4f, \"tokens_per_s\": %.1f, \"rss_mib\": %.1f}\n",
-                step + 1, (unsigned long long)t->tokens, r->loss, r->lr, gn, dt, tps,
-                mem_current_rss() / 1048576.0);
+                "{\"step\": %ld, \"tokens\": %llu, \"loss\": %s, \"lr\": %.6g, "
+                "\"grad_norm\": %s, \"step_s\": %.4f, \"tokens_per_s\": %.1f, \"rss_mib\": %.1f%s}\n",
+                step + 1, (unsigned long long)t->tokens, loss, r->lr, gn, dt, tps,
+                mem_current_rss() / 1048576.0, r->skipped ? ", \"skipped\": true" : "");
         fflush(t->metrics);
     }
+}
+
+/* SIGINT, SIGTERM and SIGHUP finish the current step, write a checkpoint and exit with 128 + the
+ * signal's number (130, 143, 129); a second SIGINT exits at once. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig) {
+    if (stop_signal && sig == SIGINT) _exit(128 + SIGINT);
+    stop_signal = sig;
+}
+
+static void install_signal_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+}
+
+/* After a step: a skipped step counts towards --max-bad-steps; a model whose loss sits at
+ * ln(vocabulary) with a zero gradient has died (its activations overflowed). */
+static void check_step_health(const train_args *a, const train_run *t, long step, const step_result *r, int *bad) {
+    if (r->skipped) {
+        ++*bad;
+        fprintf(stderr, "loqt: warning: step %ld: the %s is not finite; the step was skipped (%d in a row, "
+                "--max-bad-steps %d)\n", step + 1, isfinite(r->loss) ? "gradient" : "loss", *bad, a->max_bad_steps);
+        if (*bad >= a->max_bad_steps)
+            loqt_die("%d steps in a row with a non-finite loss or gradient (last: step %ld): training diverged "
+                     "(try a lower --lr or --grad-clipping 1)", *bad, step + 1);
+        return;
+    }
+    *bad = 0;
+    if (r->grad_norm == 0 && fabs(r->loss - log((double)t->cfg.vocab_size)) < 1e-3)
+        loqt_die("the model is dead at step %ld: the loss is ln(vocab_size) = %.4f and the gradient is zero "
+                 "(the activations overflowed; try a lower --lr)", step + 1, r->loss);
 }
 
 /* The steps from start_step to the end, with evaluations and checkpoints on their schedule;
@@ -342,6 +383,7 @@ static double train_loop(const train_args *a, train_run *t) {
     const int N = a->run.batch_size * a->run.seq_len, accum = a->run.accum;
     const int tty = isatty(fileno(stdout));
     double t_start = cli_now(), last_loss = NAN;
+    int bad = 0;
     for (long step = t->start_step; step < a->num_training_steps; step++) {
         double t0 = cli_now();
         for (int i = 0; i < accum; i++)
@@ -350,17 +392,29 @@ static double train_loop(const train_args *a, train_run *t) {
         step_result r;
         if (train_step(&t->m, step, t->ins, t->tgs, accum, &t->h, &r)) loqt_die_last(NULL);
         t->tokens += (uint64_t)N * accum;
-        last_loss = r.loss;
-        if (!isfinite(r.loss)) loqt_die("loss is %f at step %ld: training diverged (try a lower --lr or --grad-clipping 1)", r.loss, step);
         report_step(a, t, step, &r, cli_now() - t0, t_start, tty);
+        check_step_health(a, t, step, &r, &bad);
+        if (!r.skipped) last_loss = r.loss;
         int last = step + 1 == a->num_training_steps;
         if (a->eval_every > 0 && (step + 1) % a->eval_every == 0 && !last) {
             if (tty) printf("\n");
             do_eval(&t->m, &t->val, a->num_eval_tokens, t->metrics, step + 1, t->tokens);
         }
-        if (a->save_every > 0 && (step + 1) % a->save_every == 0 && !last) {
+        const int saved_now = a->save_every > 0 && (step + 1) % a->save_every == 0 && !last;
+        if (saved_now) {
             if (tty) printf("\n");
             save_checkpoint(&t->m, a->output_dir, step + 1, t->tokens, loader_position(&t->train), a, r.loss);
+        }
+        if (stop_signal) {
+            if (tty) printf("\n");
+            if (!saved_now && !last)
+                save_checkpoint(&t->m, a->output_dir, step + 1, t->tokens, loader_position(&t->train), a, r.loss);
+            if (!last) {
+                printf("stopped by signal %d after step %ld; continue with --resume latest\n", (int)stop_signal, step + 1);
+                fflush(stdout);
+                fclose(t->metrics);
+                exit(128 + stop_signal);
+            }
         }
     }
     if (tty) printf("\n");
@@ -416,6 +470,7 @@ int cmd_train(int argc, char **argv) {
     print_header(&a, &t);
     alloc_batches(&a, &t);
     if (t.start_step == 0) do_eval(&t.m, &t.val, a.num_eval_tokens, t.metrics, 0, 0);
+    install_signal_handlers();
     const double t_start = cli_now();
     double last_loss = train_loop(&a, &t);
     finish(&a, &t, last_loss, t_start);

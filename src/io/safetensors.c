@@ -427,6 +427,34 @@ int st_read_raw(const st_file *f, const char *name, void *dst, st_dtype dtype, i
     return 0;
 }
 
+/* ---- finiteness ---- */
+
+size_t st_count_nonfinite(st_dtype t, const void *data, size_t nbytes) {
+    size_t bad = 0;
+    if (t == ST_F32) {
+        const uint32_t *u = data;
+        for (size_t i = 0; i < nbytes / 4; i++) bad += (u[i] & 0x7f800000u) == 0x7f800000u;
+    } else if (t == ST_BF16) {
+        const uint16_t *u = data;
+        for (size_t i = 0; i < nbytes / 2; i++) bad += (u[i] & 0x7f80u) == 0x7f80u;
+    } else if (t == ST_F16) {
+        const uint16_t *u = data;
+        for (size_t i = 0; i < nbytes / 2; i++) bad += (u[i] & 0x7c00u) == 0x7c00u;
+    }
+    return bad;
+}
+
+int st_check_finite(const st_file *f) {
+    for (int i = 0; i < f->n_tensors; i++) {
+        const st_tensor *t = &f->tensors[i];
+        size_t bad = st_count_nonfinite(t->dtype, f->data + t->offset, t->nbytes);
+        if (bad)
+            return loqt_set_error("tensor '%s' holds %zu non-finite values (NaN or infinity): the weights are "
+                                  "unusable (the run that wrote them diverged)", t->name, bad);
+    }
+    return 0;
+}
+
 /* ---- writer ---- */
 
 typedef struct {
@@ -568,6 +596,15 @@ static char *build_header(const st_writer *w, size_t *len) {
         return NULL;
     }
     return buf;
+}
+
+int st_writer_check_finite(const st_writer *w) {
+    for (int i = 0; i < w->n; i++) {
+        size_t bad = st_count_nonfinite(w->t[i].dtype, w->t[i].data, w->t[i].nbytes);
+        if (bad)
+            return loqt_set_error("tensor '%s' holds %zu non-finite values (NaN or infinity)", w->t[i].name, bad);
+    }
+    return 0;
 }
 
 int st_writer_write(st_writer *w, const char *path) {

@@ -56,12 +56,20 @@ float st_bf16_to_f32(uint16_t h);
 int st_read_raw(const st_file *f, const char *name, void *dst, st_dtype dtype, int ndim,
                 const int64_t *shape);
 
+/* Non-finite (NaN, inf) values in nbytes of floating-point data (F32, F16, BF16; 0 otherwise). */
+size_t st_count_nonfinite(st_dtype t, const void *data, size_t nbytes);
+/* 0 when every floating-point tensor of f is finite; else -1 with an error naming the first
+ * tensor that is not and how many of its values are NaN or infinite. */
+int st_check_finite(const st_file *f);
+
 typedef struct st_writer st_writer;
 st_writer *st_writer_new(void);
 void st_writer_meta(st_writer *w, const char *key, const char *value);
 /* Records a tensor; `data` is not copied and must stay valid until st_writer_write returns. */
 void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
                    const void *data);
+/* st_check_finite for the tensors recorded so far. */
+int st_writer_check_finite(const st_writer *w);
 /* Writes the file atomically (tmp + fsync + rename).  0 on success, -1 with error. */
 int st_writer_write(st_writer *w, const char *path);
 void st_writer_free(st_writer *w);

@@ -152,6 +152,9 @@ struct linear_method {
     double (*grad_sqnorm)(const linear_layer *L);
     int (*step)(linear_layer *L, const optim_hparams *h);
     void (*zero_grad)(linear_layer *L);
+    /* Optional.  Discards what this step's backward accumulated (a non-finite loss or gradient
+     * skips the step): afterwards the layer is as before the step's begin_step.  NULL: zero_grad. */
+    void (*skip_step)(linear_layer *L);
     /* Optional.  Frees the gradient buffers; the next backward allocates them again (per-layer
      * updates without accumulation: one layer's gradient exists at a time). */
     void (*release_grads)(linear_layer *L);

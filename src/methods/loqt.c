@@ -466,6 +466,14 @@ static void loqt_zero_grad(linear_layer *L) {
     if (st->dB) memset(st->dB, 0, (size_t)st->B.rows * st->B.cols * sizeof(float));
 }
 
+static void loqt_skip_step(linear_layer *L) {
+    loqt_state *st = L->state;
+    st->want_G = 0;
+    mem_free(st->G);
+    st->G = NULL;
+    loqt_zero_grad(L);
+}
+
 static void loqt_release_grads(linear_layer *L) {
     loqt_state *st = L->state;
     mem_free(st->dB);
@@ -678,6 +686,7 @@ const linear_method method_loqt = {
     .grad_sqnorm = loqt_grad_sqnorm,
     .step = loqt_step,
     .zero_grad = loqt_zero_grad,
+    .skip_step = loqt_skip_step,
     .release_grads = loqt_release_grads,
     .mem_bytes = loqt_mem_bytes,
     .export_dense = loqt_export,

@@ -99,6 +99,15 @@ int checkpoint_save(const llama_model *m, const trainer_meta *tm, const char *di
     st_writer_meta(ws, "method_opts", mo_json);
     st_writer_meta(wm, "format", "pt");
     llama_save_tensors(m, wm, ws);
+    /* a checkpoint of NaN weights would only be resumed into more NaNs */
+    if (st_writer_check_finite(wm)) {
+        loqt_set_error("not writing checkpoint %s: %s", dir, loqt_last_error());
+        st_writer_free(wm);
+        st_writer_free(ws);
+        free(mo_json);
+        file_remove_tree(tmp);
+        return -1;
+    }
     int rc = join(path, sizeof path, tmp, "model.safetensors");
     if (!rc) rc = st_writer_write(wm, path);
     if (!rc) rc = join(path, sizeof path, tmp, "trainer_state.safetensors");
@@ -204,6 +213,11 @@ int checkpoint_load(llama_model *m, const char *dir, int weights_only) {
     char path[4096];
     st_file fm, fs;
     if (join(path, sizeof path, dir, "model.safetensors") || st_open(&fm, path)) return -1;
+    if (st_check_finite(&fm)) {
+        loqt_set_error("%s: %s", path, loqt_last_error());
+        st_close(&fm);
+        return -1;
+    }
     int have_state = 0;
     if (!weights_only) {
         if (join(path, sizeof path, dir, "trainer_state.safetensors") || st_open(&fs, path)) {

@@ -396,6 +396,14 @@ void llama_zero_grad(llama_model *m) {
     FOR_LINEAR(m, L) m->method->zero_grad(L);
 }
 
+void llama_skip_step(llama_model *m) {
+    FOR_DENSE(m, p) if (p->g) memset(p->g, 0, p->n * sizeof(float));
+    FOR_LINEAR(m, L) {
+        if (m->method->skip_step) m->method->skip_step(L);
+        else m->method->zero_grad(L);
+    }
+}
+
 void llama_begin_step(llama_model *m, long step) {
     if (!m->method->begin_step) return;
     FOR_LINEAR(m, L) m->method->begin_step(L, step);

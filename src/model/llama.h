@@ -108,6 +108,8 @@ double llama_forward(llama_model *m, const int32_t *inputs, const int32_t *targe
 int llama_backward(llama_model *m, const int32_t *inputs);
 
 void llama_zero_grad(llama_model *m);
+/* Discards the current step's gradients (every method's skip_step, the dense gradients zeroed). */
+void llama_skip_step(llama_model *m);
 void llama_begin_step(llama_model *m, long step);
 int llama_end_step(llama_model *m, long step);
 double llama_grad_norm(llama_model *m);

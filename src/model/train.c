@@ -16,6 +16,13 @@ void train_hparams_defaults(train_hparams *h) {
     h->optimizer = OPTIM_ADAMW;
 }
 
+/* no update: the step's gradients are discarded */
+static int skip(llama_model *m, step_result *out) {
+    llama_skip_step(m);
+    out->skipped = 1;
+    return 0;
+}
+
 int train_step(llama_model *m, long step, const int32_t *const *inputs,
                const int32_t *const *targets, int accum, const train_hparams *h, step_result *out) {
     step_result r = {0};
@@ -47,7 +54,17 @@ int train_step(llama_model *m, long step, const int32_t *const *inputs,
         int rc = 0;
         for (int i = 0; i < accum && !rc; i++) {
             m->last_microbatch = i == accum - 1;
-            r.loss += llama_forward(m, inputs[i], targets[i], scale, NULL);
+            double li = llama_forward(m, inputs[i], targets[i], scale, NULL);
+            r.loss += li;
+            if (!isfinite(li)) { /* before the updates of the last micro-batch: skip the step */
+                m->last_microbatch = 0;
+                llama_skip_step(m);
+                r.loss = li;
+                r.grad_norm = NAN;
+                r.skipped = 1;
+                *out = r;
+                return 0;
+            }
             rc = llama_backward(m, inputs[i]);
         }
         m->last_microbatch = 0;
@@ -64,8 +81,11 @@ int train_step(llama_model *m, long step, const int32_t *const *inputs,
     }
     r.loss /= accum;
     *out = r;
+    if (!isfinite(r.loss)) return skip(m, out);
     if (llama_end_step(m, step)) return -1;
     r.grad_norm = llama_grad_norm(m);
+    out->grad_norm = r.grad_norm;
+    if (!isfinite(r.grad_norm)) return skip(m, out);
     /* torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1 */
     if (h->grad_clipping > 0) {
         float coef = (float)(h->grad_clipping / (r.grad_norm + 1e-6));

@@ -20,11 +20,15 @@ typedef struct {
     double loss;      /* mean token loss over the whole batch (before the update) */
     double grad_norm; /* global norm before clipping */
     double lr;        /* learning rate used by the update */
+    int skipped;      /* the loss or the gradient was not finite: no update was made */
 } step_result;
 
 /* Runs optimizer step `step` (0-based) on `accum` micro-batches; inputs[i], targets[i] hold B*T
- * tokens each (the model's batch shape).  0, or -1 with an error when a method's refresh or
- * update fails (the model is then not usable for further steps). */
+ * tokens each (the model's batch shape).  A non-finite loss (or, without per-layer updates, a
+ * non-finite gradient norm) skips the update: out->skipped is set and the step's gradients are
+ * discarded.  Under per-layer updates only the loss can be checked before the updates (they run
+ * inside backward).  0, or -1 with an error when a method's refresh or update fails (the model
+ * is then not usable for further steps). */
 int train_step(llama_model *m, long step, const int32_t *const *inputs,
                const int32_t *const *targets, int accum, const train_hparams *h, step_result *out);
 
