@@ -445,6 +445,23 @@ expect_error bad_resume_dense_export 'trainer' "$LOQT" train --model "$T/tiny.js
 expect_error bad_resume_latest_none 'checkpoint' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --resume latest --output-dir "$T/norun"
 expect_error bad_eval_no_checkpoint_option 'checkpoint' "$LOQT" eval "${EVAL[@]}"
 expect_error bad_export_no_out 'out' "$LOQT" export --checkpoint "$CK"
+# a config.json with fewer layers than the weights: refused, not loaded with layers dropped
+cp -r "$CK" "$T/fewer"
+"$PY" -c "
+import json, sys; p = sys.argv[1]; c = json.load(open(p)); c['num_hidden_layers'] = c['num_hidden_layers'] - 1
+json.dump(c, open(p, 'w'))" "$T/fewer/config.json"
+expect_error bad_config_fewer_layers 'do not belong together' "$LOQT" eval --checkpoint "$T/fewer" --data "$D" --max-length 32 --threads 1
+expect_error bad_resume_fewer_layers 'do not belong together' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --resume "$T/fewer"
+# a misspelt config key, and a key with a value loqt does not implement
+"$PY" -c "
+import json, sys; c = json.load(open(sys.argv[1])); c['max_position_embedding'] = c.pop('max_position_embeddings', 64)
+json.dump(c, open(sys.argv[2], 'w'))" "$T/tiny.json" "$T/typo.json"
+expect_error bad_config_misspelt_key "max_position_embedding" "$LOQT" train --model "$T/typo.json" "${S[@]}"
+"$PY" -c "
+import json, sys; c = json.load(open(sys.argv[1])); c['hidden_act'] = 'gelu'
+json.dump(c, open(sys.argv[2], 'w'))" "$T/tiny.json" "$T/gelu.json"
+expect_error bad_config_gelu "hidden_act" "$LOQT" train --model "$T/gelu.json" "${S[@]}"
+expect_error bad_max_memory_zero 'not positive' "$LOQT" memory --model 20m --max-memory 0
 expect_error bad_export_into_checkpoint 'checkpoint' "$LOQT" export --checkpoint "$CK" --out "$CK"
 expect_error bad_adam_eps_underflows 'adam-eps' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --adam-eps 1e-50
 expect_error bad_beta2_rounds_to_one 'beta' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --beta2 0.99999999999

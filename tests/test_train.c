@@ -277,6 +277,11 @@ static void test_config_errors(void) {
         "{\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10, \"tie_word_embeddings\": true}",
         "{\"hidden_size\": \"64\", \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10}",
         "{\"hidden_size\": 64, ",
+        /* a key loqt does not know (misspelt), and keys with values loqt does not implement */
+        "{\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10, \"max_position_embedding\": 512}",
+        "{\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10, \"hidden_act\": \"gelu\"}",
+        "{\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10, \"attention_bias\": true}",
+        "{\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10, \"model_type\": \"mistral\"}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         loqt_clear_error();
@@ -286,6 +291,16 @@ static void test_config_errors(void) {
     const char *good = "{\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, "
                        "\"num_attention_heads\": 4, \"vocab_size\": 10}";
     CHECK(config_parse(&c, good, strlen(good), "cfg") == 0 && c.max_position_embeddings == 2048, "defaults");
+    /* the keys of a Hugging Face LlamaConfig that do not change the model are accepted */
+    const char *hf = "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_act\": \"silu\", "
+                     "\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+                     "\"vocab_size\": 10, \"bos_token_id\": 1, \"eos_token_id\": 2, \"torch_dtype\": \"bfloat16\", "
+                     "\"initializer_range\": 0.02, \"use_cache\": true, \"attention_bias\": false, \"pretraining_tp\": 1}";
+    CHECK(config_parse(&c, hf, strlen(hf), "cfg") == 0, "a HF LlamaConfig: %s", loqt_last_error());
+    const char *typo = "{\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, "
+                       "\"num_attention_heads\": 4, \"vocab_size\": 10, \"max_position_embedding\": 512}";
+    config_parse(&c, typo, strlen(typo), "cfg");
+    CHECK(strstr(loqt_last_error(), "max_position_embedding"), "the message names the key: %s", loqt_last_error());
 }
 
 static void test_builtin_configs_match_json_files(void) {

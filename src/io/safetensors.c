@@ -334,7 +334,16 @@ void st_close(st_file *f) {
 
 const st_tensor *st_find(const st_file *f, const char *name) {
     for (int i = 0; i < f->n_tensors; i++)
-        if (!strcmp(f->tensors[i].name, name)) return &f->tensors[i];
+        if (!strcmp(f->tensors[i].name, name)) {
+            f->tensors[i].used = 1; /* the array is the reader's own (calloc), not const */
+            return &f->tensors[i];
+        }
+    return NULL;
+}
+
+const char *st_first_unused(const st_file *f) {
+    for (int i = 0; i < f->n_tensors; i++)
+        if (!f->tensors[i].used) return f->tensors[i].name;
     return NULL;
 }
 

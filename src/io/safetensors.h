@@ -20,6 +20,7 @@ typedef struct {
     int64_t shape[ST_MAX_DIMS];
     size_t offset; /* into the data buffer */
     size_t nbytes;
+    int used;      /* looked up by st_find since the file was opened */
 } st_tensor;
 
 typedef struct {
@@ -43,6 +44,8 @@ int st_open(st_file *f, const char *path);
 int st_open_memory(st_file *f, const char *name, const void *buf, size_t size);
 void st_close(st_file *f);
 const st_tensor *st_find(const st_file *f, const char *name);
+/* The first tensor no st_find has asked for (a loader checks it read the whole file), or NULL. */
+const char *st_first_unused(const st_file *f);
 const void *st_data(const st_file *f, const st_tensor *t);
 const char *st_meta(const st_file *f, const char *key); /* NULL if absent */
 

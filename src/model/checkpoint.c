@@ -227,6 +227,13 @@ int checkpoint_load(llama_model *m, const char *dir, int weights_only) {
         have_state = 1;
     }
     int rc = llama_load_tensors(m, &fm, have_state ? &fs : NULL);
+    /* a tensor nothing asked for: the config describes another model (fewer layers, say), whose
+     * weights would otherwise be dropped without a word */
+    const char *extra = rc ? NULL : st_first_unused(&fm);
+    if (extra)
+        rc = loqt_set_error("model.safetensors holds tensor '%s', which a %d-layer model of method %s does not "
+                            "have: config.json and the weights do not belong together", extra,
+                            m->cfg.num_hidden_layers, m->method->name);
     if (rc) loqt_set_error("%s: %s", dir, loqt_last_error());
     st_close(&fm);
     if (have_state) st_close(&fs);

@@ -69,6 +69,74 @@ static int get_num_key(const json_value *o, const char *key, double *dst, const 
     return 0;
 }
 
+/* Keys loqt reads, Hugging Face keys it can safely ignore, and keys whose value must be what loqt
+ * implements.  Any other key is an error: a misspelt key (max_position_embedding) would
+ * otherwise be ignored and its default used without a word. */
+static const char *const read_keys[] = {
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
+    "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta",
+    "tie_word_embeddings", "rope_scaling", "loqt_name",
+};
+static const char *const ignored_keys[] = {
+    "architectures", "bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype",
+    "transformers_version", "initializer_range", "use_cache", "_name_or_path", "attention_dropout",
+};
+
+static int in_list(const char *k, const char *const *list, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(k, list[i])) return 1;
+    return 0;
+}
+
+/* a key whose value must be one loqt implements; 1 if k is such a key (*bad set when it is not) */
+static int check_fixed_key(const char *k, const json_value *v, const char *what, int *bad) {
+    const struct { const char *key, *want; } strs[] = {{"hidden_act", "silu"}, {"model_type", "llama"}};
+    for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
+        if (!strcmp(k, strs[i].key)) {
+            if (v->type != JSON_STRING || strcmp(v->string, strs[i].want)) {
+                loqt_set_error("%s: '%s' must be \"%s\" (loqt implements only that)%s%s", what, k, strs[i].want,
+                               v->type == JSON_STRING ? ", got " : "", v->type == JSON_STRING ? v->string : "");
+                *bad = 1;
+            }
+            return 1;
+        }
+    const char *bools[] = {"attention_bias", "mlp_bias"};
+    for (size_t i = 0; i < 2; i++)
+        if (!strcmp(k, bools[i])) {
+            if (v->type != JSON_BOOL || v->boolean) {
+                loqt_set_error("%s: '%s' must be false (loqt's LLaMA has no biases)", what, k);
+                *bad = 1;
+            }
+            return 1;
+        }
+    if (!strcmp(k, "pretraining_tp")) {
+        if (v->type != JSON_NUMBER || v->number != 1) {
+            loqt_set_error("%s: 'pretraining_tp' must be 1", what);
+            *bad = 1;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+static int check_keys(const json_value *root, const char *what) {
+    for (size_t i = 0; i < root->len; i++) {
+        const char *k = root->keys[i];
+        int bad = 0;
+        if (check_fixed_key(k, &root->items[i], what, &bad)) {
+            if (bad) return -1;
+            continue;
+        }
+        if (in_list(k, read_keys, sizeof read_keys / sizeof read_keys[0]) ||
+            in_list(k, ignored_keys, sizeof ignored_keys / sizeof ignored_keys[0]))
+            continue;
+        return loqt_set_error("%s: unknown config key '%s' (misspelt? loqt reads hidden_size, intermediate_size, "
+                              "num_hidden_layers, num_attention_heads, num_key_value_heads, vocab_size, "
+                              "max_position_embeddings, rms_norm_eps, rope_theta, tie_word_embeddings)", what, k);
+    }
+    return 0;
+}
+
 int config_parse(llama_config *c, const char *text, size_t len, const char *what) {
     json_value *root = json_parse(text, len);
     if (!root) return loqt_set_error("%s: %s", what, loqt_last_error());
@@ -77,6 +145,7 @@ int config_parse(llama_config *c, const char *text, size_t len, const char *what
         loqt_set_error("%s: expected a JSON object", what);
         goto done;
     }
+    if (check_keys(root, what)) goto done;
     memset(c, 0, sizeof *c);
     c->rms_norm_eps = 1e-6;
     c->rope_theta = 10000.0;

@@ -208,6 +208,8 @@ int plan_parse_bytes(const char *s, size_t *out) {
         if (!strcmp(u, units[i].name)) {
             double b = v * units[i].mul;
             if (b > 1.8e19) return loqt_set_error("memory size '%s' is too large", s);
+            /* 0 would read as "no limit" further on: a limit must be a size */
+            if (b < 1) return loqt_set_error("memory size '%s' is not positive (omit --max-memory for the machine's memory)", s);
             *out = (size_t)b;
             return 0;
         }
