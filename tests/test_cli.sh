@@ -302,6 +302,16 @@ for sig in TERM INT; do
     check "signal_${sig}_resumes" "exit $RC: $(tail -n 1 "$T/err")" \
         bash -c "[ $RC -eq 0 ] && grep -q 'resumed from .*step-' '$T/out'"
 done
+# a full disk (a file size limit, with SIGXFSZ ignored so writes fail with EFBIG): a checkpoint
+# that cannot be written leaves no .tmp directory, and metrics.jsonl that cannot be written stops
+# the run with the reason
+run bash -c "trap '' XFSZ; ulimit -f 64; exec '$LOQT' train ${COMMON[*]} --num-training-steps 4 --save-every 1 --output-dir '$T/full1'"
+tmps=$(find "$T/full1" -name '*.tmp*' 2>/dev/null | head -n 3)
+check full_disk_checkpoint "exit $RC, stderr '$(tail -n 1 "$T/err")', left behind: $tmps" \
+    bash -c "[ $RC -eq 1 ] && tail -n 1 '$T/err' | grep -q 'checkpoint' && [ -z '$tmps' ]"
+run bash -c "trap '' XFSZ; ulimit -f 1; exec '$LOQT' train ${COMMON[*]} --num-training-steps 40 --output-dir '$T/full2'"
+check full_disk_metrics "exit $RC, stderr '$(tail -n 1 "$T/err")'" \
+    bash -c "[ $RC -eq 1 ] && tail -n 1 '$T/err' | grep -q 'cannot write metrics.jsonl'"
 # weights that are not finite are refused by eval and generate, not evaluated
 cp -r "$A/checkpoints/step-00000012" "$T/nanckpt"
 "$PY" - "$T/nanckpt/model.safetensors" <<'PYNAN'

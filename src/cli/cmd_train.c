@@ -12,6 +12,7 @@
 #include "model/plan.h"
 #include "model/train.h"
 
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -48,6 +49,14 @@ static const char *SUMMARY =
     "(step, loss, lr, tokens/s, ETA, memory), appends metrics to OUTPUT_DIR/metrics.jsonl, evaluates\n"
     "held-out perplexity every --eval-every steps, and writes checkpoints to\n"
     "OUTPUT_DIR/checkpoints/step-N every --save-every steps and at the end.";
+
+/* A metrics line that cannot be written (a full disk) stops the run with the reason, rather than
+ * leaving a log cut mid-line; the checkpoints written so far stay. */
+static void check_metrics_written(FILE *f) {
+    if (fflush(f) != 0 || ferror(f))
+        loqt_die("cannot write metrics.jsonl: %s (the last complete line and the checkpoints so far are kept)",
+                 strerror(errno));
+}
 
 static FILE *open_metrics(const char *dir, int append) {
     char path[4096];
@@ -114,7 +123,7 @@ static double do_eval(llama_model *m, data_loader *val, long max_tokens, FILE *m
             "{\"step\": %ld, \"tokens\": %llu, \"eval_loss\": %.6f, \"eval_ppl\": %.4f, "
             "\"eval_tokens\": %llu}\n",
             step, (unsigned long long)tokens, loss, exp(loss), (unsigned long long)n);
-    fflush(metrics);
+    check_metrics_written(metrics);
     return loss;
 }
 
@@ -336,7 +345,7 @@ static void report_step(const train_args *a, train_run *t, long step, const step
                 "\"grad_norm\": %s, \"step_s\": %.4f, \"tokens_per_s\": %.1f, \"rss_mib\": %.1f%s}\n",
                 step + 1, (unsigned long long)t->tokens, loss, r->lr, gn, dt, tps,
                 mem_current_rss() / 1048576.0, r->skipped ? ", \"skipped\": true" : "");
-        fflush(t->metrics);
+        check_metrics_written(t->metrics);
     }
 }
 
@@ -438,6 +447,7 @@ static void finish(const train_args *a, train_run *t, double last_loss, double t
     fprintf(t->metrics, "{\"final\": true, \"step\": %ld, \"eval_loss\": %.6f, \"memory\": ", step, final_loss);
     mem_report_json(t->metrics);
     fprintf(t->metrics, "}\n");
+    check_metrics_written(t->metrics);
 }
 
 static void release(train_run *t) {

@@ -78,11 +78,9 @@ static void meta_strings(const trainer_meta *tm, char v[6][64]) {
 }
 static const char *meta_keys[6] = {"step", "tokens_seen", "data_position", "seed", "loss", "method"};
 
-int checkpoint_save(const llama_model *m, const trainer_meta *tm, const char *dir) {
-    char tmp[4096], path[4096];
-    if (strlen(dir) > 4000) return loqt_set_error("checkpoint path too long: %s", dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", dir);
-    file_remove_tree(tmp);
+/* Writes the checkpoint into tmp and renames it to dir (see checkpoint_save). */
+static int save_via(const llama_model *m, const trainer_meta *tm, const char *dir, const char *tmp) {
+    char path[4096];
     if (file_mkdir_p(tmp)) return -1;
     if (write_config(&m->cfg, tmp)) return -1;
 
@@ -105,7 +103,6 @@ int checkpoint_save(const llama_model *m, const trainer_meta *tm, const char *di
         st_writer_free(wm);
         st_writer_free(ws);
         free(mo_json);
-        file_remove_tree(tmp);
         return -1;
     }
     int rc = join(path, sizeof path, tmp, "model.safetensors");
@@ -149,6 +146,17 @@ int checkpoint_save(const llama_model *m, const trainer_meta *tm, const char *di
         return loqt_set_error("%s: cannot rename %s into place: %s", dir, tmp, strerror(errno));
     file_remove_tree(old);
     return file_fsync_parent(dir);
+}
+
+int checkpoint_save(const llama_model *m, const trainer_meta *tm, const char *dir) {
+    char tmp[4096];
+    if (strlen(dir) > 4000) return loqt_set_error("checkpoint path too long: %s", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", dir);
+    file_remove_tree(tmp);
+    int rc = save_via(m, tm, dir, tmp);
+    /* a failed save (a full disk, say) leaves nothing half-written behind */
+    if (rc) file_remove_tree(tmp);
+    return rc;
 }
 
 int checkpoint_read_config(const char *dir, llama_config *c) {
