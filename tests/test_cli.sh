@@ -259,6 +259,16 @@ else
         bash -c "[ $RC -eq 0 ] && [ \$(wc -l <'$T/c.steps') -eq 6 ] && tail -n 6 '$T/a.steps' | cmp -s - '$T/c.steps'"
 fi
 
+# ---- 3a. resume with other options: a changed step count is noted, other changes refused ----
+expect_error resume_changed_lr 'allow-changes' "$LOQT" train "${TRAIN12[@]}" --lr 5e-3 --output-dir "$T/chg" --resume "$A/checkpoints/step-00000006"
+expect_error resume_changed_seed 'seed' "$LOQT" train "${TRAIN12[@]}" --seed 5 --output-dir "$T/chg" --resume "$A/checkpoints/step-00000006"
+run "$LOQT" train "${TRAIN12[@]}" --lr 5e-3 --allow-changes --output-dir "$T/chg2" --resume "$A/checkpoints/step-00000006"
+check resume_allow_changes "exit $RC or the change is not reported: $(tail -n 1 "$T/err")" \
+    bash -c "[ $RC -eq 0 ] && grep -q 'changed options (--allow-changes): --lr 0.01 -> 0.005' '$T/out'"
+run "$LOQT" train "${COMMON[@]}" --num-training-steps 14 --save-every 6 --output-dir "$T/chg3" --resume "$A/checkpoints/step-00000006"
+check resume_more_steps "exit $RC or the new step count is not noted: $(tail -n 1 "$T/err")" \
+    bash -c "[ $RC -eq 0 ] && grep -q 'resume: --num-training-steps 12 -> 14' '$T/out'"
+
 # ---- 3b. an existing run directory is never reused by accident --------------------------------
 sum_before=$(cat "$A/metrics.jsonl" "$A/checkpoints/step-00000012/model.safetensors" | md5sum)
 expect_error output_dir_holds_a_run 'holds a run' "$LOQT" train "${COMMON[@]}" --num-training-steps 3 --output-dir "$A"

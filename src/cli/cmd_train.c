@@ -25,8 +25,8 @@
 typedef struct {
     cli_run run;
     const char *data, *scheduler, *output_dir, *resume;
-    int eval_every, save_every, log_every, save_original_model, overwrite, max_bad_steps;
-    long num_training_steps, warmup_steps, num_eval_tokens, seed;
+    int eval_every, save_every, log_every, save_original_model, overwrite, max_bad_steps, allow_changes;
+    long num_training_steps, warmup_steps, warmup_given, num_eval_tokens, seed;
     double lr, min_lr_ratio, grad_clipping, weight_decay, beta1, beta2, adam_eps;
 } train_args;
 
@@ -96,11 +96,58 @@ static void trim_metrics(const char *dir, long step) {
     mem_free(text);
 }
 
+/* The options that make up the run's meaning (compared on resume), as a JSON object.  The
+ * number of steps is among them but may change (a run continued for longer). */
+static void run_options_json(const train_args *a, char *buf, size_t cap) {
+    snprintf(buf, cap,
+             "{\"lr\": %.17g, \"scheduler\": \"%s\", \"warmup_steps\": %ld, \"min_lr_ratio\": %.17g, "
+             "\"grad_clipping\": %.17g, \"weight_decay\": %.17g, \"beta1\": %.17g, \"beta2\": %.17g, "
+             "\"adam_eps\": %.17g, \"batch_size\": %d, \"total_batch_size\": %d, \"max_length\": %d, "
+             "\"num_training_steps\": %ld}",
+             a->lr, a->scheduler, a->warmup_given, a->min_lr_ratio, a->grad_clipping, a->weight_decay,
+             a->beta1, a->beta2, a->adam_eps, a->run.batch_size, a->run.total_batch_size, a->run.seq_len,
+             a->num_training_steps);
+}
+
+/* Resume compares the checkpoint's run options with this run's: a changed step count is noted,
+ * any other change refused unless --allow-changes. */
+static void compare_run_options(const train_args *a, const trainer_meta *tm, const char *dir) {
+    if (!tm->run_options[0]) return; /* written before the options were stored */
+    char now[1024];
+    run_options_json(a, now, sizeof now);
+    json_value *was = json_parse(tm->run_options, strlen(tm->run_options)), *cur = json_parse(now, strlen(now));
+    if (!was || !cur || was->type != JSON_OBJECT) loqt_die("%s: malformed run_options in the trainer state", dir);
+    char changed[1024] = "", noted[256] = "";
+    for (size_t i = 0; i < was->len; i++) {
+        const json_value *x = &was->items[i], *y = json_get(cur, was->keys[i]);
+        int same = y && x->type == y->type &&
+                   (x->type == JSON_NUMBER ? x->number == y->number
+                                           : x->type == JSON_STRING && !strcmp(x->string, y->string));
+        if (same || !y) continue;
+        char d[160];
+        if (x->type == JSON_NUMBER) snprintf(d, sizeof d, "--%s %g -> %g", was->keys[i], x->number, y->number);
+        else snprintf(d, sizeof d, "--%s %s -> %s", was->keys[i], x->type == JSON_STRING ? x->string : "?",
+                      y->type == JSON_STRING ? y->string : "?");
+        for (char *p = d + 2; *p && *p != ' '; p++)
+            if (*p == '_') *p = '-';
+        char *dst = strcmp(was->keys[i], "num_training_steps") ? changed : noted;
+        size_t cap = dst == changed ? sizeof changed : sizeof noted, k = strlen(dst);
+        snprintf(dst + k, cap - k, "%s%s", k ? ", " : "", d);
+    }
+    json_free(was);
+    json_free(cur);
+    if (noted[0]) printf("resume: %s\n", noted);
+    if (changed[0] && !a->allow_changes)
+        loqt_die("--resume %s with changed options (%s): that is another run; pass --allow-changes to continue with them", dir, changed);
+    if (changed[0]) printf("resume with changed options (--allow-changes): %s\n", changed);
+}
+
 static void save_checkpoint(const llama_model *m, const char *out, long step, uint64_t tokens,
                             uint64_t pos, const train_args *a, double loss) {
     trainer_meta tm = {.step = step, .tokens_seen = tokens, .data_position = pos,
                        .seed = (uint64_t)a->seed, .loss = loss};
     snprintf(tm.method, sizeof tm.method, "%s", m->method->name);
+    run_options_json(a, tm.run_options, sizeof tm.run_options);
     snprintf(tm.optimizer, sizeof tm.optimizer, "%s", optim_kind_name(m->mopts.optimizer));
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/checkpoints/step-%08ld", out, step);
@@ -155,6 +202,7 @@ static void parse_args(train_args *a, int argc, char **argv) {
         {"seed", OPT_LONG, &a->seed, "seed of the initialization (the data order is fixed)", NULL},
         {"save-original-model", OPT_FLAG, &a->save_original_model, "at the end also write a plain dense LLaMA (W_eff merged) to OUTPUT_DIR/original_model", NULL},
         {"max-bad-steps", OPT_INT, &a->max_bad_steps, "a step with a non-finite loss or gradient is skipped with a warning; this many in a row stop the run", NULL},
+        {"allow-changes", OPT_FLAG, &a->allow_changes, "--resume with options that change the run's meaning (lr, schedule, batch, length, Adam, clipping) differing from the checkpoint's", NULL},
         {"overwrite", OPT_FLAG, &a->overwrite, "start a new run in an --output-dir that holds one (its metrics.jsonl, checkpoints/ and original_model/ are deleted)", NULL},
     };
     cli_parse_run(&a->run, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "train", SUMMARY);
@@ -170,6 +218,7 @@ static void parse_args(train_args *a, int argc, char **argv) {
                  a->beta1, a->beta2, b1, b2);
     if (!(eps >= 1e-30f) || !isfinite(eps))
         loqt_die("--adam-eps %g is not a usable single-precision epsilon (1e-30 .. 3e38)", a->adam_eps);
+    a->warmup_given = a->warmup_steps; /* -1: 10% of the steps, whatever their number */
     if (a->warmup_steps < 0) a->warmup_steps = a->num_training_steps / 10;
     if (a->run.per_layer_updates && a->grad_clipping > 0)
         loqt_die("--grad-clipping needs the global gradient norm before any update, which --per-layer-updates does not have; use one or the other");
@@ -265,6 +314,9 @@ static void resume_options(train_args *a, const train_run *t, trainer_meta *tm) 
         loqt_die("%s was trained with --method %s, not %s", t->resume_dir, tm->method, a->run.m->name);
     if (tm->mopts.optimizer != a->run.mo.optimizer)
         loqt_die("%s was trained with --optimizer %s, not %s", t->resume_dir, tm->optimizer, a->run.optimizer);
+    if (opts_given("seed") && a->seed != (long)tm->seed && !a->allow_changes)
+        loqt_die("--resume %s: the checkpoint was trained with --seed %llu, not %ld; pass --allow-changes to continue", t->resume_dir,
+                 (unsigned long long)tm->seed, a->seed);
     a->run.mo = tm->mopts;
     a->seed = (long)tm->seed;
 }
@@ -284,6 +336,7 @@ static void create_model(const train_args *a, train_run *t, const trainer_meta *
     if (llama_create(&t->m, &t->cfg, a->run.m, &a->run.mo, (uint64_t)a->seed)) loqt_die_last("model");
     if (*t->resume_dir) {
         if (checkpoint_load(&t->m, t->resume_dir, 0)) loqt_die_last("--resume");
+        compare_run_options(a, tm, t->resume_dir);
         t->start_step = tm->step;
         t->tokens = tm->tokens_seen;
         loader_seek(&t->train, tm->data_position);

@@ -89,6 +89,7 @@ static int save_via(const llama_model *m, const trainer_meta *tm, const char *di
     meta_strings(tm, vals);
     for (int i = 0; i < 6; i++) st_writer_meta(ws, meta_keys[i], vals[i]);
     st_writer_meta(ws, "optimizer", tm->optimizer);
+    if (tm->run_options[0]) st_writer_meta(ws, "run_options", tm->run_options);
     char *mo_json = NULL;
     size_t mo_len = 0;
     FILE *mf = open_memstream(&mo_json, &mo_len);
@@ -199,6 +200,8 @@ int checkpoint_read_meta(const char *dir, trainer_meta *tm) {
         snprintf(tm->method, sizeof tm->method, "%s", v);
         v = st_meta(&f, "optimizer");
         snprintf(tm->optimizer, sizeof tm->optimizer, "%s", v ? v : "adamw");
+        v = st_meta(&f, "run_options");
+        snprintf(tm->run_options, sizeof tm->run_options, "%s", v ? v : "");
         v = st_meta(&f, "loss");
         tm->loss = v ? strtod(v, NULL) : 0;
         const linear_method *lm = method_find(tm->method);

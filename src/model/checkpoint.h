@@ -24,6 +24,7 @@ typedef struct {
     char method[32];
     char optimizer[16];
     method_opts mopts;       /* read back by checkpoint_read_meta; saving takes the model's own */
+    char run_options[1024];  /* the trainer's options as a JSON object (compared on resume); "" */
 } trainer_meta;
 
 /* Tensors of the model: dense parameters + each linear layer's method tensors.  `state` (may be
