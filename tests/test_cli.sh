@@ -481,6 +481,7 @@ expect_error bad_config_misspelt_key "max_position_embedding" "$LOQT" train --mo
 import json, sys; c = json.load(open(sys.argv[1])); c['hidden_act'] = 'gelu'
 json.dump(c, open(sys.argv[2], 'w'))" "$T/tiny.json" "$T/gelu.json"
 expect_error bad_config_gelu "hidden_act" "$LOQT" train --model "$T/gelu.json" "${S[@]}"
+expect_error bad_rank_too_large 'exceeds the smaller side' "$LOQT" memory --model 9m --method loqt --rank 200
 expect_error bad_max_memory_zero 'not positive' "$LOQT" memory --model 20m --max-memory 0
 expect_error bad_export_into_checkpoint 'checkpoint' "$LOQT" export --checkpoint "$CK" --out "$CK"
 expect_error bad_adam_eps_underflows 'adam-eps' "$LOQT" train --model "$T/tiny.json" "${S[@]}" --adam-eps 1e-50

@@ -146,7 +146,20 @@ void cli_parse_run(cli_run *r, const opt_spec *extra, int n_extra, int argc, cha
     r->accum = r->total_batch_size / r->batch_size;
 }
 
+/* A rank beyond a projection's smaller side would be clamped layer by layer while the option,
+ * as printed and saved, says otherwise: refused. */
+static void check_rank(const cli_run *r, const llama_config *cfg) {
+    const method_option *o = method_option_find(r->m, "rank");
+    if (!o) return;
+    const int rank = (int)method_option_get(&r->mo, o);
+    const int d = cfg->hidden_size, F = cfg->intermediate_size, small = d < F ? d : F;
+    if (rank > small)
+        loqt_die("--rank %d exceeds the smaller side (%d) of the model's projections; the largest rank is %d", rank,
+                 small, small);
+}
+
 void cli_run_plan_input(const cli_run *r, const llama_config *cfg, long steps, plan_input *pin) {
+    check_rank(r, cfg);
     plan_input_defaults(pin, cfg, r->m->name);
     pin->mo = r->mo;
     pin->batch = r->batch_size;
