@@ -269,6 +269,18 @@ run "$LOQT" train "${COMMON[@]}" --num-training-steps 14 --save-every 6 --output
 check resume_more_steps "exit $RC or the new step count is not noted: $(tail -n 1 "$T/err")" \
     bash -c "[ $RC -eq 0 ] && grep -q 'resume: --num-training-steps 12 -> 14' '$T/out'"
 
+# data made with another tokenizer than the one the model was trained on: refused by eval and
+# by --resume (the manifest's tokenizer hash is recorded in the checkpoint)
+mkdir -p "$T/dtokA" "$T/dtokB"
+cp "$D"/*.bin "$T/dtokA"/ && cp "$D"/*.bin "$T/dtokB"/
+echo '{"format": "loqt-token-shards", "tokenizer_hash": "1111111111111111"}' >"$T/dtokA/manifest.json"
+echo '{"format": "loqt-token-shards", "tokenizer_hash": "2222222222222222"}' >"$T/dtokB/manifest.json"
+run "$LOQT" train "${COMMON[@]}" --data "$T/dtokA" --num-training-steps 2 --output-dir "$T/tokrun"
+check tokenizer_hash_recorded "exit $RC: $(tail -n 1 "$T/err")" \
+    bash -c "[ $RC -eq 0 ] && grep -q 1111111111111111 '$T/tokrun/checkpoints/step-00000002/trainer_state.json'"
+expect_error eval_other_tokenizer 'another tokenizer' "$LOQT" eval --checkpoint "$T/tokrun/checkpoints/step-00000002" --data "$T/dtokB" --max-length 32 --threads 1
+expect_error resume_other_tokenizer 'tokenizer-hash' "$LOQT" train "${COMMON[@]}" --data "$T/dtokB" --num-training-steps 4 --output-dir "$T/tokrun2" --resume "$T/tokrun/checkpoints/step-00000002"
+
 # ---- 3b. an existing run directory is never reused by accident --------------------------------
 sum_before=$(cat "$A/metrics.jsonl" "$A/checkpoints/step-00000012/model.safetensors" | md5sum)
 expect_error output_dir_holds_a_run 'holds a run' "$LOQT" train "${COMMON[@]}" --num-training-steps 3 --output-dir "$A"

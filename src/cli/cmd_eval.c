@@ -30,6 +30,10 @@ int cmd_eval(int argc, char **argv) {
     cli_load_checkpoint(&m, ckpt, 1);
     if (T > m.cfg.max_position_embeddings)
         loqt_die("--max-length %d exceeds the model's max_position_embeddings %d", T, m.cfg.max_position_embeddings);
+    char model_tok[32], data_tok[32];
+    cli_checkpoint_tokenizer_hash(ckpt, model_tok, sizeof model_tok);
+    cli_data_tokenizer_hash(data, data_tok, sizeof data_tok);
+    cli_check_same_tokenizer(model_tok, data_tok, "--data");
     data_loader L;
     if (loader_open(&L, data, split)) loqt_die_last("--data");
     if (loader_vocab_size(&L) > (uint32_t)m.cfg.vocab_size)

@@ -3,6 +3,9 @@
 #include "cli/options.h"
 
 #include "core/error.h"
+#include "core/mem.h"
+#include "data/corpus.h"
+#include "io/fileutil.h"
 #include "core/rng.h"
 #include "data/tokenizer.h"
 
@@ -73,6 +76,14 @@ int cmd_generate(int argc, char **argv) {
     cli_set_threads(threads);
     tokenizer *tk = tokenizer_load(tok_path);
     if (!tk) loqt_die_last("--tokenizer");
+    {   /* the tokenizer the checkpoint's data was made with, when it is known */
+        size_t len = 0;
+        char *bytes = file_read_all(tok_path, (size_t)256 << 20, &len), model_tok[32], tok[32];
+        snprintf(tok, sizeof tok, "%016llx", bytes ? (unsigned long long)corpus_hash(bytes, len) : 0ull);
+        mem_free(bytes);
+        cli_checkpoint_tokenizer_hash(ckpt, model_tok, sizeof model_tok);
+        cli_check_same_tokenizer(model_tok, tok, "--tokenizer");
+    }
     llama_model m;
     cli_load_checkpoint(&m, ckpt, 1);
     const int V = m.cfg.vocab_size;

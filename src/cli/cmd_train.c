@@ -27,6 +27,7 @@ typedef struct {
     const char *data, *scheduler, *output_dir, *resume;
     int eval_every, save_every, log_every, save_original_model, overwrite, max_bad_steps, allow_changes;
     long num_training_steps, warmup_steps, warmup_given, num_eval_tokens, seed;
+    char tokenizer_hash[32]; /* of the data (its manifest), "" when unknown */
     double lr, min_lr_ratio, grad_clipping, weight_decay, beta1, beta2, adam_eps;
 } train_args;
 
@@ -103,10 +104,10 @@ static void run_options_json(const train_args *a, char *buf, size_t cap) {
              "{\"lr\": %.17g, \"scheduler\": \"%s\", \"warmup_steps\": %ld, \"min_lr_ratio\": %.17g, "
              "\"grad_clipping\": %.17g, \"weight_decay\": %.17g, \"beta1\": %.17g, \"beta2\": %.17g, "
              "\"adam_eps\": %.17g, \"batch_size\": %d, \"total_batch_size\": %d, \"max_length\": %d, "
-             "\"num_training_steps\": %ld}",
+             "\"num_training_steps\": %ld, \"tokenizer_hash\": \"%s\"}",
              a->lr, a->scheduler, a->warmup_given, a->min_lr_ratio, a->grad_clipping, a->weight_decay,
              a->beta1, a->beta2, a->adam_eps, a->run.batch_size, a->run.total_batch_size, a->run.seq_len,
-             a->num_training_steps);
+             a->num_training_steps, a->tokenizer_hash);
 }
 
 /* Resume compares the checkpoint's run options with this run's: a changed step count is noted,
@@ -277,7 +278,8 @@ static void claim_output_dir(const train_args *a) {
     printf("--overwrite: deleted the previous run in %s\n", a->output_dir);
 }
 
-static void open_data(const train_args *a, train_run *t) {
+static void open_data(train_args *a, train_run *t) {
+    cli_data_tokenizer_hash(a->data, a->tokenizer_hash, sizeof a->tokenizer_hash);
     if (loader_open(&t->train, a->data, "train")) {
         struct stat sb;
         char first[4096];

@@ -45,6 +45,13 @@ void cli_run_plan_input(const cli_run *r, const llama_config *cfg, long steps, p
  * max_memory ("20GiB"; NULL = the machine's physical memory). */
 void cli_check_memory(const plan_input *pin, const char *max_memory);
 
+/* The tokenizer hash that DIR/manifest.json records (from 'loqt data'), and the one a checkpoint
+ * was trained with (its trainer state's run_options); "" when unknown (no manifest, an export).
+ * cli_check_same_tokenizer dies when both are known and differ. */
+void cli_data_tokenizer_hash(const char *data_dir, char *out, size_t cap);
+void cli_checkpoint_tokenizer_hash(const char *ckpt_dir, char *out, size_t cap);
+void cli_check_same_tokenizer(const char *model_hash, const char *other_hash, const char *what);
+
 /* Shared by the commands (cli/common.c). */
 void cli_set_threads(int threads); /* 0 = all cores */
 int cli_threads(void);

@@ -1,7 +1,9 @@
 #include "cli/commands.h"
 
 #include "core/error.h"
+#include "core/json.h"
 #include "core/progress.h"
+#include "io/fileutil.h"
 #include "kernels/gemm.h"
 #include "core/mem.h"
 #include "model/checkpoint.h"
@@ -90,3 +92,34 @@ void cli_check_memory(const plan_input *pin, const char *max_memory) {
     if (plan_check_fits(&p, limit)) loqt_die_last(NULL);
 }
 
+void cli_data_tokenizer_hash(const char *data_dir, char *out, size_t cap) {
+    char path[4096];
+    out[0] = 0;
+    snprintf(path, sizeof path, "%s/manifest.json", data_dir);
+    size_t len = 0;
+    char *text = file_read_all(path, (size_t)16 << 20, &len);
+    if (!text) return;
+    json_value *v = json_parse(text, len);
+    const json_value *h = v && v->type == JSON_OBJECT ? json_get(v, "tokenizer_hash") : NULL;
+    if (h && h->type == JSON_STRING) snprintf(out, cap, "%s", h->string);
+    json_free(v);
+    mem_free(text);
+}
+
+void cli_checkpoint_tokenizer_hash(const char *ckpt_dir, char *out, size_t cap) {
+    trainer_meta tm;
+    out[0] = 0;
+    char state[4200];
+    snprintf(state, sizeof state, "%s/trainer_state.safetensors", ckpt_dir);
+    if (access(state, F_OK) != 0 || checkpoint_read_meta(ckpt_dir, &tm) || !tm.run_options[0]) return;
+    json_value *v = json_parse(tm.run_options, strlen(tm.run_options));
+    const json_value *h = v && v->type == JSON_OBJECT ? json_get(v, "tokenizer_hash") : NULL;
+    if (h && h->type == JSON_STRING) snprintf(out, cap, "%s", h->string);
+    json_free(v);
+}
+
+void cli_check_same_tokenizer(const char *model_hash, const char *other_hash, const char *what) {
+    if (model_hash[0] && other_hash[0] && strcmp(model_hash, other_hash))
+        loqt_die("%s was made with another tokenizer (hash %s) than the model was trained on (%s): its token ids "
+                 "mean other text", what, other_hash, model_hash);
+}

@@ -127,6 +127,9 @@ static int save_via(const llama_model *m, const trainer_meta *tm, const char *di
     }
     fprintf(f, "  \"optimizer\": ");
     json_write_string(f, tm->optimizer);
+    fprintf(f, ",\n  \"method_opts\": ");
+    method_config_write_json(m->method, &m->mopts, f);
+    if (tm->run_options[0]) fprintf(f, ",\n  \"run_options\": %s", tm->run_options);
     fprintf(f, "\n}\n");
     fclose(f);
     rc = join(path, sizeof path, tmp, "trainer_state.json");
