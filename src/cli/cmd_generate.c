@@ -86,7 +86,7 @@ int cmd_generate(int argc, char **argv) {
     }
     llama_model m;
     cli_load_checkpoint(&m, ckpt, 1);
-    const int V = m.cfg.vocab_size;
+    const int V = m.cfg.vocab_size, Vt = tokenizer_vocab_size(tk) < V ? tokenizer_vocab_size(tk) : V;
     if (tokenizer_vocab_size(tk) > V) loqt_die("the tokenizer has more pieces than the model's vocab_size");
     int32_t *ids = NULL;
     long n = tokenizer_encode(tk, prompt, strlen(prompt), 1, &ids);
@@ -113,7 +113,9 @@ int cmd_generate(int argc, char **argv) {
         float *logits = malloc(sizeof(float) * (size_t)T * V);
         if (!logits) loqt_die("generate: out of memory for the logits of %d tokens", T);
         llama_forward(&m, ids + start, NULL, 0.0f, logits);
-        int next = sample(logits + (size_t)(T - 1) * V, V, (float)temperature, (float)top_p, &r, buf);
+        /* a model vocabulary larger than the tokenizer's (padded): ids the tokenizer cannot
+         * decode are never sampled, so the text is not cut short at one */
+        int next = sample(logits + (size_t)(T - 1) * V, Vt, (float)temperature, (float)top_p, &r, buf);
         free(logits);
         if (next == TOK_EOS) break;
         /* print the newly decoded suffix: decode(all) minus decode(all but the new token) */
