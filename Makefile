@@ -5,7 +5,9 @@
 #   make bench-7b   the 7B/13B LoQT memory headline (about an hour on 2 cores)
 #   make bench-plan the memory planner against measured peak RSS, 60m to 1b
 #   make demo       fetch tokenizer + corpus, train a small model, evaluate, sample
-# Options: CC=gcc|clang  BLAS=openblas|none  OMP=1|0  DEBUG=1  SANITIZE=1  PORTABLE=1
+#   make deps       check (and as root install) the Debian packages of make test, see scripts/deps.sh
+#   make fresh-root-check  make deps + make test in a new minimal Debian root (as root, ~8 minutes)
+# Options: CC=gcc|clang  BLAS=openblas|none  OMP=1|0  DEBUG=1  SANITIZE=1  PORTABLE=1  DEPS=0
 
 ifeq ($(origin CC),default)
 CC       := gcc
@@ -36,7 +38,7 @@ CFLAGS   += -Wno-unknown-pragmas
 endif
 # OpenBLAS's OpenMP build: inside our own parallel regions it runs on the calling thread instead
 # of starting a second thread pool (Debian: libopenblas-openmp-dev).
-MULTIARCH    := $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -dumpmachine 2>/dev/null)
+MULTIARCH    := $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -dumpmachine 2>/dev/null || echo $$(uname -m)-linux-gnu)
 OPENBLAS_DIR ?= /usr/lib/$(MULTIARCH)/openblas-openmp
 ifeq ($(BLAS),openblas)
 CFLAGS   += -DLOQT_OPENBLAS $(shell PKG_CONFIG_PATH=$(OPENBLAS_DIR)/pkgconfig pkg-config --cflags openblas 2>/dev/null)
@@ -49,8 +51,29 @@ TEST_SRC := $(sort $(wildcard tests/test_*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
+
+# System packages (scripts/deps.sh): a target that needs more than the build installs it as root,
+# or prints the `sudo apt-get install ...` line and stops.  `make deps` is what `make test` needs;
+# deps-build, deps-demo, deps-bench, deps-fuzz the other levels.  The plain build only checks
+# (never the network).  Everything present: a check of well under a second.  DEPS=0 skips it all.
+DEPS     ?= 1
+DEPS_SH   = CC="$(CC)" OMP="$(OMP)" BLAS="$(BLAS)" OPENBLAS_DIR="$(OPENBLAS_DIR)" PYTHON="$(PYTHON)" \
+            bash scripts/deps.sh
+# the deps target that runs before anything is compiled: the one of the goals, else the check
+DEPS_FOR_test       := deps
+DEPS_FOR_deps       := deps
+DEPS_FOR_demo       := deps-demo
+DEPS_FOR_data       := deps-demo
+DEPS_FOR_deps-demo  := deps-demo
+DEPS_FOR_bench      := deps-bench
+DEPS_FOR_deps-bench := deps-bench
+DEPS_FOR_deps-build := deps-build
+DEPS_FIRST := $(sort $(foreach g,$(MAKECMDGOALS),$(DEPS_FOR_$(g))))
+DEPS_FIRST := $(if $(DEPS_FIRST),$(DEPS_FIRST),deps-check)
 
 .PHONY: all test bench bench-7b bench-plan demo data tokenizer fuzz clean
+.PHONY: deps deps-build deps-demo deps-bench deps-fuzz deps-check fresh-root-check
 # keep the test objects: make would otherwise delete them after the summary line
 .SECONDARY:
 all: $(BUILD)/loqt $(BUILD)/libloqt.a
@@ -58,6 +81,26 @@ all: $(BUILD)/loqt $(BUILD)/libloqt.a
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB_OBJ) $(CLI_OBJ) $(TEST_OBJ): | $(DEPS_FIRST)
+
+ifeq ($(DEPS),0)
+deps deps-build deps-demo deps-bench deps-fuzz deps-check:
+	@:
+else
+deps:
+	@$(DEPS_SH) test
+deps-build:
+	@$(DEPS_SH) build
+deps-demo:
+	@$(DEPS_SH) demo
+deps-bench:
+	@$(DEPS_SH) bench
+deps-fuzz:
+	@CLANG="$(if $(CLANG),$(CLANG),clang)" $(DEPS_SH) fuzz
+deps-check:
+	@$(DEPS_SH) --check --quiet build
+endif
 
 $(BUILD)/libloqt.a: $(LIB_OBJ)
 	@rm -f $@
@@ -70,10 +113,10 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(BUILD)/libloqt.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $< $(BUILD)/libloqt.a $(LDLIBS) -o $@
 
-test: all $(TESTS)
+test: deps all $(TESTS)
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tests/run_tests.sh $(TESTS) tests/test_cli.sh
 
-bench: all
+bench: deps-bench all
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash bench/run_bench.sh
 
 bench-7b: all
@@ -82,17 +125,21 @@ bench-7b: all
 bench-plan: all
 	@BUILD=$(BUILD) bash bench/plan_check.sh
 
-tokenizer:
+tokenizer: deps-demo
 	@bash scripts/fetch_tokenizer.sh data
 
-data: all tokenizer
+data: deps-demo all tokenizer
 	$(BUILD)/loqt data --out data/corpus
 
-demo: all
+demo: deps-demo all
 	@BUILD=$(BUILD) bash scripts/demo.sh
 
-fuzz:
+fuzz: deps-fuzz
 	bash scripts/fuzz.sh
+
+# the fresh-machine path in a debootstrap root, docs/fresh_machine.md (FRESH_ARGS=--demo, ...)
+fresh-root-check:
+	bash scripts/fresh_root_check.sh $(FRESH_ARGS)
 
 clean:
 	rm -rf $(BUILD)
