@@ -6,6 +6,7 @@
 #include "core/rng.h"
 #include "core/mem.h"
 #include "io/fileutil.h"
+#include "core/crc32c.h"
 #include "io/safetensors.h"
 #include "test.h"
 
@@ -127,7 +128,7 @@ static void test_roundtrip_all_dtypes(void) {
     CHECK(st_read_f32(&f, "empty1", &got, 2, e1) == 0, "reading an empty tensor: %s", loqt_last_error());
     t = st_find(&f, "empty2");
     CHECK(t && t->nbytes == 0 && t->dtype == ST_I64, "empty2");
-    CHECK(f.n_meta == 2, "n_meta %d, expected 2", f.n_meta);
+    CHECK(f.n_meta == 3 && st_meta(&f, "crc32c"), "n_meta %d, expected 2 and the writer's crc32c", f.n_meta);
     CHECK(st_meta(&f, "format") && !strcmp(st_meta(&f, "format"), "pt"), "meta format");
     CHECK(st_meta(&f, "step") && !strcmp(st_meta(&f, "step"), "12"), "meta step (replaced value)");
     CHECK(st_meta(&f, "nope") == NULL, "absent meta");
@@ -150,8 +151,9 @@ static void test_zero_tensors(void) {
     CHECK(st_writer_write(w, path) == 0, "write: %s", loqt_last_error());
     st_writer_free(w);
     st_file f;
-    CHECK(st_open(&f, path) == 0 && f.n_tensors == 0 && f.data_size == 0 && f.n_meta == 0, "empty file: %s",
+    CHECK(st_open(&f, path) == 0 && f.n_tensors == 0 && f.data_size == 0 && f.n_meta == 1, "empty file: %s",
           loqt_last_error());
+    CHECK(st_meta(&f, "crc32c") && !strcmp(st_meta(&f, "crc32c"), "00000000"), "the CRC of no data");
     CHECK(st_find(&f, "x") == NULL, "find in empty file");
     st_close(&f);
 
@@ -159,8 +161,41 @@ static void test_zero_tensors(void) {
     st_writer_meta(w, "only", "metadata");
     CHECK(st_writer_write(w, path) == 0, "write: %s", loqt_last_error());
     st_writer_free(w);
-    CHECK(st_open(&f, path) == 0 && f.n_tensors == 0 && f.n_meta == 1, "metadata-only file: %s", loqt_last_error());
+    CHECK(st_open(&f, path) == 0 && f.n_tensors == 0 && f.n_meta == 2, "metadata-only file: %s", loqt_last_error());
     st_close(&f);
+    unlink(path);
+}
+
+/* CRC-32C: the standard check value, the instruction path against the table, and a file whose
+ * data changed after writing refused with the reason (the header itself is unchanged). */
+static void test_checksum(void) {
+    CHECK(crc32c(0, "123456789", 9) == 0xE3069283u && crc32c_portable(0, "123456789", 9) == 0xE3069283u,
+          "crc32c('123456789') = %08x / %08x, expected e3069283", crc32c(0, "123456789", 9), crc32c_portable(0, "123456789", 9));
+    unsigned char buf[1000];
+    for (int i = 0; i < 1000; i++) buf[i] = (unsigned char)(i * 37 + 11);
+    for (int n = 0; n < 1000; n += 97)
+        CHECK(crc32c(crc32c(0, buf, (size_t)n), buf + n, (size_t)(1000 - n)) == crc32c_portable(0, buf, 1000),
+              "split at %d: running CRC differs", n);
+    const char *path = tmp_path("crc.safetensors");
+    float x[64];
+    for (int i = 0; i < 64; i++) x[i] = (float)i;
+    int64_t shape[1] = {64};
+    st_writer *w = st_writer_new();
+    st_writer_add(w, "x", ST_F32, 1, shape, x);
+    CHECK(st_writer_write(w, path) == 0, "write: %s", loqt_last_error());
+    st_writer_free(w);
+    size_t len = 0;
+    unsigned char *bytes = (unsigned char *)file_read_all(path, 1 << 20, &len);
+    CHECK(bytes && len > 64 * 4, "read back");
+    if (!bytes) return;
+    bytes[len - 5] ^= 0x10; /* one bit of the last tensor value */
+    st_file f;
+    CHECK(st_open_memory(&f, "flipped", bytes, len) == -1 && strstr(loqt_last_error(), "checksum mismatch"),
+          "a flipped data bit was accepted: %s", loqt_last_error());
+    bytes[len - 5] ^= 0x10;
+    CHECK(st_open_memory(&f, "restored", bytes, len) == 0, "the restored file: %s", loqt_last_error());
+    st_close(&f);
+    mem_free(bytes);
     unlink(path);
 }
 
@@ -590,6 +625,7 @@ int main(void) {
     if (test_make_tmpdir(dir, sizeof dir, "st")) return 1;
     RUN(test_roundtrip_all_dtypes);
     RUN(test_zero_tensors);
+    RUN(test_checksum);
     RUN(test_utf8_names);
     RUN(test_writer_errors);
     RUN(test_half_conversions_exhaustive);

@@ -11,6 +11,7 @@
  * through memcpy or byte loads, never through a cast pointer. */
 #include "io/safetensors.h"
 
+#include "core/crc32c.h"
 #include "core/error.h"
 #include "core/json.h"
 #include "io/fileutil.h"
@@ -216,6 +217,21 @@ out:
 }
 
 /* Parses buf[0..size) (the whole file); on failure the caller runs st_close. */
+/* loqt's writer records the CRC-32C of the data buffer as __metadata__ "crc32c" (8 hex digits);
+ * a file that has one must match it.  Files from elsewhere have none and are not checked. */
+static int check_crc(const char *path, const st_file *f) {
+    const char *want = st_meta(f, "crc32c");
+    if (!want) return 0;
+    char *end = NULL;
+    unsigned long w = strtoul(want, &end, 16);
+    if (strlen(want) != 8 || *end) return loqt_set_error("%s: malformed crc32c '%s' in __metadata__", path, want);
+    uint32_t have = crc32c(0, f->data, f->data_size);
+    if (have != (uint32_t)w)
+        return loqt_set_error("%s: checksum mismatch (the data's crc32c is %08x, the file records %s): the file is "
+                              "corrupt", path, have, want);
+    return 0;
+}
+
 static int parse_file(st_file *f, const char *path, const uint8_t *buf, size_t size) {
     if (size < 8) return loqt_set_error("%s: file is %zu bytes, too short for a safetensors header", path, size);
     uint64_t n = 0;
@@ -276,6 +292,7 @@ static int parse_file(st_file *f, const char *path, const uint8_t *buf, size_t s
         }
     }
     rc = check_layout(path, f);
+    if (!rc) rc = check_crc(path, f);
 out:
     json_free(h);
     return rc;
@@ -624,6 +641,12 @@ int st_writer_write(st_writer *w, const char *path) {
         total += w->t[i].nbytes;
         if (total > (uint64_t)ST_MAX_INT) return loqt_set_error("%s: total tensor size overflows", path);
     }
+    /* the data's checksum in __metadata__, verified by st_open (tensors are written in order) */
+    uint32_t crc = 0;
+    for (int i = 0; i < w->n; i++) crc = crc32c(crc, w->t[i].data, w->t[i].nbytes);
+    char crc_hex[16];
+    snprintf(crc_hex, sizeof crc_hex, "%08x", crc);
+    st_writer_meta(w, "crc32c", crc_hex);
     size_t hlen;
     char *header = build_header(w, &hlen);
     if (!header) return loqt_set_error("%s: out of memory building the header", path);

@@ -1,5 +1,6 @@
 #include "model/checkpoint.h"
 
+#include "core/crc32c.h"
 #include "core/error.h"
 #include "core/json.h"
 #include "core/mem.h"
@@ -54,7 +55,8 @@ int llama_load_tensors(llama_model *m, const st_file *model, const st_file *stat
     return 0;
 }
 
-static int write_config(const llama_config *c, const char *dir) {
+/* Writes dir/config.json; *crc (may be NULL) receives the CRC-32C of its bytes. */
+static int write_config(const llama_config *c, const char *dir, uint32_t *crc) {
     char path[4096];
     if (join(path, sizeof path, dir, "config.json")) return -1;
     char *buf = NULL;
@@ -63,6 +65,7 @@ static int write_config(const llama_config *c, const char *dir) {
     if (!f) return loqt_set_error("%s: cannot create config", path);
     config_write_json(c, f);
     fclose(f);
+    if (crc) *crc = crc32c(0, buf, len);
     int rc = file_write_atomic(path, buf, len);
     free(buf);
     return rc;
@@ -82,13 +85,18 @@ static const char *meta_keys[6] = {"step", "tokens_seen", "data_position", "seed
 static int save_via(const llama_model *m, const trainer_meta *tm, const char *dir, const char *tmp) {
     char path[4096];
     if (file_mkdir_p(tmp)) return -1;
-    if (write_config(&m->cfg, tmp)) return -1;
+    uint32_t config_crc = 0;
+    if (write_config(&m->cfg, tmp, &config_crc)) return -1;
 
     st_writer *wm = st_writer_new(), *ws = st_writer_new();
     char vals[6][64];
     meta_strings(tm, vals);
     for (int i = 0; i < 6; i++) st_writer_meta(ws, meta_keys[i], vals[i]);
     st_writer_meta(ws, "optimizer", tm->optimizer);
+    /* config.json is plain text: its checksum travels in the trainer state, checked on load */
+    char crc_hex[16];
+    snprintf(crc_hex, sizeof crc_hex, "%08x", config_crc);
+    st_writer_meta(ws, "config_crc32c", crc_hex);
     if (tm->run_options[0]) st_writer_meta(ws, "run_options", tm->run_options);
     char *mo_json = NULL;
     size_t mo_len = 0;
@@ -184,6 +192,23 @@ static int parse_u64(const char *s, uint64_t *out) {
     return 0;
 }
 
+/* config.json against the checksum the trainer state recorded for it */
+static int check_config_crc(const char *dir, const char *want) {
+    char path[4096];
+    if (join(path, sizeof path, dir, "config.json")) return -1;
+    size_t len = 0;
+    char *text = file_read_all(path, 1 << 20, &len);
+    if (!text) return -1;
+    char have[16];
+    snprintf(have, sizeof have, "%08x", crc32c(0, text, len));
+    mem_free(text);
+    if (strcmp(have, want))
+        return loqt_set_error("%s: checksum mismatch (crc32c %s, the trainer state records %s): config.json was "
+                              "edited or is corrupt, and the weights belong to the config they were saved with",
+                              path, have, want);
+    return 0;
+}
+
 int checkpoint_read_meta(const char *dir, trainer_meta *tm) {
     char path[4096];
     if (join(path, sizeof path, dir, "trainer_state.safetensors")) return -1;
@@ -203,6 +228,8 @@ int checkpoint_read_meta(const char *dir, trainer_meta *tm) {
         snprintf(tm->method, sizeof tm->method, "%s", v);
         v = st_meta(&f, "optimizer");
         snprintf(tm->optimizer, sizeof tm->optimizer, "%s", v ? v : "adamw");
+        v = st_meta(&f, "config_crc32c");
+        if (v && !rc) rc = check_config_crc(dir, v);
         v = st_meta(&f, "run_options");
         snprintf(tm->run_options, sizeof tm->run_options, "%s", v ? v : "");
         v = st_meta(&f, "loss");
@@ -277,7 +304,7 @@ int checkpoint_find_latest(const char *root, char *out, size_t cap) {
 }
 
 int llama_export_dense(const llama_model *m, const char *dir) {
-    if (file_mkdir_p(dir) || write_config(&m->cfg, dir)) return -1;
+    if (file_mkdir_p(dir) || write_config(&m->cfg, dir, NULL)) return -1;
     st_writer *w = st_writer_new();
     st_writer_meta(w, "format", "pt");
     for (int i = 0; i < llama_dense_count(m); i++) {
