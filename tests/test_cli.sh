@@ -590,5 +590,41 @@ expect_error method_option_range 'lora-alpha' "$LOQT" train "${MS[@]}" --method 
 expect_error method_option_choice 'merge-optimizer-state' "$LOQT" memory --model 20m --method loqt --merge-optimizer-state sometimes
 expect_error unknown_method 'unknown --method' "$LOQT" memory --model 20m --method nope
 
+# ---- the bad-input table of docs/bad_input.md: every row runs and is checked -----------------
+# fixtures of the rows not made above
+mkdir -p "$T/bi_nodata" "$T/bi_shard"
+printf '{"hidden_size": 32, ' >"$T/bi_bad.json"
+"$PY" -c "
+import json, sys; c = json.load(open(sys.argv[1])); c['vocab_size'] = 32; json.dump(c, open(sys.argv[2], 'w'))" "$T/tiny.json" "$T/bi_v32.json"
+cp "$D"/*.bin "$T/bi_shard"/ && truncate -s -3 "$T/bi_shard/train_000.bin"
+cp -r "$CK" "$T/bi_nocfg" && rm "$T/bi_nocfg/config.json"
+cp -r "$CK" "$T/bi_trunc" && truncate -s 100 "$T/bi_trunc/model.safetensors"
+printf 'this is not a tokenizer file, only some text of 64 bytes......\n' >"$T/bi_notok.tok"
+"$PY" - docs/bad_input.md >"$T/bi_rows.tsv" <<'PYROWS'
+import re, sys
+for line in open(sys.argv[1]):
+    if not re.match(r"^\| \d+ \|", line):
+        continue
+    cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+    if len(cells) != 5:  # the exit-status table above the cases
+        continue
+    num, _case, cmd, code, msg = cells
+    print("\t".join([num, cmd.strip("`"), code, msg.replace("\\|", "|")]))
+PYROWS
+rows=0
+while IFS=$'\t' read -r num cmd code msg; do
+    rows=$((rows + 1))
+    run env LOQT="$LOQT" T="$T" D="$D" CK="$CK" TINY="$T/tiny.json" TOK="$TOK" bash -c "$cmd"
+    why=$(crash_reason)
+    n=$(wc -l <"$T/err")
+    if [ -n "$why" ]; then bad "bad_input_$num" "$why"
+    elif [ "$RC" != "$code" ]; then bad "bad_input_$num" "exit $RC, the table says $code: $(head -n 2 "$T/err" | tr '\n' '|')"
+    elif [ "$n" -ne 1 ] || ! head -n 1 "$T/err" | grep -q '^loqt'; then bad "bad_input_$num" "$n lines on stderr, expected one 'loqt' line: $(head -n 3 "$T/err" | tr '\n' '|')"
+    elif ! grep -qF -- "$msg" "$T/err"; then bad "bad_input_$num" "the message lacks '$msg': $(cat "$T/err")"
+    else ok "bad_input_$num"
+    fi
+done <"$T/bi_rows.tsv"
+check bad_input_table "docs/bad_input.md has $rows rows, expected at least 40" test "$rows" -ge 40
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -35,11 +35,11 @@ int cmd_bench(int argc, char **argv) {
     };
     cli_parse_run(&r, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "bench",
                   "Times full training steps (forward, backward, optimizer) on random tokens.");
-    if (steps <= 0 || warmup < 0) loqt_die("bench: --steps must be positive and --warmup-steps >= 0");
+    if (steps <= 0 || warmup < 0) loqt_usage_die("bench: --steps must be positive and --warmup-steps >= 0");
     cli_set_threads(r.threads);
     llama_config cfg;
     if (config_load(&cfg, r.model)) loqt_die_last("--model");
-    if (r.seq_len > cfg.max_position_embeddings) loqt_die("--seq-len exceeds max_position_embeddings %d", cfg.max_position_embeddings);
+    if (r.seq_len > cfg.max_position_embeddings) loqt_usage_die("--seq-len exceeds max_position_embeddings %d", cfg.max_position_embeddings);
     plan_input pin;
     cli_run_plan_input(&r, &cfg, warmup + steps, &pin);
     cli_check_memory(&pin, r.max_memory);

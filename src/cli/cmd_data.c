@@ -82,14 +82,14 @@ static void run_fetch(const char *script, int debian, const char *out, char **na
 static int split_sources(char *list, char **names) {
     int n = 0;
     for (char *p = strtok(list, ", "); p; p = strtok(NULL, ", ")) {
-        if (n == MAX_SOURCES) loqt_die("data: --sources: more than %d sources", MAX_SOURCES);
+        if (n == MAX_SOURCES) loqt_usage_die("data: --sources: more than %d sources", MAX_SOURCES);
         if (strspn(p, "abcdefghijklmnopqrstuvwxyz0123456789_-") != strlen(p))
-            loqt_die("data: --sources: bad source name '%s'", p);
+            loqt_usage_die("data: --sources: bad source name '%s'", p);
         for (int i = 0; i < n; i++)
-            if (!strcmp(names[i], p)) loqt_die("data: --sources: '%s' given twice", p);
+            if (!strcmp(names[i], p)) loqt_usage_die("data: --sources: '%s' given twice", p);
         names[n++] = p;
     }
-    if (n == 0) loqt_die("data: --sources: no source names given");
+    if (n == 0) loqt_usage_die("data: --sources: no source names given");
     return n;
 }
 
@@ -119,13 +119,13 @@ int cmd_data(int argc, char **argv) {
                "Downloads English text (" FETCH_SCRIPT "), tokenizes each document with BOS\n"
                "prepended and writes OUT/train_NNN.bin, OUT/val_NNN.bin and OUT/manifest.json.\n"
                "The validation split is fixed by a hash of each document's text (docs/data.md).");
-    if (!out || !*out) loqt_die("data: --out DIR is required");
+    if (!out || !*out) loqt_usage_die("data: --out DIR is required");
     if (!(val_fraction >= 0 && val_fraction < 1))
-        loqt_die("data: --val-fraction must be in [0, 1)");
-    if (val_tokens < 0) loqt_die("data: --val-tokens must be >= 0");
+        loqt_usage_die("data: --val-fraction must be in [0, 1)");
+    if (val_tokens < 0) loqt_usage_die("data: --val-tokens must be >= 0");
     if (opts_given("val-tokens") && opts_given("val-fraction"))
         loqt_die("data: give --val-fraction or --val-tokens, not both");
-    if (shard_tokens < 1) loqt_die("data: --shard-tokens must be >= 1");
+    if (shard_tokens < 1) loqt_usage_die("data: --shard-tokens must be >= 1");
 
     char list[1024];
     snprintf(list, sizeof list, "%s",

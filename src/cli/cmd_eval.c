@@ -23,13 +23,13 @@ int cmd_eval(int argc, char **argv) {
     opts_parse(specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "eval",
                "Prints the mean token cross-entropy and perplexity exp(loss) of a checkpoint on\n"
                "held-out text, in non-overlapping windows of --max-length tokens.");
-    if (!ckpt) loqt_die("eval: --checkpoint is required");
-    if (batch <= 0 || T <= 1 || ntok <= 0) loqt_die("eval: --batch-size, --max-length and --num-eval-tokens must be positive");
+    if (!ckpt) loqt_usage_die("eval: --checkpoint is required");
+    if (batch <= 0 || T <= 1 || ntok <= 0) loqt_usage_die("eval: --batch-size, --max-length and --num-eval-tokens must be positive");
     cli_set_threads(threads);
     llama_model m;
     cli_load_checkpoint(&m, ckpt, 1);
     if (T > m.cfg.max_position_embeddings)
-        loqt_die("--max-length %d exceeds the model's max_position_embeddings %d", T, m.cfg.max_position_embeddings);
+        loqt_usage_die("--max-length %d exceeds the model's max_position_embeddings %d", T, m.cfg.max_position_embeddings);
     char model_tok[32], data_tok[32];
     cli_checkpoint_tokenizer_hash(ckpt, model_tok, sizeof model_tok);
     cli_data_tokenizer_hash(data, data_tok, sizeof data_tok);

@@ -17,13 +17,13 @@ int cmd_export(int argc, char **argv) {
     };
     opts_parse(specs, 2, argc, argv, "export",
                "Writes a dense fp32 LLaMA (HF tensor names) that other tools can load.");
-    if (!ckpt || !out) loqt_die("export: --checkpoint and --out are required");
+    if (!ckpt || !out) loqt_usage_die("export: --checkpoint and --out are required");
     /* a checkpoint directory holds a trainer state: writing a dense model.safetensors there
      * would destroy it (a LoQT checkpoint's model.safetensors holds its NF4 codes) */
     char probe[4200];
     snprintf(probe, sizeof probe, "%s/trainer_state.safetensors", out);
     if (access(probe, F_OK) == 0)
-        loqt_die("export: --out %s is a training checkpoint (it has trainer_state.safetensors); write the dense model to another directory", out);
+        loqt_usage_die("export: --out %s is a training checkpoint (it has trainer_state.safetensors); write the dense model to another directory", out);
     llama_model m;
     cli_load_checkpoint(&m, ckpt, 1);
     if (llama_export_dense(&m, out)) loqt_die_last("export");

@@ -70,9 +70,9 @@ int cmd_generate(int argc, char **argv) {
     };
     opts_parse(specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "generate",
                "Continues --prompt with text sampled from the model and prints it.");
-    if (!ckpt) loqt_die("generate: --checkpoint is required");
+    if (!ckpt) loqt_usage_die("generate: --checkpoint is required");
     if (max_new <= 0 || temperature < 0 || !(top_p > 0 && top_p <= 1))
-        loqt_die("generate: need --max-new-tokens > 0, --temperature >= 0, 0 < --top-p <= 1");
+        loqt_usage_die("generate: need --max-new-tokens > 0, --temperature >= 0, 0 < --top-p <= 1");
     cli_set_threads(threads);
     tokenizer *tk = tokenizer_load(tok_path);
     if (!tk) loqt_die_last("--tokenizer");

@@ -57,7 +57,7 @@ int cmd_memory(int argc, char **argv) {
         {"data", OPT_STRING, &data, "directory of token shards: include the loader's copy of the train and val splits (default: not counted)", NULL},
     };
     cli_parse_run(&r, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "memory", SUMMARY);
-    if (steps <= 0) loqt_die("--num-training-steps must be positive");
+    if (steps <= 0) loqt_usage_die("--num-training-steps must be positive");
 
     llama_config cfg;
     if (config_load(&cfg, r.model)) loqt_die_last("--model");
@@ -68,7 +68,7 @@ int cmd_memory(int argc, char **argv) {
         loqt_die_last("--data");
 
     size_t limit = mem_physical();
-    if (r.max_memory && plan_parse_bytes(r.max_memory, &limit)) loqt_die_last("--max-memory");
+    if (r.max_memory && plan_parse_bytes(r.max_memory, &limit)) loqt_usage_die("--max-memory: %s", loqt_last_error());
 
     plan p;
     if (plan_make(&p, &in)) loqt_die_last(NULL);

@@ -139,7 +139,7 @@ static void compare_run_options(const train_args *a, const trainer_meta *tm, con
     json_free(cur);
     if (noted[0]) printf("resume: %s\n", noted);
     if (changed[0] && !a->allow_changes)
-        loqt_die("--resume %s with changed options (%s): that is another run; pass --allow-changes to continue with them", dir, changed);
+        loqt_usage_die("--resume %s with changed options (%s): that is another run; pass --allow-changes to continue with them", dir, changed);
     if (changed[0]) printf("resume with changed options (--allow-changes): %s\n", changed);
 }
 
@@ -207,24 +207,24 @@ static void parse_args(train_args *a, int argc, char **argv) {
         {"overwrite", OPT_FLAG, &a->overwrite, "start a new run in an --output-dir that holds one (its metrics.jsonl, checkpoints/ and original_model/ are deleted)", NULL},
     };
     cli_parse_run(&a->run, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "train", SUMMARY);
-    if (a->num_training_steps <= 0) loqt_die("--num-training-steps must be positive");
-    if (!(a->lr > 0)) loqt_die("--lr must be positive");
-    if (a->min_lr_ratio < 0 || a->min_lr_ratio > 1) loqt_die("--min-lr-ratio must be in [0, 1]");
-    if (a->grad_clipping < 0 || a->weight_decay < 0) loqt_die("--grad-clipping and --weight-decay must be >= 0");
+    if (a->num_training_steps <= 0) loqt_usage_die("--num-training-steps must be positive");
+    if (!(a->lr > 0)) loqt_usage_die("--lr must be positive");
+    if (a->min_lr_ratio < 0 || a->min_lr_ratio > 1) loqt_usage_die("--min-lr-ratio must be in [0, 1]");
+    if (a->grad_clipping < 0 || a->weight_decay < 0) loqt_usage_die("--grad-clipping and --weight-decay must be >= 0");
     /* checked as the optimizer uses them, in single precision: 1e-50 is 0 there, and
      * 0.99999999999 is 1 */
     const float b1 = (float)a->beta1, b2 = (float)a->beta2, eps = (float)a->adam_eps;
     if (!(b1 >= 0 && b1 < 1 && b2 >= 0 && b2 < 1))
-        loqt_die("Adam betas must be in [0, 1) in single precision (--beta1 %.17g, --beta2 %.17g give %.9g, %.9g)",
+        loqt_usage_die("Adam betas must be in [0, 1) in single precision (--beta1 %.17g, --beta2 %.17g give %.9g, %.9g)",
                  a->beta1, a->beta2, b1, b2);
     if (!(eps >= 1e-30f) || !isfinite(eps))
-        loqt_die("--adam-eps %g is not a usable single-precision epsilon (1e-30 .. 3e38)", a->adam_eps);
+        loqt_usage_die("--adam-eps %g is not a usable single-precision epsilon (1e-30 .. 3e38)", a->adam_eps);
     a->warmup_given = a->warmup_steps; /* -1: 10% of the steps, whatever their number */
     if (a->warmup_steps < 0) a->warmup_steps = a->num_training_steps / 10;
     if (a->run.per_layer_updates && a->grad_clipping > 0)
-        loqt_die("--grad-clipping needs the global gradient norm before any update, which --per-layer-updates does not have; use one or the other");
+        loqt_usage_die("--grad-clipping needs the global gradient norm before any update, which --per-layer-updates does not have; use one or the other");
     if (a->log_every <= 0) a->log_every = 1;
-    if (a->max_bad_steps < 1) loqt_die("--max-bad-steps must be >= 1");
+    if (a->max_bad_steps < 1) loqt_usage_die("--max-bad-steps must be >= 1");
     a->run.mo.seed = (uint64_t)a->seed;
 }
 
@@ -254,7 +254,7 @@ static void locate_run(train_args *a, train_run *t) {
         loqt_die_last("--model");
     }
     if (a->run.seq_len > t->cfg.max_position_embeddings)
-        loqt_die("--max-length %d exceeds the model's max_position_embeddings %d", a->run.seq_len, t->cfg.max_position_embeddings);
+        loqt_usage_die("--max-length %d exceeds the model's max_position_embeddings %d", a->run.seq_len, t->cfg.max_position_embeddings);
 }
 
 /* A new run in a directory that holds one would truncate its metrics, replace its checkpoints of
@@ -269,7 +269,7 @@ static void claim_output_dir(const train_args *a) {
     int held = stat(metrics, &sb) == 0 || stat(ckpts, &sb) == 0 || stat(orig, &sb) == 0;
     if (!held || a->resume) return;
     if (!a->overwrite)
-        loqt_die("--output-dir %s holds a run already (metrics.jsonl, checkpoints/ or original_model/): "
+        loqt_usage_die("--output-dir %s holds a run already (metrics.jsonl, checkpoints/ or original_model/): "
                  "continue it with --resume latest, use another --output-dir, or pass --overwrite to delete it and start over",
                  a->output_dir);
     unlink(metrics);
@@ -313,11 +313,11 @@ static void set_hparams(const train_args *a, train_hparams *h) {
 static void resume_options(train_args *a, const train_run *t, trainer_meta *tm) {
     if (checkpoint_read_meta(t->resume_dir, tm)) loqt_die_last("--resume");
     if (strcmp(tm->method, a->run.m->name))
-        loqt_die("%s was trained with --method %s, not %s", t->resume_dir, tm->method, a->run.m->name);
+        loqt_usage_die("%s was trained with --method %s, not %s", t->resume_dir, tm->method, a->run.m->name);
     if (tm->mopts.optimizer != a->run.mo.optimizer)
-        loqt_die("%s was trained with --optimizer %s, not %s", t->resume_dir, tm->optimizer, a->run.optimizer);
+        loqt_usage_die("%s was trained with --optimizer %s, not %s", t->resume_dir, tm->optimizer, a->run.optimizer);
     if (opts_given("seed") && a->seed != (long)tm->seed && !a->allow_changes)
-        loqt_die("--resume %s: the checkpoint was trained with --seed %llu, not %ld; pass --allow-changes to continue", t->resume_dir,
+        loqt_usage_die("--resume %s: the checkpoint was trained with --seed %llu, not %ld; pass --allow-changes to continue", t->resume_dir,
                  (unsigned long long)tm->seed, a->seed);
     a->run.mo = tm->mopts;
     a->seed = (long)tm->seed;

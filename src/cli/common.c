@@ -85,7 +85,7 @@ void cli_load_checkpoint(llama_model *m, const char *dir, int weights_only) {
 
 void cli_check_memory(const plan_input *pin, const char *max_memory) {
     size_t limit = mem_physical();
-    if (max_memory && plan_parse_bytes(max_memory, &limit)) loqt_die_last("--max-memory");
+    if (max_memory && plan_parse_bytes(max_memory, &limit)) loqt_usage_die("--max-memory: %s", loqt_last_error());
     if (!limit) return; /* unknown physical memory and no limit given */
     plan p;
     if (plan_make(&p, pin)) loqt_die_last("memory plan");

@@ -70,11 +70,13 @@ static void usage_exit(const opt_spec *s, int n, const char *command, const char
     exit(0);
 }
 
-static void bad(const char *command, const char *fmt, const char *a, const char *b) {
-    fprintf(stderr, "loqt %s: error: ", command);
-    fprintf(stderr, fmt, a, b);
-    fprintf(stderr, " (see 'loqt %s --help')\n", command);
-    exit(2);
+/* err <- the message; returns -1 */
+static int fail(char *err, size_t cap, const char *fmt, const char *a, const char *b) {
+    snprintf(err, cap, fmt, a, b);
+    /* the message is one line whatever the argument held */
+    for (char *p = err; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
+    return -1;
 }
 
 /* index of v in "a|b|c", or -1 */
@@ -85,54 +87,52 @@ static int choice_index(const char *choices, const char *v) {
     return -1;
 }
 
-void opts_parse(const opt_spec *s, int n, int argc, char **argv, const char *command,
-                const char *summary) {
+int opts_parse_args(const opt_spec *s, int n, int argc, char **argv, char *err, size_t cap) {
     n_given = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) usage_exit(s, n, command, summary);
-        if (strncmp(a, "--", 2) != 0) bad(command, "unexpected argument '%s'%s", a, "");
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) return 1;
+        if (strncmp(a, "--", 2) != 0) return fail(err, cap, "unexpected argument '%s'%s", a, "");
         char name[64];
         normalize(name, sizeof name, a + 2);
         const char *eq = strchr(a, '=');
         const opt_spec *o = NULL;
         for (int j = 0; j < n; j++)
             if (strcmp(s[j].name, name) == 0) o = &s[j];
-        if (!o) bad(command, "unknown option '--%s'%s", name, "");
+        if (!o) return fail(err, cap, "unknown option '--%s'%s", name, "");
         if (n_given < MAX_GIVEN) snprintf(given[n_given++], sizeof given[0], "%s", name);
         if (o->type == OPT_FLAG) {
             if (eq) {
                 const char *v = eq + 1;
                 if (!strcmp(v, "1") || !strcmp(v, "true")) *(int *)o->dst = 1;
                 else if (!strcmp(v, "0") || !strcmp(v, "false")) *(int *)o->dst = 0;
-                else bad(command, "--%s takes no value or true/false, got '%s'", name, v);
+                else return fail(err, cap, "--%s takes no value or true/false, got '%s'", name, v);
             } else {
                 *(int *)o->dst = 1;
             }
             continue;
         }
         const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
-        if (!v) bad(command, "--%s needs a value%s", name, "");
+        if (!v) return fail(err, cap, "--%s needs a value%s", name, "");
         char *end = NULL;
         errno = 0;
         switch (o->type) {
         case OPT_INT: {
             long x = strtol(v, &end, 10);
             if (!*v || *end || errno || x < -2147483647L || x > 2147483647L)
-                bad(command, "--%s expects an integer, got '%s'", name, v);
+                return fail(err, cap, "--%s expects an integer, got '%s'", name, v);
             *(int *)o->dst = (int)x;
             break;
         }
         case OPT_LONG: {
             long x = strtol(v, &end, 10);
-            if (!*v || *end || errno) bad(command, "--%s expects an integer, got '%s'", name, v);
+            if (!*v || *end || errno) return fail(err, cap, "--%s expects an integer, got '%s'", name, v);
             *(long *)o->dst = x;
             break;
         }
         case OPT_FLOAT: {
             double x = strtod(v, &end);
-            if (!*v || *end || errno || !isfinite(x))
-                bad(command, "--%s expects a number, got '%s'", name, v);
+            if (!*v || *end || errno || !isfinite(x)) return fail(err, cap, "--%s expects a number, got '%s'", name, v);
             *(double *)o->dst = x;
             break;
         }
@@ -142,7 +142,7 @@ void opts_parse(const opt_spec *s, int n, int argc, char **argv, const char *com
             if (k < 0) {
                 char msg[200];
                 snprintf(msg, sizeof msg, "--%s must be one of %s, got '%%s'%%s", name, o->choices);
-                bad(command, msg, v, "");
+                return fail(err, cap, msg, v, "");
             }
             if (o->type == OPT_CHOICE) *(int *)o->dst = k;
             else *(const char **)o->dst = v;
@@ -150,6 +150,18 @@ void opts_parse(const opt_spec *s, int n, int argc, char **argv, const char *com
         }
         case OPT_FLAG: break;
         }
+    }
+    return 0;
+}
+
+void opts_parse(const opt_spec *s, int n, int argc, char **argv, const char *command,
+                const char *summary) {
+    char err[512];
+    int rc = opts_parse_args(s, n, argc, argv, err, sizeof err);
+    if (rc == 1) usage_exit(s, n, command, summary);
+    if (rc < 0) {
+        fprintf(stderr, "loqt %s: error: %s (see 'loqt %s --help')\n", command, err, command);
+        exit(2);
     }
 }
 

@@ -22,6 +22,9 @@ typedef struct {
  * exits 2. */
 void opts_parse(const opt_spec *specs, int n_specs, int argc, char **argv, const char *command,
                 const char *summary);
+/* The parse alone, for tests and fuzzing: 0, 1 when --help (or -h) was seen, or -1 with a
+ * one-line message in err (no prefix).  opts_parse is this plus printing and exiting. */
+int opts_parse_args(const opt_spec *specs, int n_specs, int argc, char **argv, char *err, size_t cap);
 /* 1 if the option was given on the command line in the last opts_parse call. */
 int opts_given(const char *name);
 /* Printed by --help after the option table (the methods' own options). */

@@ -154,7 +154,7 @@ static void check_rank(const cli_run *r, const llama_config *cfg) {
     const int rank = (int)method_option_get(&r->mo, o);
     const int d = cfg->hidden_size, F = cfg->intermediate_size, small = d < F ? d : F;
     if (rank > small)
-        loqt_die("--rank %d exceeds the smaller side (%d) of the model's projections; the largest rank is %d", rank,
+        loqt_usage_die("--rank %d exceeds the smaller side (%d) of the model's projections; the largest rank is %d", rank,
                  small, small);
 }
 

@@ -24,17 +24,26 @@ const char *loqt_last_error(void) { return last_error[0] ? last_error : "unknown
 
 void loqt_clear_error(void) { last_error[0] = 0; }
 
-void loqt_die(const char *fmt, ...) {
+static LOQT_NORETURN void die_with(int status, const char *fmt, va_list ap) {
     char msg[600];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
     for (char *p = msg; *p; p++)
         if (*p == '\n' || *p == '\r') *p = ' ';
     fflush(stdout);
     fprintf(stderr, "loqt: error: %s\n", msg);
-    exit(1);
+    exit(status);
+}
+
+void loqt_die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    die_with(1, fmt, ap);
+}
+
+void loqt_usage_die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    die_with(2, fmt, ap);
 }
 
 void loqt_die_last(const char *context) {

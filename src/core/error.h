@@ -23,6 +23,10 @@ void loqt_clear_error(void);
 
 /* Prints "loqt: error: <message>" on one line to stderr and exits with status 1. */
 LOQT_NORETURN void loqt_die(const char *fmt, ...) LOQT_PRINTF(1, 2);
+/* The same for a usage error (options that cannot go together, a value out of range): exit 2.
+ * Exit statuses: 0 done, 1 a bad file or a failure while running, 2 a usage error, 128 + N
+ * stopped by signal N after writing a checkpoint (docs/bad_input.md). */
+LOQT_NORETURN void loqt_usage_die(const char *fmt, ...) LOQT_PRINTF(1, 2);
 /* loqt_die with the last recorded error, prefixed by a context string. */
 LOQT_NORETURN void loqt_die_last(const char *context);
 
