@@ -25,9 +25,12 @@ endif
 ifeq ($(DEBUG),1)
 CFLAGS   += -O0 -g
 endif
+# ASan (with LeakSanitizer) and UBSan, float-cast-overflow included (not part of "undefined" in
+# gcc); a report stops the program, so a test cannot pass over one.
+SANITIZERS := address,undefined,float-cast-overflow
 ifeq ($(SANITIZE),1)
-CFLAGS   += -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer
-LDFLAGS  += -fsanitize=address,undefined
+CFLAGS   += -O1 -g -fsanitize=$(SANITIZERS) -fno-sanitize-recover=all -fno-omit-frame-pointer
+LDFLAGS  += -fsanitize=$(SANITIZERS)
 endif
 LDLIBS   += -lm
 ifeq ($(OMP),1)
@@ -72,7 +75,7 @@ DEPS_FOR_deps-build := deps-build
 DEPS_FIRST := $(sort $(foreach g,$(MAKECMDGOALS),$(DEPS_FOR_$(g))))
 DEPS_FIRST := $(if $(DEPS_FIRST),$(DEPS_FIRST),deps-check)
 
-.PHONY: all test bench bench-7b bench-plan demo data tokenizer fuzz clean
+.PHONY: all test test-asan bench bench-7b bench-plan demo data tokenizer fuzz clean
 .PHONY: deps deps-build deps-demo deps-bench deps-fuzz deps-check fresh-root-check
 # keep the test objects: make would otherwise delete them after the summary line
 .SECONDARY:
@@ -115,6 +118,10 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(BUILD)/libloqt.a
 
 test: deps all $(TESTS)
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tests/run_tests.sh $(TESTS) tests/test_cli.sh
+
+# the whole suite again under the sanitizers, in its own build directory
+test-asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan SANITIZE=1 DEPS=0 test
 
 bench: deps-bench all
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash bench/run_bench.sh
