@@ -334,6 +334,42 @@ check full_disk_checkpoint "exit $RC, stderr '$(tail -n 1 "$T/err")', left behin
 run bash -c "trap '' XFSZ; ulimit -f 1; exec '$LOQT' train ${COMMON[*]} --num-training-steps 40 --output-dir '$T/full2'"
 check full_disk_metrics "exit $RC, stderr '$(tail -n 1 "$T/err")'" \
     bash -c "[ $RC -eq 1 ] && tail -n 1 '$T/err' | grep -q 'cannot write metrics.jsonl'"
+# a second Ctrl-C exits at once, without waiting for the step or writing a checkpoint: a model
+# whose steps take a second or more, two SIGINTs 0.1 s apart inside one step
+"$PY" -c "
+import json, sys; c = json.load(open(sys.argv[1])); c.update(hidden_size=512, intermediate_size=2048, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=256)
+json.dump(c, open(sys.argv[2], 'w'))" "$T/tiny.json" "$T/slow.json"
+"$LOQT" train --model "$T/slow.json" --data "$D" --batch-size 4 --max-length 256 --threads 1 --num-eval-tokens 64 \
+    --num-training-steps 1000 --output-dir "$T/sig2" >"$T/sig.out" 2>"$T/sig.err" &
+pid=$!
+for _ in $(seq 1 1200); do
+    [ "$(grep -c '"loss"' "$T/sig2/metrics.jsonl" 2>/dev/null)" -ge 1 ] && break
+    sleep 0.05
+done
+kill -INT $pid
+sleep 0.1
+kill -INT $pid 2>/dev/null
+wait $pid
+rc=$?
+check signal_second_int_exits_at_once "exit $rc (expected 130), checkpoints: $(ls "$T/sig2/checkpoints" 2>/dev/null | tr '\n' ' ')" \
+    bash -c "[ $rc -eq 130 ] && ! grep -q 'stopped by signal' '$T/sig.out' && ! ls -d '$T/sig2/checkpoints'/step-* >/dev/null 2>&1"
+# undefined behaviour once found by fuzzing: a schedule increment past any step count, and a rank
+# of 1e20 in a checkpoint's method options, are refused instead of overflowing
+expect_error increment_size_huge 'increment-size' "$LOQT" memory --method loqt --increment-size 1e300
+cp -r "$A/checkpoints/step-00000012" "$T/rank20"
+"$PY" - "$T/rank20/trainer_state.safetensors" <<'PYRANK'
+import json, struct, sys, zlib
+p = sys.argv[1]
+b = open(p, "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+hdr = json.loads(b[8:8 + n])
+hdr["__metadata__"]["method"] = "loqt"
+hdr["__metadata__"]["method_opts"] = '{"rank": 1e20}'
+h = json.dumps(hdr, separators=(",", ":")).encode()
+h += b" " * ((8 - len(h) % 8) % 8)
+open(p, "wb").write(struct.pack("<Q", len(h)) + h + b[8 + n:])
+PYRANK
+expect_error rank_1e20_in_checkpoint 'rank' "$LOQT" eval --checkpoint "$T/rank20" --data "$D" --max-length 32 --threads 1
 # weights that are not finite are refused by eval and generate, not evaluated
 cp -r "$A/checkpoints/step-00000012" "$T/nanckpt"
 "$PY" - "$T/nanckpt/model.safetensors" <<'PYNAN'
