@@ -291,6 +291,16 @@ run "$LOQT" train "${COMMON[@]}" --num-training-steps 3 --output-dir "$T/runO" -
 check output_dir_overwrite "exit $RC, or the old run's checkpoints survived: $(ls "$T/runO/checkpoints" 2>/dev/null | tr '\n' ' ')" \
     bash -c "[ $RC -eq 0 ] && [ ! -d '$T/runO/checkpoints/step-00000012' ] && [ -d '$T/runO/checkpoints/step-00000003' ] && [ \$(grep -c '\"loss\"' '$T/runO/metrics.jsonl') -eq 3 ]"
 
+# --overwrite deletes nothing when the run is refused for another reason (a missing --data)
+run "$LOQT" train "${COMMON[@]}" --num-training-steps 3 --output-dir "$A" --overwrite --data "$T/no_such_data"
+check overwrite_refused_keeps_run "exit $RC, or $A lost files" \
+    bash -c "[ $RC -ne 0 ] && [ -s '$A/metrics.jsonl' ] && [ -d '$A/checkpoints/step-00000012' ]"
+# a checkpoint of one run continued into a directory that holds another run: refused
+expect_error resume_into_other_run 'holds a run already' "$LOQT" train "${TRAIN12[@]}" --output-dir "$A" --resume "$T/runB/checkpoints/step-00000006"
+# method options on the command line that differ from the checkpoint's: refused
+run "$LOQT" train "${COMMON[@]}" --method loqt --rank 4 --update-proj-gap 2 --num-training-steps 2 --output-dir "$T/mo"
+expect_error resume_other_method_options 'come from the checkpoint' "$LOQT" train "${COMMON[@]}" --method loqt --rank 8 --num-training-steps 4 --output-dir "$T/mo" --resume latest
+
 # ---- 3c. divergence and signals -------------------------------------------------------------
 # a learning rate that overflows the weights: the NaN steps are skipped with a warning each, and
 # --max-bad-steps of them in a row stop the run; no checkpoint holds the NaN weights

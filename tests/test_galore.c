@@ -41,8 +41,19 @@ static double run_case(const char *name, int bf16) {
     CHECK(buf != NULL, "missing reference galore_%s.bin: run tests/gen_galore_ref.py (make test does)", name);
     if (!buf) return INFINITY;
     int32_t hd[7];
+    CHECK(bytes >= sizeof hd, "galore_%s.bin: %zu bytes, shorter than its header", name, bytes);
+    if (bytes < sizeof hd) {
+        free(buf);
+        return INFINITY;
+    }
     memcpy(hd, buf, sizeof hd);
     const int out = hd[0], in = hd[1], N = hd[2], steps = hd[3], rank = hd[4], gap = hd[5], state = hd[6];
+    const size_t want = sizeof hd + sizeof(float) * ((size_t)out * in + (size_t)steps * ((size_t)N * (in + out) + (size_t)out * in));
+    CHECK(bytes == want, "galore_%s.bin: %zu bytes, the header implies %zu (regenerate it)", name, bytes, want);
+    if (bytes != want) {
+        free(buf);
+        return INFINITY;
+    }
     const float *W0 = (const float *)(buf + sizeof hd), *p = W0 + (size_t)out * in;
     const linear_method *m = method_find("galore");
     method_opts o;

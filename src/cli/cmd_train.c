@@ -13,6 +13,7 @@
 #include "model/train.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -260,14 +261,19 @@ static void locate_run(train_args *a, train_run *t) {
 /* A new run in a directory that holds one would truncate its metrics, replace its checkpoints of
  * the same step numbers and leave the later ones, which a --resume latest would then continue:
  * refused unless --overwrite says to start over. */
-static void claim_output_dir(const train_args *a) {
+static void claim_output_dir(const train_args *a, const train_run *t) {
     char metrics[4200], ckpts[4200], orig[4200];
     snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", a->output_dir);
     snprintf(ckpts, sizeof ckpts, "%s/checkpoints", a->output_dir);
     snprintf(orig, sizeof orig, "%s/original_model", a->output_dir);
     struct stat sb;
     int held = stat(metrics, &sb) == 0 || stat(ckpts, &sb) == 0 || stat(orig, &sb) == 0;
-    if (!held || a->resume) return;
+    /* resuming this directory's own run is what --resume is for; a checkpoint from elsewhere
+     * continued into a directory that holds another run would mix the two */
+    char rc_real[PATH_MAX], rd_real[PATH_MAX];
+    const int own = *t->resume_dir && realpath(ckpts, rc_real) && realpath(t->resume_dir, rd_real) &&
+                    !strncmp(rd_real, rc_real, strlen(rc_real)) && rd_real[strlen(rc_real)] == '/';
+    if (!held || own) return;
     if (!a->overwrite)
         loqt_usage_die("--output-dir %s holds a run already (metrics.jsonl, checkpoints/ or original_model/): "
                  "continue it with --resume latest, use another --output-dir, or pass --overwrite to delete it and start over",
@@ -319,6 +325,13 @@ static void resume_options(train_args *a, const train_run *t, trainer_meta *tm) 
     if (opts_given("seed") && a->seed != (long)tm->seed && !a->allow_changes)
         loqt_usage_die("--resume %s: the checkpoint was trained with --seed %llu, not %ld; pass --allow-changes to continue", t->resume_dir,
                  (unsigned long long)tm->seed, a->seed);
+    for (int i = 0; i < a->run.m->n_options; i++) {
+        const method_option *o = &a->run.m->options[i];
+        if (opts_given(o->name) && method_option_get(&a->run.mo, o) != method_option_get(&tm->mopts, o))
+            loqt_usage_die("--resume %s: the method's options come from the checkpoint (--%s %g there, %g given): "
+                           "they fix the shapes and the schedule of the saved state", t->resume_dir, o->name,
+                           method_option_get(&tm->mopts, o), method_option_get(&a->run.mo, o));
+    }
     a->run.mo = tm->mopts;
     a->seed = (long)tm->seed;
 }
@@ -523,11 +536,11 @@ int cmd_train(int argc, char **argv) {
     parse_args(&a, argc, argv);
     cli_set_threads(a.run.threads);
     locate_run(&a, &t);
-    claim_output_dir(&a);
     open_data(&a, &t);
     if (*t.resume_dir) resume_options(&a, &t, &tm);
     set_hparams(&a, &t.h);
     check_memory(&a, &t);
+    claim_output_dir(&a, &t); /* after every check, so a refused run deletes nothing */
     create_model(&a, &t, &tm);
     if (file_mkdir_p(a.output_dir)) loqt_die_last("--output-dir");
     if (*t.resume_dir) trim_metrics(a.output_dir, t.start_step);

@@ -198,6 +198,11 @@ int file_mkdir_p(const char *path) {
 }
 
 void file_remove_tree(const char *dir) {
+    struct stat top;
+    if (lstat(dir, &top) == 0 && !S_ISDIR(top.st_mode)) { /* a link (or file): not followed */
+        unlink(dir);
+        return;
+    }
     DIR *d = opendir(dir);
     if (!d) return;
     struct dirent *e;

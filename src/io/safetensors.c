@@ -456,17 +456,15 @@ int st_read_raw(const st_file *f, const char *name, void *dst, st_dtype dtype, i
 /* ---- finiteness ---- */
 
 size_t st_count_nonfinite(st_dtype t, const void *data, size_t nbytes) {
+    /* tensors are packed back to back, so their data need not be aligned: bytes, not casts */
+    const uint8_t *b = data;
     size_t bad = 0;
-    if (t == ST_F32) {
-        const uint32_t *u = data;
-        for (size_t i = 0; i < nbytes / 4; i++) bad += (u[i] & 0x7f800000u) == 0x7f800000u;
-    } else if (t == ST_BF16) {
-        const uint16_t *u = data;
-        for (size_t i = 0; i < nbytes / 2; i++) bad += (u[i] & 0x7f80u) == 0x7f80u;
-    } else if (t == ST_F16) {
-        const uint16_t *u = data;
-        for (size_t i = 0; i < nbytes / 2; i++) bad += (u[i] & 0x7c00u) == 0x7c00u;
-    }
+    if (t == ST_F32)
+        for (size_t i = 0; i + 4 <= nbytes; i += 4) bad += (b[i + 3] & 0x7f) == 0x7f && (b[i + 2] & 0x80);
+    else if (t == ST_BF16)
+        for (size_t i = 0; i + 2 <= nbytes; i += 2) bad += (b[i + 1] & 0x7f) == 0x7f && (b[i] & 0x80);
+    else if (t == ST_F16)
+        for (size_t i = 0; i + 2 <= nbytes; i += 2) bad += (b[i + 1] & 0x7c) == 0x7c;
     return bad;
 }
 

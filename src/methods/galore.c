@@ -247,7 +247,8 @@ static int refresh(linear_layer *L) {
 
 static int galore_end_step(linear_layer *L, long step) {
     galore_state *st = L->state;
-    if (!st->G || !is_refresh(&st->c, step)) return 0;
+    /* a P is also made at the first step that has a gradient (step 0, unless that was skipped) */
+    if (!st->G || (!is_refresh(&st->c, step) && st->P)) return 0;
     return refresh(L);
 }
 
@@ -381,7 +382,7 @@ static void galore_plan(linear_plan *p, linear_phase phase, mem_sim *s) {
         sl[PS_G] = 1;
         break;
     case LPHASE_END_STEP:
-        if (!sl[PS_G] || !is_refresh(&c, p->step)) break;
+        if (!sl[PS_G] || (!is_refresh(&c, p->step) && sl[PS_P])) break;
         mem_sim_alloc(s, MEM_SCRATCH, f * g.nP); /* the new P */
         if (c.svd == GSVD_EXACT) svd_exact_plan(s, p->out, p->in, g.r);
         else svd_randomized_plan(s, p->out, p->in, g.r, NULL);
@@ -443,7 +444,7 @@ const linear_method method_galore = {
     .options = galore_options,
     .n_options = sizeof galore_options / sizeof galore_options[0],
     .config_size = sizeof(galore_config),
-    .heap_churn = 0,
+    .heap_churn = 1, /* the refresh frees and allocates the SVD's buffers (docs/memory.md) */
     .init = galore_init,
     .forward = galore_forward,
     .backward = galore_backward,

@@ -257,7 +257,8 @@ static void loqt_backward(linear_layer *L, const float *X, const float *dY, floa
 static void loqt_begin_step(linear_layer *L, long step) {
     loqt_state *st = L->state;
     st->step = step;
-    st->want_G = loqt_is_update_step(&st->c, step);
+    /* the first refresh also comes at the first step after a skipped step 0 */
+    st->want_G = loqt_is_update_step(&st->c, step) || !st->have_P;
 }
 
 /* ||A - B||_F^2 in double */
@@ -597,7 +598,7 @@ static void loqt_plan(linear_plan *p, linear_phase phase, mem_sim *s) {
         qmat_plan_set(s, g.wk, g.n, g.dq);
         mem_sim_free(s, MEM_SCRATCH, f * g.n);
         break;
-    case LPHASE_BEGIN_STEP: sl[PS_WANT_G] = loqt_is_update_step(&c, p->step); break;
+    case LPHASE_BEGIN_STEP: sl[PS_WANT_G] = loqt_is_update_step(&c, p->step) || !sl[PS_HAVE_P]; break;
     case LPHASE_FORWARD: mem_sim_workspace(s, f * work_floats(p->out, p->in, &g, p->N)); break;
     case LPHASE_BACKWARD:
         mem_sim_workspace(s, f * work_floats(p->out, p->in, &g, p->N));

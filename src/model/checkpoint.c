@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,7 +77,8 @@ static void meta_strings(const trainer_meta *tm, char v[6][64]) {
     snprintf(v[1], 64, "%" PRIu64, tm->tokens_seen);
     snprintf(v[2], 64, "%" PRIu64, tm->data_position);
     snprintf(v[3], 64, "%" PRIu64, tm->seed);
-    snprintf(v[4], 64, "%.17g", tm->loss);
+    if (isfinite(tm->loss)) snprintf(v[4], 64, "%.17g", tm->loss);
+    else snprintf(v[4], 64, "null"); /* a skipped step: JSON has no NaN */
     snprintf(v[5], 64, "%s", tm->method);
 }
 static const char *meta_keys[6] = {"step", "tokens_seen", "data_position", "seed", "loss", "method"};
@@ -154,8 +156,11 @@ static int save_via(const llama_model *m, const trainer_meta *tm, const char *di
     if (stat(dir, &st) == 0 && rename(dir, old) != 0)
         return loqt_set_error("%s: cannot move the previous checkpoint aside: %s", dir,
                               strerror(errno));
-    if (rename(tmp, dir) != 0)
-        return loqt_set_error("%s: cannot rename %s into place: %s", dir, tmp, strerror(errno));
+    if (rename(tmp, dir) != 0) {
+        int e = errno;
+        rename(old, dir); /* the previous checkpoint back under its name */
+        return loqt_set_error("%s: cannot rename %s into place: %s", dir, tmp, strerror(e));
+    }
     file_remove_tree(old);
     return file_fsync_parent(dir);
 }

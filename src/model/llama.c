@@ -294,10 +294,24 @@ static void param_step(llama_model *m, dense_param *p) {
 
 /* Per-layer updates: a layer's optimizer step as soon as its gradient for the whole batch is
  * complete (during the last micro-batch's backward), then its gradients are zeroed. */
+static int all_finite(const float *x, size_t n) {
+    int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad) if (n > 65536)
+    for (long i = 0; i < (long)n; i++) bad |= !isfinite(x[i]);
+    return !bad;
+}
+
 static int block_step(llama_model *m, int l) {
     llama_block *b = &m->blocks[l];
     for (int j = 0; j < LIN_PER_BLOCK; j++) {
         linear_layer *L = &b->lin[j];
+        grad_view v[4];
+        const int nv = m->method->grad_views ? m->method->grad_views(L, v, 4) : 0;
+        for (int i = 0; i < nv; i++)
+            if (!all_finite(v[i].data, v[i].n))
+                return loqt_set_error("%s: the gradient is not finite at step %ld; with --per-layer-updates the "
+                                      "earlier layers are already updated, so the step cannot be skipped "
+                                      "(training diverged; lower --lr)", L->name, m->layer_step_index);
         if (m->method->end_step && m->method->end_step(L, m->layer_step_index)) return -1;
         if (m->method->step(L, &m->layer_step)) return -1;
         if (m->transient_grads && m->method->release_grads) m->method->release_grads(L);
@@ -432,6 +446,18 @@ void llama_method_stats(const llama_model *m, method_stats *out) {
     memset(out, 0, sizeof *out);
     if (!m->method->stats) return;
     FOR_LINEAR(m, L) m->method->stats(L, out);
+}
+
+int llama_grads_finite(llama_model *m) {
+    FOR_DENSE(m, p) if (p->g && !all_finite(p->g, p->n)) return 0;
+    if (!m->method->grad_views) return 1;
+    FOR_LINEAR(m, L) {
+        grad_view v[4];
+        int n = m->method->grad_views(L, v, 4);
+        for (int i = 0; i < n; i++)
+            if (!all_finite(v[i].data, v[i].n)) return 0;
+    }
+    return 1;
 }
 
 int llama_grad_views(llama_model *m, grad_view *v, int cap) {

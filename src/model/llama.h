@@ -119,6 +119,8 @@ int llama_optimizer_step(llama_model *m, const optim_hparams *h);
 int llama_dense_count(const llama_model *m);
 dense_param *llama_dense_at(const llama_model *m, int i);
 
+/* 1 when every gradient buffer of the step (llama_grad_views) holds finite values. */
+int llama_grads_finite(llama_model *m);
 /* The method's statistics summed over all linear layers. */
 void llama_method_stats(const llama_model *m, method_stats *out);
 /* Every gradient buffer of the current step (dense parameters, then each layer's views). */

@@ -60,7 +60,7 @@ int train_step(llama_model *m, long step, const int32_t *const *inputs,
                 m->last_microbatch = 0;
                 llama_skip_step(m);
                 r.loss = li;
-                r.grad_norm = NAN;
+                r.grad_norm = NAN; /* not computed: the step is skipped before its updates */
                 r.skipped = 1;
                 *out = r;
                 return 0;
@@ -81,7 +81,10 @@ int train_step(llama_model *m, long step, const int32_t *const *inputs,
     }
     r.loss /= accum;
     *out = r;
-    if (!isfinite(r.loss)) return skip(m, out);
+    if (!isfinite(r.loss) || !llama_grads_finite(m)) { /* before a refresh would use them */
+        out->grad_norm = NAN;
+        return skip(m, out);
+    }
     if (llama_end_step(m, step)) return -1;
     r.grad_norm = llama_grad_norm(m);
     out->grad_norm = r.grad_norm;
