@@ -141,8 +141,10 @@ data: deps-demo all tokenizer
 demo: deps-demo all
 	@BUILD=$(BUILD) bash scripts/demo.sh
 
+# every libFuzzer target for FUZZ_SECONDS each, or FUZZ_RUNS executions each when given
+FUZZ_SECONDS ?= 60
 fuzz: deps-fuzz
-	bash scripts/fuzz.sh
+	RUNS=$(FUZZ_RUNS) bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # the fresh-machine path in a debootstrap root, docs/fresh_machine.md (FRESH_ARGS=--demo, ...)
 fresh-root-check:

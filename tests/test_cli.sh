@@ -495,6 +495,44 @@ open(sys.argv[2], 'wb').write(b)" "$TOK" "$T/flip.tok"
         bad generate_empty_prompt "exit $RC without one 'loqt' error line"
     else ok generate_empty_prompt
     fi
+    # a model vocabulary padded beyond the tokenizer's (32008 ids): make two padding rows of lm_head
+    # so large that greedy decoding would pick one; generate must sample only ids the tokenizer
+    # can decode and go on, not stop at the first undecodable id
+    "$PY" -c "
+import json, sys; c = json.load(open(sys.argv[1])); c['vocab_size'] = 32008; json.dump(c, open(sys.argv[2], 'w'))" "$T/v32k.json" "$T/v32k8.json"
+    run "$LOQT" train --model "$T/v32k8.json" --data "$D" --num-training-steps 1 --batch-size 1 \
+        --max-length 16 --threads 1 --num-eval-tokens 16 --output-dir "$T/g8"
+    "$PY" - "$T/g8/checkpoints/step-00000001" <<'PYPAD'
+import json, struct, sys
+d = sys.argv[1]
+p = d + "/model.safetensors"
+b = bytearray(open(p, "rb").read())
+n = struct.unpack("<Q", b[:8])[0]
+hdr = json.loads(b[8:8 + n])
+t = hdr["lm_head.weight"]
+rows, cols = t["shape"]
+base = 8 + n + t["data_offsets"][0]
+for r, sign in ((32000, 1.0), (32001, -1.0)):
+    for c in range(cols):
+        struct.pack_into("<f", b, base + 4 * (r * cols + c), sign * 1000.0)
+tab = []
+for i in range(256):
+    c = i
+    for _ in range(8):
+        c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    tab.append(c)
+crc = 0xFFFFFFFF
+for x in bytes(b[8 + n:]):
+    crc = (crc >> 8) ^ tab[(crc ^ x) & 0xFF]
+old = hdr["__metadata__"]["crc32c"].encode()
+j = b.index(old)
+b[j:j + 8] = ("%08x" % (crc ^ 0xFFFFFFFF)).encode()
+open(p, "wb").write(bytes(b))
+PYPAD
+    run "$LOQT" generate --checkpoint "$T/g8/checkpoints/step-00000001" --tokenizer "$TOK" --threads 1 \
+        --max-new-tokens 8 --prompt "The ship" --temperature 0
+    check generate_padded_vocab "exit $RC, output '$(head -c 80 "$T/out")': $(tail -n 1 "$T/err")" \
+        bash -c "[ $RC -eq 0 ] && [ \$(head -n 1 '$T/out' | wc -c) -gt 10 ]"
     # a huge --max-new-tokens under a memory limit: one line, not a crash (not under ASan, whose
     # shadow memory needs more address space than any such limit allows)
     ldd "$LOQT" 2>/dev/null | grep -q libasan ||
