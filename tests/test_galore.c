@@ -1,8 +1,9 @@
 /* GaLore against an independent PyTorch reference (tests/gen_galore_ref.py): a few steps of one
  * layer, both shapes (out >= in and out < in), each --galore-state, two micro-batches per step,
  * weight decay on, the exact SVD (so P is the reference's to rounding).  Plus bf16 weights with
- * stochastic rounding staying within a bf16 step of the fp32 result, and 8-bit Adam (moments
- * projected through their 8-bit codes) close to fp32 Adam. */
+ * stochastic rounding staying within a bf16 step of the fp32 result and keeping updates far below
+ * a bf16 step on average (round-to-nearest fails that check), and 8-bit Adam (moments projected
+ * through their 8-bit codes) close to fp32 Adam. */
 #include "test.h"
 
 #include "core/error.h"
@@ -160,9 +161,65 @@ static void test_adam8bit_with_projection(void) {
     free(W[0]), free(W[1]), free(W0), free(X), free(dY);
 }
 
+/* bf16 weights with updates far below a bf16 step (about 1.5e-4 at |W| ~ 0.02; each update here
+ * is about 2.5e-6): round-to-nearest would leave W where it is, stochastic rounding moves it by
+ * the same amount on average as fp32 weights move.  Both runs start from the same bf16 values. */
+static void test_bf16_small_updates_kept_on_average(void) {
+    enum { OUT = 720, IN = 96, N = 16, STEPS = 40 };
+    const linear_method *m = method_find("galore");
+    float *W0 = malloc(sizeof(float) * OUT * IN), *W[2];
+    float *X = malloc(sizeof(float) * N * IN), *dY = malloc(sizeof(float) * N * OUT);
+    test_seed(5);
+    for (int i = 0; i < OUT * IN; i++) { /* bf16 values, so both runs start at the same point */
+        float w = 0.02f * (float)test_randn();
+        uint32_t u;
+        memcpy(&u, &w, 4);
+        u &= 0xffff0000u;
+        memcpy(&W0[i], &u, 4);
+    }
+    test_fill_randn(X, (size_t)N * IN, 1.0f);
+    test_fill_randn(dY, (size_t)N * OUT, 1.0f);
+    for (int v = 0; v < 2; v++) {
+        method_opts o;
+        method_opts_defaults(&o, m);
+        set_opt(&o, m, "rank", 8);
+        set_opt(&o, m, "update-proj-gap", 1000);
+        set_opt(&o, m, "weight-dtype", v); /* 0 fp32, 1 bf16 */
+        linear_layer L = {.m = m, .out = OUT, .in = IN};
+        snprintf(L.name, sizeof L.name, "test.galore.sr");
+        linear_init ini = {.W0 = W0};
+        CHECK(m->init(&L, &o, &ini) == 0, "init: %s", loqt_last_error());
+        for (int s = 0; s < STEPS; s++) { /* the same gradient each step: a steady drift */
+            optim_hparams h = {.kind = OPTIM_ADAMW, .lr = 1e-5f, .beta1 = B1, .beta2 = B2, .eps = EPS,
+                               .grad_scale = 1.0f, .t = s + 1};
+            m->zero_grad(&L);
+            m->begin_step(&L, s);
+            m->backward(&L, X, dY, NULL, N, 0);
+            CHECK(m->end_step(&L, s) == 0 && m->step(&L, &h) == 0, "step: %s", loqt_last_error());
+        }
+        W[v] = malloc(sizeof(float) * OUT * IN);
+        m->export_dense(&L, W[v]);
+        m->free(&L);
+    }
+    /* the bf16 run's drift against the fp32 run's: same direction, about the same size */
+    double dot = 0, nf = 0;
+    long moved = 0;
+    for (int i = 0; i < OUT * IN; i++) {
+        double df = (double)W[0][i] - W0[i], db = (double)W[1][i] - W0[i];
+        dot += df * db;
+        nf += df * df;
+        moved += db != 0;
+    }
+    const double ratio = dot / nf; /* the bf16 drift projected on the fp32 one, relative */
+    CHECK(moved > OUT * IN / 20, "only %ld of %d bf16 weights moved: updates were rounded away", moved, OUT * IN);
+    CHECK(ratio > 0.8 && ratio < 1.2, "bf16 drift / fp32 drift along it = %.3f (tolerance 0.8 .. 1.2)", ratio);
+    free(W[0]), free(W[1]), free(W0), free(X), free(dY);
+}
+
 int main(void) {
     RUN(test_matches_pytorch_reference);
     RUN(test_bf16_weights_within_rounding);
     RUN(test_adam8bit_with_projection);
+    RUN(test_bf16_small_updates_kept_on_average);
     TEST_END();
 }
