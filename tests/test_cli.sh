@@ -655,6 +655,25 @@ expect_error method_option_range 'lora-alpha' "$LOQT" train "${MS[@]}" --method 
 expect_error method_option_choice 'merge-optimizer-state' "$LOQT" memory --model 20m --method loqt --merge-optimizer-state sometimes
 expect_error unknown_method 'unknown --method' "$LOQT" memory --model 20m --method nope
 
+# ---- tokenize and per-token losses: for checking loqt against other tools ---------------------
+run "$LOQT" tokenize --tokenizer "$TOK" --text "Hello world" --bos
+check tokenize_known_ids "exit $RC, ids '$(cat "$T/out")' (llama-tokenizer-js: 1 15043 3186)" \
+    bash -c "[ $RC -eq 0 ] && [ \"\$(cat '$T/out')\" = '1 15043 3186' ]"
+line=$(head -c 300 data/corpus/text/mobydick.txt | tr '\n' ' ')
+"$LOQT" tokenize --tokenizer "$TOK" --text "$line" >"$T/ids" 2>/dev/null
+"$LOQT" tokenize --tokenizer "$TOK" --decode --file "$T/ids" >"$T/back" 2>/dev/null
+printf '%s\n' "$line" >"$T/line"
+check tokenize_round_trip "decode(encode(a corpus line)) differs" cmp -s "$T/line" "$T/back"
+expect_error tokenize_bad_id 'not a token id' "$LOQT" tokenize --tokenizer "$TOK" --decode --text "1 99999"
+run "$LOQT" eval --checkpoint "$CK" --data "$D" --max-length 32 --batch-size 2 --num-eval-tokens 128 --threads 1 --per-token "$T/pt.tsv"
+check eval_per_token "exit $RC, or the per-token losses do not average to the reported loss" \
+    "$PY" -c "
+import sys
+rows = [l.split('\t') for l in open('$T/pt.tsv').read().split('\n')[1:] if l]
+loss = [float(l.split()[1]) for l in open('$T/out') if l.startswith('loss:')][0]
+mean = sum(float(r[2]) for r in rows) / len(rows)
+sys.exit(not ($RC == 0 and len(rows) == 128 and abs(mean - loss) < 1e-4))"
+
 # ---- the bad-input table of docs/bad_input.md: every row runs and is checked -----------------
 # fixtures of the rows not made above
 mkdir -p "$T/bi_nodata" "$T/bi_shard"

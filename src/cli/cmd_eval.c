@@ -3,12 +3,51 @@
 #include "cli/options.h"
 
 #include "core/error.h"
+#include "core/mem.h"
 
 #include <math.h>
 #include <stdio.h>
 
+/* --per-token: every evaluated position's loss, -log p(target), as "index target loss" lines
+ * (index counts the evaluated tokens from 0, in the order of the windows); returns the mean. */
+static double per_token_losses(llama_model *m, data_loader *L, uint64_t max_tokens, const char *path,
+                               uint64_t *count) {
+    const int B = m->B, T = m->T, V = m->cfg.vocab_size;
+    const uint64_t per = (uint64_t)B * T;
+    uint64_t avail = loader_tokens(L) > 0 ? (loader_tokens(L) - 1) / per : 0;
+    uint64_t batches = (max_tokens + per - 1) / per;
+    if (batches > avail) batches = avail;
+    FILE *f = fopen(path, "w");
+    if (!f) loqt_die("--per-token %s: cannot open for writing", path);
+    fprintf(f, "index\ttarget\tloss\n");
+    int32_t *in = mem_alloc(MEM_DATA, sizeof(int32_t) * per), *tg = mem_alloc(MEM_DATA, sizeof(int32_t) * per);
+    float *logits = mem_alloc(MEM_SCRATCH, sizeof(float) * per * (size_t)V);
+    loader_seek(L, 0);
+    double sum = 0;
+    for (uint64_t b = 0; b < batches; b++) {
+        loader_next_batch(L, B, T, in, tg);
+        llama_forward(m, in, NULL, 0.0f, logits);
+        for (uint64_t i = 0; i < per; i++) {
+            const float *z = logits + i * (size_t)V;
+            double mx = z[0], s = 0;
+            for (int v = 1; v < V; v++) mx = z[v] > mx ? z[v] : mx;
+            for (int v = 0; v < V; v++) s += exp((double)z[v] - mx);
+            const double loss = mx + log(s) - z[tg[i]];
+            sum += loss;
+            fprintf(f, "%llu\t%d\t%.6f\n", (unsigned long long)(b * per + i), tg[i], loss);
+        }
+    }
+    if (fflush(f) != 0 || ferror(f)) loqt_die("--per-token %s: cannot write", path);
+    fclose(f);
+    mem_free(in);
+    mem_free(tg);
+    mem_free(logits);
+    *count = batches * per;
+    return *count ? sum / (double)*count : 0.0;
+}
+
 int cmd_eval(int argc, char **argv) {
-    const char *ckpt = NULL, *data = "data/corpus", *split = "val";
+    const char *ckpt = NULL, *data = "data/corpus", *split = "val", *per_token = NULL;
     int batch = 8, T = 256, threads = 0;
     long ntok = 1000000;
     const opt_spec specs[] = {
@@ -19,6 +58,7 @@ int cmd_eval(int argc, char **argv) {
         {"batch-size", OPT_INT, &batch, "sequences per batch", NULL},
         {"max-length", OPT_INT, &T, "tokens per sequence", NULL},
         {"threads", OPT_INT, &threads, "CPU threads; 0 = all cores", NULL},
+        {"per-token", OPT_STRING, &per_token, "also write each position's loss to this file (index, target id, loss; the logits of one batch are held at once)", NULL},
     };
     opts_parse(specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "eval",
                "Prints the mean token cross-entropy and perplexity exp(loss) of a checkpoint on\n"
@@ -41,7 +81,9 @@ int cmd_eval(int argc, char **argv) {
     if (loader_check_batch(&L, batch, T)) loqt_die_last("--data");
     llama_set_batch(&m, batch, T);
     double loss = 0, t0 = cli_now();
-    uint64_t n = cli_evaluate(&m, &L, (uint64_t)ntok, &loss);
+    uint64_t n = 0;
+    if (per_token) loss = per_token_losses(&m, &L, (uint64_t)ntok, per_token, &n);
+    else n = cli_evaluate(&m, &L, (uint64_t)ntok, &loss);
     if (!n) loqt_die("the %s split has fewer than %d tokens: nothing to evaluate", split, batch * T + 1);
     printf("checkpoint: %s\nsplit: %s, %llu tokens in windows of %d\nloss: %.6f\nperplexity: %.4f\n"
            "time: %.1f s\n", ckpt, split, (unsigned long long)n, T, loss, exp(loss), cli_now() - t0);

@@ -12,6 +12,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_data(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_memory(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
 
 /* The OpenBLAS kernel set chosen at start-up (cli/main.c). */
 const char *loqt_blas_kernels(void);

@@ -61,6 +61,7 @@ static void usage(FILE *f) {
             "  data       fetch real English text and tokenize it into shards\n"
             "  export     write a plain dense LLaMA checkpoint from any checkpoint\n"
             "  memory     plan a training run's memory without allocating (peak by category, total)\n"
+            "  tokenize   text to token ids, or ids to text (--decode)\n"
             "  version    print version and build information\n");
 }
 
@@ -80,6 +81,7 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "data")) return cmd_data(n, a);
     if (!strcmp(c, "export")) return cmd_export(n, a);
     if (!strcmp(c, "memory")) return cmd_memory(n, a);
+    if (!strcmp(c, "tokenize")) return cmd_tokenize(n, a);
     if (!strcmp(c, "version") || !strcmp(c, "--version")) {
         printf("loqt 0.1.0 (gemm: %s, kernels: %s)\n", gemm_backend(), loqt_blas_kernels());
         return 0;
