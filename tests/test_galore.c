@@ -114,6 +114,16 @@ static void test_bf16_weights_within_rounding(void) {
     }
 }
 
+/* One optimizer step of the layer on one micro-batch, without weight decay. */
+static void one_step(linear_layer *L, const float *X, const float *dY, int N, long s, optim_kind k, float lr) {
+    const linear_method *m = L->m;
+    optim_hparams h = {.kind = k, .lr = lr, .beta1 = B1, .beta2 = B2, .eps = EPS, .grad_scale = 1.0f, .t = s + 1};
+    m->zero_grad(L);
+    m->begin_step(L, s);
+    m->backward(L, X, dY, NULL, N, 0);
+    CHECK(m->end_step(L, s) == 0 && m->step(L, &h) == 0, "step: %s", loqt_last_error());
+}
+
 /* 8-bit Adam on the projected gradient, with the moments carried into each new basis through
  * their 8-bit codes: the weight updates stay within a few percent of fp32 Adam's. */
 static void test_adam8bit_with_projection(void) {
@@ -137,12 +147,7 @@ static void test_adam8bit_with_projection(void) {
         for (int s = 0; s < STEPS; s++) {
             test_fill_randn(X, (size_t)N * IN, 1.0f);
             test_fill_randn(dY, (size_t)N * OUT, 1.0f);
-            optim_hparams h = {.kind = o.optimizer, .lr = LR, .beta1 = B1, .beta2 = B2, .eps = EPS,
-                               .grad_scale = 1.0f, .t = s + 1};
-            m->zero_grad(&L);
-            m->begin_step(&L, s);
-            m->backward(&L, X, dY, NULL, N, 0);
-            CHECK(m->end_step(&L, s) == 0 && m->step(&L, &h) == 0, "step: %s", loqt_last_error());
+            one_step(&L, X, dY, N, s, o.optimizer, LR);
         }
         W[v] = malloc(sizeof(float) * OUT * IN);
         m->export_dense(&L, W[v]);
@@ -190,12 +195,7 @@ static void test_bf16_small_updates_kept_on_average(void) {
         linear_init ini = {.W0 = W0};
         CHECK(m->init(&L, &o, &ini) == 0, "init: %s", loqt_last_error());
         for (int s = 0; s < STEPS; s++) { /* the same gradient each step: a steady drift */
-            optim_hparams h = {.kind = OPTIM_ADAMW, .lr = 1e-5f, .beta1 = B1, .beta2 = B2, .eps = EPS,
-                               .grad_scale = 1.0f, .t = s + 1};
-            m->zero_grad(&L);
-            m->begin_step(&L, s);
-            m->backward(&L, X, dY, NULL, N, 0);
-            CHECK(m->end_step(&L, s) == 0 && m->step(&L, &h) == 0, "step: %s", loqt_last_error());
+            one_step(&L, X, dY, N, s, OPTIM_ADAMW, 1e-5f);
         }
         W[v] = malloc(sizeof(float) * OUT * IN);
         m->export_dense(&L, W[v]);
