@@ -295,7 +295,6 @@ static void check_release_grads(const linear_method *m, const method_entry *e, i
     make(&L, m, &o, out, in, NULL);
     one_step(&L, &d, 0);
     if (m->begin_step) m->begin_step(&L, 1);
-    const size_t before = mem_current(MEM_GRADS);
     m->zero_grad(&L);
     m->backward(&L, d.X, d.dY, NULL, d.N, 0);
     const double g1 = m->grad_sqnorm(&L);
@@ -310,7 +309,6 @@ static void check_release_grads(const linear_method *m, const method_entry *e, i
         CHECK(had[MEM_GRADS] > 0 && accounted - mem_current(MEM_GRADS) == had[MEM_GRADS],
               "%s: release_grads returned %zu of the %zu gradient bytes to the allocator", m->name,
               accounted - mem_current(MEM_GRADS), had[MEM_GRADS]);
-        (void)before;
         m->backward(&L, d.X, d.dY, NULL, d.N, 0);
         CHECK(m->grad_sqnorm(&L) == g1, "%s: the gradient after release_grads %.9g, before %.9g", m->name, m->grad_sqnorm(&L), g1);
     }

@@ -213,6 +213,5 @@ void method_config_describe(const linear_method *m, const method_opts *o, char *
 
 /* Shared helpers for implementations. */
 float *linear_random_init(const linear_layer *L, uint64_t seed, mem_cat cat); /* N(0, 0.02) */
-size_t linear_random_init_bytes(const linear_layer *L);
 
 #endif

@@ -251,7 +251,7 @@ double method_stats_value(const method_stats *st, int i) {
 
 /* ---- helpers ------------------------------------------------------------------------------- */
 
-size_t linear_random_init_bytes(const linear_layer *L) { return (size_t)L->out * L->in * sizeof(float); }
+static size_t linear_random_init_bytes(const linear_layer *L) { return (size_t)L->out * L->in * sizeof(float); }
 
 float *linear_random_init(const linear_layer *L, uint64_t seed, mem_cat cat) {
     float *W = mem_alloc(cat, linear_random_init_bytes(L));

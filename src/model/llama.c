@@ -60,7 +60,7 @@ int llama_create(llama_model *m, const llama_config *cfg, const linear_method *m
     m->method = method;
     m->mopts = *mo;
     m->mopts.seed = seed;
-    const int d = cfg->hidden_size, F = cfg->intermediate_size, V = cfg->vocab_size;
+    const int d = cfg->hidden_size, V = cfg->vocab_size;
     const int hd = d / cfg->num_attention_heads;
     optim_kind ok = mo->optimizer;
     param_init(&m->embed, "model.embed_tokens.weight", 2, V, d, ok, 1);
@@ -78,8 +78,7 @@ int llama_create(llama_model *m, const llama_config *cfg, const linear_method *m
         for (int j = 0; j < LIN_PER_BLOCK; j++) {
             linear_layer *L = &b->lin[j];
             L->m = method;
-            L->out = j == LIN_GATE || j == LIN_UP ? F : d;
-            L->in = j == LIN_DOWN ? F : d;
+            llama_linear_shape(cfg, j, &L->out, &L->in);
             snprintf(L->name, sizeof L->name, "model.layers.%d.%s", l, lin_names[j]);
             const linear_init random_init = {0};
             if (method->init(L, &m->mopts, &random_init)) {
@@ -122,6 +121,11 @@ void llama_batch_bytes(const llama_config *c, int B, int T, int threads, size_t 
         f * (size_t)threads * attention_scratch_floats(T),
     };
     memcpy(out, b, sizeof b);
+}
+
+void llama_linear_shape(const llama_config *c, int j, int *out, int *in) {
+    *out = j == LIN_GATE || j == LIN_UP ? c->intermediate_size : c->hidden_size;
+    *in = j == LIN_DOWN ? c->intermediate_size : c->hidden_size;
 }
 
 size_t llama_rope_floats(const llama_config *c) {

@@ -84,6 +84,8 @@ void llama_block_act_bytes(const llama_config *c, int B, int T, size_t out[BLOCK
  * (MEM_ACTS), logits_chunk d_res d_a d_b d_c d_F1 d_F2 attn_scratch (MEM_SCRATCH). */
 enum { BATCH_BUFS = 13, BATCH_ACT_BUFS = 5 };
 void llama_batch_bytes(const llama_config *c, int B, int T, int threads, size_t out[BATCH_BUFS]);
+/* The shape of projection j (LIN_Q .. LIN_DOWN) of a block: out x in. */
+void llama_linear_shape(const llama_config *c, int j, int *out, int *in);
 /* Floats of each RoPE table (cos and sin). */
 size_t llama_rope_floats(const llama_config *c);
 

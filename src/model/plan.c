@@ -53,15 +53,14 @@ static void param_init_replay(replay *r, size_t n, int on_demand) {
 
 static void create(replay *r) {
     const llama_config *c = &r->in->cfg;
-    const size_t d = c->hidden_size, V = c->vocab_size, F = c->intermediate_size;
+    const size_t d = c->hidden_size, V = c->vocab_size;
     param_init_replay(r, V * d, 1); /* embed */
     for (int l = 0; l < c->num_hidden_layers; l++) {
         param_init_replay(r, d, 0); /* attn_norm */
         param_init_replay(r, d, 0); /* mlp_norm */
         for (int j = 0; j < LIN_PER_BLOCK; j++) {
             linear_plan *p = layer(r, l, j);
-            p->out = j == LIN_GATE || j == LIN_UP ? (int)F : (int)d;
-            p->in = j == LIN_DOWN ? (int)F : (int)d;
+            llama_linear_shape(c, j, &p->out, &p->in);
             p->o = &r->in->mo;
             phase(r, l, j, LPHASE_INIT, 0);
         }

@@ -3,6 +3,8 @@
  * parsing of memory sizes. */
 #include "model/plan.h"
 
+#include "model/llama.h"
+
 #include "core/error.h"
 
 #include <ctype.h>
@@ -10,9 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* the seven projections of a block: q, k, v, o, gate, up, down */
-enum { LIN_SHAPES = 7 };
 
 static double gib(size_t b) { return (double)b / 1073741824.0; }
 
@@ -174,12 +173,14 @@ int plan_check_fits(const plan *p, size_t max_bytes) {
 double plan_paper_estimate(const llama_config *c, const char *method, const method_opts *mo) {
     const linear_method *lm = method_find(method);
     if (!lm || !lm->paper_bytes) return 0;
-    const double d = c->hidden_size, V = c->vocab_size, F = c->intermediate_size;
+    const double d = c->hidden_size, V = c->vocab_size;
     /* embeddings, norms, lm_head: weights and Adam's two moments in 16 bits */
     double b = 6.0 * (2 * V * d + (2.0 * c->num_hidden_layers + 1) * d);
-    const int outs[LIN_SHAPES] = {(int)d, (int)d, (int)d, (int)d, (int)F, (int)F, (int)d};
-    const int ins[LIN_SHAPES] = {(int)d, (int)d, (int)d, (int)d, (int)d, (int)d, (int)F};
-    for (int j = 0; j < LIN_SHAPES; j++) b += c->num_hidden_layers * lm->paper_bytes(outs[j], ins[j], mo);
+    for (int j = 0; j < LIN_PER_BLOCK; j++) {
+        int out, in;
+        llama_linear_shape(c, j, &out, &in);
+        b += c->num_hidden_layers * lm->paper_bytes(out, in, mo);
+    }
     return b;
 }
 
