@@ -117,7 +117,7 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(BUILD)/libloqt.a
 	$(CC) $(LDFLAGS) $< $(BUILD)/libloqt.a $(LDLIBS) -o $@
 
 test: deps all $(TESTS)
-	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tests/run_tests.sh $(TESTS) tests/test_cli.sh
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tests/run_tests.sh $(TESTS) tests/test_cli.sh tests/test_compare.sh
 
 # the whole suite again under the sanitizers, in its own build directory
 test-asan: deps

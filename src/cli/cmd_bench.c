@@ -42,7 +42,7 @@ int cmd_bench(int argc, char **argv) {
     if (r.seq_len > cfg.max_position_embeddings) loqt_usage_die("--seq-len exceeds max_position_embeddings %d", cfg.max_position_embeddings);
     plan_input pin;
     cli_run_plan_input(&r, &cfg, warmup + steps, &pin);
-    cli_check_memory(&pin, r.max_memory);
+    cli_check_memory(&pin, r.max_memory, NULL);
     llama_model m;
     if (llama_create(&m, &cfg, r.m, &r.mo, (uint64_t)seed)) loqt_die_last("model");
     m.per_layer_updates = r.per_layer_updates;

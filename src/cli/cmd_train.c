@@ -26,7 +26,7 @@
 typedef struct {
     cli_run run;
     const char *data, *scheduler, *output_dir, *resume;
-    int eval_every, save_every, log_every, save_original_model, overwrite, max_bad_steps, allow_changes;
+    int eval_every, save_every, log_every, save_original_model, overwrite, max_bad_steps, allow_changes, dry_run;
     long num_training_steps, warmup_steps, warmup_given, num_eval_tokens, seed;
     char tokenizer_hash[32]; /* of the data (its manifest), "" when unknown */
     double lr, min_lr_ratio, grad_clipping, weight_decay, beta1, beta2, adam_eps;
@@ -39,6 +39,7 @@ typedef struct {
     data_loader train, val;
     train_hparams h;
     llama_model m;
+    plan plan; /* the run's memory plan, written to OUTPUT_DIR/plan.json */
     long start_step;
     uint64_t tokens;
     FILE *metrics;
@@ -205,6 +206,7 @@ static void parse_args(train_args *a, int argc, char **argv) {
         {"save-original-model", OPT_FLAG, &a->save_original_model, "at the end also write a plain dense LLaMA (W_eff merged) to OUTPUT_DIR/original_model", NULL},
         {"max-bad-steps", OPT_INT, &a->max_bad_steps, "a step with a non-finite loss or gradient is skipped with a warning; this many in a row stop the run", NULL},
         {"allow-changes", OPT_FLAG, &a->allow_changes, "--resume with options that change the run's meaning (lr, schedule, batch, length, Adam, clipping) differing from the checkpoint's", NULL},
+        {"dry-run", OPT_FLAG, &a->dry_run, "check the options, the data, the checkpoint to resume and the memory plan, print the plan and exit (0) without training or writing anything", NULL},
         {"overwrite", OPT_FLAG, &a->overwrite, "start a new run in an --output-dir that holds one (its metrics.jsonl, checkpoints/ and original_model/ are deleted)", NULL},
     };
     cli_parse_run(&a->run, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "train", SUMMARY);
@@ -337,14 +339,26 @@ static void resume_options(train_args *a, const train_run *t, trainer_meta *tm) 
 }
 
 /* The memory plan first: a run that cannot fit is refused before anything large exists. */
-static void check_memory(const train_args *a, const train_run *t) {
+static void check_memory(const train_args *a, train_run *t) {
     plan_input pin;
     cli_run_plan_input(&a->run, &t->cfg, a->num_training_steps, &pin);
     pin.threads = cli_threads();
     pin.save_original_model = a->save_original_model;
     pin.train.tokens = loader_tokens(&t->train);
     pin.val.tokens = loader_tokens(&t->val);
-    cli_check_memory(&pin, a->run.max_memory);
+    cli_check_memory(&pin, a->run.max_memory, &t->plan);
+}
+
+/* The plan beside the run's metrics, so that planned and measured memory can be compared (the
+ * final record of metrics.jsonl has the measured peaks under the same keys). */
+static void write_plan(const train_args *a, const train_run *t) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/plan.json", a->output_dir);
+    FILE *f = fopen(path, "w");
+    if (!f) loqt_die("cannot write %s: %s", path, strerror(errno));
+    plan_write_json(&t->plan, f);
+    fprintf(f, "\n");
+    if (fclose(f)) loqt_die("cannot write %s: %s", path, strerror(errno));
 }
 
 static void create_model(const train_args *a, train_run *t, const trainer_meta *tm) {
@@ -540,11 +554,18 @@ int cmd_train(int argc, char **argv) {
     if (*t.resume_dir) resume_options(&a, &t, &tm);
     set_hparams(&a, &t.h);
     check_memory(&a, &t);
+    if (a.dry_run) {
+        plan_print(&t.plan, stdout);
+        printf("dry run: the options, data%s and memory plan are fine; nothing was written\n",
+               *t.resume_dir ? ", checkpoint" : "");
+        return 0;
+    }
     claim_output_dir(&a, &t); /* after every check, so a refused run deletes nothing */
     create_model(&a, &t, &tm);
     if (file_mkdir_p(a.output_dir)) loqt_die_last("--output-dir");
     if (*t.resume_dir) trim_metrics(a.output_dir, t.start_step);
     t.metrics = open_metrics(a.output_dir, *t.resume_dir != 0);
+    write_plan(&a, &t);
     print_header(&a, &t);
     alloc_batches(&a, &t);
     if (t.start_step == 0) do_eval(&t.m, &t.val, a.num_eval_tokens, t.metrics, 0, 0);

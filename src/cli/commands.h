@@ -13,6 +13,7 @@ int cmd_data(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_memory(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
 
 /* The OpenBLAS kernel set chosen at start-up (cli/main.c). */
 const char *loqt_blas_kernels(void);
@@ -42,9 +43,9 @@ void cli_parse_run(cli_run *r, const opt_spec *extra, int n_extra, int argc, cha
 /* The plan's input for this run of `steps` optimizer steps on cfg. */
 void cli_run_plan_input(const cli_run *r, const llama_config *cfg, long steps, plan_input *pin);
 
-/* Plans the run's memory and dies with the planner's one-line explanation when it exceeds
- * max_memory ("20GiB"; NULL = the machine's physical memory). */
-void cli_check_memory(const plan_input *pin, const char *max_memory);
+/* Plans the run's memory (into *out unless NULL) and dies with the planner's one-line explanation
+ * when it exceeds max_memory ("20GiB"; NULL = the machine's physical memory). */
+void cli_check_memory(const plan_input *pin, const char *max_memory, plan *out);
 
 /* The tokenizer hash that DIR/manifest.json records (from 'loqt data'), and the one a checkpoint
  * was trained with (its trainer state's run_options); "" when unknown (no manifest, an export).

@@ -83,13 +83,13 @@ void cli_load_checkpoint(llama_model *m, const char *dir, int weights_only) {
     if (checkpoint_load(m, dir, weights_only)) loqt_die_last(NULL);
 }
 
-void cli_check_memory(const plan_input *pin, const char *max_memory) {
+void cli_check_memory(const plan_input *pin, const char *max_memory, plan *out) {
     size_t limit = mem_physical();
     if (max_memory && plan_parse_bytes(max_memory, &limit)) loqt_usage_die("--max-memory: %s", loqt_last_error());
-    if (!limit) return; /* unknown physical memory and no limit given */
     plan p;
     if (plan_make(&p, pin)) loqt_die_last("memory plan");
-    if (plan_check_fits(&p, limit)) loqt_die_last(NULL);
+    if (out) *out = p;
+    if (limit && plan_check_fits(&p, limit)) loqt_die_last(NULL); /* limit 0: physical memory unknown, none given */
 }
 
 void cli_data_tokenizer_hash(const char *data_dir, char *out, size_t cap) {

@@ -35,6 +35,7 @@ static const char *keys[MEM_NCAT] = {
 };
 
 const char *mem_cat_name(mem_cat c) { return (unsigned)c < MEM_NCAT ? names[c] : "?"; }
+const char *mem_cat_key(mem_cat c) { return (unsigned)c < MEM_NCAT ? keys[c] : "?"; }
 
 static void bump_peak(atomic_size_t *pk, size_t v) {
     size_t old = atomic_load(pk);

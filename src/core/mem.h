@@ -22,7 +22,8 @@ typedef enum {
     MEM_NCAT
 } mem_cat;
 
-const char *mem_cat_name(mem_cat c);
+const char *mem_cat_name(mem_cat c); /* "quantized weights" */
+const char *mem_cat_key(mem_cat c);  /* "quantized_weights" (JSON keys) */
 
 /* 64-byte aligned, zero-filled.  Exits with a clear message if the allocation fails (an
  * out-of-memory in the middle of training cannot be recovered from; the planner exists to refuse

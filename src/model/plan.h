@@ -69,6 +69,9 @@ int plan_check_fits(const plan *p, size_t max_bytes);
 
 /* The breakdown by category (mem_report's names), then "total: X GiB". */
 void plan_print(const plan *p, FILE *f);
+/* The same as one JSON object: {"<category>_mib": peak, ..., "accounted_peak_mib",
+ * "steady_mib", "overhead_mib", "total_mib"} (the keys of the final record of metrics.jsonl). */
+void plan_write_json(const plan *p, FILE *f);
 
 /* The unaccounted memory of a training process with this many threads; heap_churn: large buffers
  * are freed and allocated again every step or refresh (LoQT, per-layer updates without

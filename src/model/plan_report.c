@@ -61,6 +61,14 @@ void plan_print(const plan *p, FILE *f) {
     fprintf(f, "total: %.2f GiB\n", gib(p->total));
 }
 
+void plan_write_json(const plan *p, FILE *f) {
+    const double MiB = 1048576.0;
+    fprintf(f, "{");
+    for (int c = 0; c < MEM_NCAT; c++) fprintf(f, "\"%s_mib\": %.2f, ", mem_cat_key((mem_cat)c), p->peak[c] / MiB);
+    fprintf(f, "\"accounted_peak_mib\": %.2f, \"steady_mib\": %.2f, \"overhead_mib\": %.2f, \"total_mib\": %.2f}",
+            p->accounted_peak / MiB, p->steady / MiB, p->overhead / MiB, p->total / MiB);
+}
+
 /* the categories by size, largest first, as "name X.X GiB, ..." */
 static void largest(const plan *p, char *buf, size_t cap, int count) {
     int used[MEM_NCAT] = {0};

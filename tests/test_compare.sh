@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Tests of `loqt compare` (and `loqt train --dry-run`, which it relies on): a two-method comparison
+# on a tiny model and corpus written here, its report (compare.md, a well-formed compare.svg, the
+# planner's figures equal to the measured ones), rerun and exact resume, Ctrl-C, and bad input.
+# Ends with "N passed, N failed" like the other test programs.
+#   BUILD=build bash tests/test_compare.sh
+set -u
+cd "$(dirname "$0")/.." || exit 1
+BUILD=${BUILD:-build}
+LOQT=${LOQT:-$BUILD/loqt}
+PY=${PYTHON:-python3}
+LOQT=$(cd "$(dirname "$LOQT")" && pwd)/$(basename "$LOQT")
+T=$(mktemp -d) || exit 1
+trap 'rm -rf "$T"' EXIT
+
+passed=0
+failed=0
+ok() { echo "ok $1"; passed=$((passed + 1)); }
+bad() { echo "FAIL $1: $2"; failed=$((failed + 1)); }
+check() { # check NAME WHY-IF-FALSE COMMAND...
+    local name=$1 why=$2
+    shift 2
+    if "$@"; then ok "$name"; else bad "$name" "$why"; fi
+}
+# expect_error NAME REGEX ARGS...: exit 1 or 2, one stderr line "loqt: error: ..." matching REGEX
+expect_error() {
+    local name=$1 re=$2
+    shift 2
+    "$LOQT" "$@" >"$T/out" 2>"$T/err"
+    local rc=$? n
+    n=$(wc -l <"$T/err")
+    if [ $rc -ne 1 ] && [ $rc -ne 2 ]; then bad "$name" "exit $rc, expected 1 or 2"
+    elif [ "$n" -ne 1 ]; then bad "$name" "$n stderr lines: $(tr '\n' '|' <"$T/err")"
+    elif ! grep -qiE "^loqt: error: .*($re)" "$T/err"; then bad "$name" "message: $(cat "$T/err")"
+    else ok "$name"; fi
+}
+
+# a tiny corpus (a period-15 pattern over 64 token ids) and model
+"$PY" - "$T" <<'EOF' || { echo "FAIL setup"; echo "0 passed, 1 failed"; exit 1; }
+import os, struct, sys
+T = sys.argv[1]
+os.makedirs(T + "/data")
+pat = [1, 5, 9, 13, 17, 21, 25, 29, 33, 37, 41, 45, 2, 7, 11]
+def shard(path, n, shift):
+    toks = [pat[(i + shift) % len(pat)] for i in range(n)]
+    with open(path, "wb") as f:  # loqt's token shard: magic, version, vocab, count, 40 bytes pad
+        f.write(b"LOQTSHRD" + struct.pack("<IIQ", 1, 64, n) + bytes(40) + struct.pack("<%dH" % n, *toks))
+shard(T + "/data/train_000.bin", 4000, 0)
+shard(T + "/data/val_000.bin", 1000, 3)
+open(T + "/tiny.json", "w").write('{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, '
+                                  '"num_attention_heads": 4, "vocab_size": 64, "max_position_embeddings": 64}\n')
+EOF
+
+COMMON=(--model "$T/tiny.json" --data "$T/data" --batch-size 2 --max-length 32 --threads 1 --num-eval-tokens 256
+        --lr 1e-2)
+C=$T/cmp
+# 20 steps of 64 tokens; eval and checkpoints every 2 steps
+"$LOQT" compare --methods full,loqt:rank=4,lora-alpha=1 --tokens 1280 "${COMMON[@]}" --out "$C" >"$T/out" 2>"$T/err"
+rc=$?
+check compare_runs "exit $rc: $(tail -n 2 "$T/err" | tr '\n' '|')" test $rc -eq 0
+check compare_table "compare.md lacks two finished rows" test "$(grep -c '| finished |' "$C/compare.md" 2>/dev/null)" = 2
+check compare_steps "the runs did not train 20 steps" grep -q '"final": true, "step": 20,' "$C/runs/loqt/metrics.jsonl"
+
+# the SVG is well-formed, has a polyline per run and curve, a legend and bars
+"$PY" - "$C/compare.svg" >"$T/svg" 2>&1 <<'EOF'
+import sys, xml.etree.ElementTree as ET
+ns = "{http://www.w3.org/2000/svg}"
+root = ET.parse(sys.argv[1]).getroot()
+assert root.tag == ns + "svg", root.tag
+texts = [t.text for t in root.iter(ns + "text")]
+for want in ("full training", "full held-out", "loqt training", "loqt held-out", "peak RSS"):
+    assert want in texts, "legend lacks %r" % want
+lines = root.findall(ns + "polyline")
+assert len(lines) >= 4, "%d polylines" % len(lines)
+for pl in lines:
+    pts = [tuple(map(float, p.split(","))) for p in pl.get("points").split()]
+    assert len(pts) >= 2 and all(0 <= x <= 1280 and 0 <= y <= 520 for x, y in pts), "points outside the image"
+assert len(root.findall(ns + "rect")) >= 10, "no bars"
+print("svg ok")
+EOF
+check compare_svg "$(tail -n 1 "$T/svg")" grep -q "svg ok" "$T/svg"
+
+# the planner's accounted peak (plan.json) is the measured one (the final metrics record)
+plan_vs_measured() {
+    "$PY" - "$1" <<'EOF'
+import json, sys
+d = sys.argv[1]
+plan = json.load(open(d + "/plan.json"))
+final = [json.loads(l) for l in open(d + "/metrics.jsonl") if '"final"' in l][-1]["memory"]
+sys.exit(0 if abs(plan["accounted_peak_mib"] - final["accounted_peak_mib"]) <= 0.01 else 1)
+EOF
+}
+check compare_plan_full "plan.json differs from the measured peak" plan_vs_measured "$C/runs/full"
+check compare_plan_loqt "plan.json differs from the measured peak" plan_vs_measured "$C/runs/loqt"
+
+# a rerun trains nothing
+cp "$C/compare.md" "$T/md1"
+"$LOQT" compare --methods full,loqt:rank=4,lora-alpha=1 --tokens 1280 "${COMMON[@]}" --out "$C" >"$T/out" 2>"$T/err"
+check compare_rerun_skips "rerun: $(grep -c 'finished$' "$T/out") runs reported finished" test "$(grep -c ': finished$' "$T/out")" = 2
+check compare_rerun_same "the report changed on a rerun" cmp -s <(grep '^| ' "$T/md1") <(grep '^| ' "$C/compare.md")
+
+# an interrupted run resumes where it stopped, with the same result as the uninterrupted one
+final_loss() { grep '"final": true' "$1/metrics.jsonl" | sed 's/.*"eval_loss": \([0-9.]*\).*/\1/'; }
+before=$(final_loss "$C/runs/loqt")
+rm -rf "$C/runs/loqt/checkpoints/step-00000020" "$C/runs/loqt/checkpoints/step-00000018"
+"$PY" - "$C/runs/loqt/metrics.jsonl" <<'EOF'
+import json, sys
+lines = [l for l in open(sys.argv[1]) if not json.loads(l).get("final") and json.loads(l).get("step", 0) <= 16]
+open(sys.argv[1], "w").writelines(lines)
+EOF
+"$LOQT" compare --methods full,loqt:rank=4,lora-alpha=1 --tokens 1280 "${COMMON[@]}" --out "$C" >"$T/out" 2>"$T/err"
+check compare_resumes "no resume: $(grep 'loqt' "$T/out" | head -n 2 | tr '\n' '|')" grep -q 'loqt: resuming' "$T/out"
+after=$(final_loss "$C/runs/loqt")
+check compare_resume_exact "final loss $before before, $after after the resume" test -n "$before" -a "$before" = "$after"
+
+# Ctrl-C reaches the run once: it writes a checkpoint and compare exits 130
+"$LOQT" compare --methods full --tokens 3M "${COMMON[@]}" --save-every 100000 --out "$T/sig" >"$T/sig.out" 2>&1 &
+pid=$!
+for _ in $(seq 1 200); do
+    [ "$(cat "$T/sig/runs/full/metrics.jsonl" 2>/dev/null | wc -l)" -ge 5 ] && break
+    sleep 0.1
+done
+kill -INT $pid
+wait $pid
+rc=$?
+check compare_sigint_status "exit $rc, expected 130" test $rc -eq 130
+check compare_sigint_checkpoint "no checkpoint after Ctrl-C" test -d "$T/sig/runs/full/checkpoints"
+check compare_sigint_message "no 'rerun' hint" grep -q 'rerun the same command' "$T/sig.out"
+
+# train --dry-run checks and writes nothing
+"$LOQT" train "${COMMON[@]}" --method loqt --rank 4 --num-training-steps 5 --output-dir "$T/dry" --dry-run >"$T/out" 2>&1
+rc=$?
+check dry_run_ok "exit $rc" test $rc -eq 0
+check dry_run_writes_nothing "the output directory was created" test ! -e "$T/dry"
+check dry_run_prints_plan "no plan printed" grep -q '^total: ' "$T/out"
+
+# bad input: one line each, nothing trained
+expect_error compare_no_methods 'methods is required' compare "${COMMON[@]}" --out "$T/b1"
+expect_error compare_no_out 'out is required' compare --methods full "${COMMON[@]}"
+expect_error compare_unknown_method "unknown method 'fulll'" compare --methods fulll "${COMMON[@]}" --out "$T/b2"
+expect_error compare_shared_option 'same for every run' compare --methods full,loqt:model=9m "${COMMON[@]}" --out "$T/b3"
+expect_error compare_reserved 'set by compare' compare --methods full "${COMMON[@]}" --output-dir x --out "$T/b4"
+expect_error compare_duplicate_label "labelled 'loqt'" compare --methods loqt,loqt:rank=4 "${COMMON[@]}" --out "$T/b5"
+expect_error compare_bad_label 'label' compare --methods 'loqt@a/b' "${COMMON[@]}" --out "$T/b6"
+expect_error compare_tokens "less than one step" compare --methods full --tokens 10 "${COMMON[@]}" --out "$T/b7"
+expect_error compare_tokens_junk 'tokens' compare --methods full --tokens lots "${COMMON[@]}" --out "$T/b8"
+# an option of another method, found by the dry run before anything trains
+expect_error compare_foreign_option "run 'full'.*--rank" compare --methods loqt:rank=4,full:rank=4 "${COMMON[@]}" --out "$T/b9"
+check compare_refusal_trains_nothing "a refused comparison trained" test ! -e "$T/b9/runs/loqt/metrics.jsonl"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
