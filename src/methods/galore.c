@@ -346,13 +346,13 @@ static int refresh_due(const galore_state *st, long step) {
 
 int galore_end_step(linear_layer *L, long step) {
     galore_state *st = L->state;
-    if (!st->G || !refresh_due(st, step)) return 0;
+    if (!st->G) return 0;
     if (adaptive(st) && (st->fixed_last < 0 || step - st->fixed_last >= st->sp.gap)) {
         /* the refreshes the fixed gap would have made, by the same rule (for svd_saved) */
         st->svds_fixed++;
         st->fixed_last = step;
     }
-    return refresh(L);
+    return refresh_due(st, step) ? refresh(L) : 0;
 }
 
 double galore_grad_sqnorm(const linear_layer *L) {
