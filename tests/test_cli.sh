@@ -648,6 +648,27 @@ for meth in $methods; do
     check "method_${meth}_memory" "exit $RC or no plan line naming $meth: $(tail -n 1 "$T/err")" \
         bash -c "[ $RC -eq 0 ] && grep -q 'method $meth' '$T/out' && grep -q '^total: ' '$T/out'"
 done
+# a method's defaults for the trainer's options (run_defaults): Q-GaLore's 8-bit Adam, beta2 and lr,
+# overridden by what is given; other methods keep the trainer's
+run "$LOQT" memory --model 20m --method qgalore
+check run_defaults_optimizer "exit $RC or qgalore does not plan 8-bit Adam: $(grep '^plan' "$T/out")" \
+    bash -c "[ $RC -eq 0 ] && grep -q 'optimizer adam8bit' '$T/out'"
+run "$LOQT" memory --model 20m --method qgalore --optimizer adamw
+check run_defaults_overridden "exit $RC or --optimizer adamw was not kept: $(grep '^plan' "$T/out")" \
+    bash -c "[ $RC -eq 0 ] && grep -q 'optimizer adamw,' '$T/out'"
+run "$LOQT" train --method qgalore --help
+check run_defaults_help "exit $RC or train --method qgalore --help lacks the method's lr / beta2 defaults" \
+    bash -c "[ $RC -eq 0 ] && grep -qE '^  --lr .*\[default: 0.015\]' '$T/out' && grep -qE '^  --beta2 .*\[default: 0.95\]' '$T/out'"
+run "$LOQT" train --method galore --help
+check run_defaults_other_method "exit $RC or --method galore does not keep the trainer's lr 0.001 and adamw" \
+    bash -c "[ $RC -eq 0 ] && grep -qE '^  --lr .*\[default: 0.001\]' '$T/out' && grep -qE '^  --optimizer .*\[default: adamw\]' '$T/out'"
+# bench reports the SVDs the adaptive gap saved: gap 1, queue 1, threshold 0, so each layer's gap
+# doubles at every refresh after the first: steps 0, 1, 3 of 0..3, one saved per layer
+run "$LOQT" bench --model "$T/tiny.json" --method qgalore --rank 4 --update-proj-gap 1 --queue-size 1 --cos-threshold 0 \
+    --batch-size 2 --seq-len 16 --warmup-steps 1 --steps 3 --threads 1
+saved=$(sed -n 's/^svd_saved: //p' "$T/out"); refreshes=$(sed -n 's/^refreshes: //p' "$T/out")
+check bench_svd_saved "exit $RC, svd_saved '$saved', refreshes '$refreshes' (expected 3 refreshes and 1 saved per layer)" \
+    bash -c "[ $RC -eq 0 ] && [ -n '$saved' ] && [ '$saved' -gt 0 ] && [ \$(( $saved * 3 )) -eq '$refreshes' ]"
 MS=(--model "$T/tiny.json" --data "$D" --num-training-steps 2 --batch-size 2 --max-length 16 --threads 1)
 expect_error option_of_other_method 'option of --method loqt' "$LOQT" train "${MS[@]}" --method full --compensate-quant-error-iterations 2
 expect_error option_of_other_method_bench 'option of --method loqt' "$LOQT" bench --model "$T/tiny.json" --method full --lora-alpha 0.5

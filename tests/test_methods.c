@@ -38,6 +38,17 @@ static const method_entry entries[] = {
      {"use-double-quant=1", "quantize-projection-matrix=none", "compensate-quant-error-iterations=2", "lowrank-dtype=bf16"}},
     /* bf16 weights: forward and dX come from the stored (rounded) weights, as export_dense's do */
     {"galore", 1e-5, 0, 1e-3, {NULL}, {"weight-dtype=bf16", "galore-state=project", NULL}},
+    /* int8 W (group 256): the initial weight within one step of its group, (max - min) / 255 <=
+     * 2 max|W0| / 255 (half a step from rounding, up to a whole one where the zero point's
+     * rounding pushes the top code past 255); finite differences perturb W by about 3 int8 steps
+     * and params_set rounds the perturbed weights to the grid again, so the difference quotient
+     * is off by the rounding error over the perturbation (0.11 and 0.009 measured for the two
+     * shapes, tolerance 0.15; a wrong gradient is off by order 1);
+     * variant: int8 P, round to nearest, the projected moments, a queue of 2 (full at the third
+     * refresh, after which the gap may grow: inside the resume check, after the plan check's
+     * three refreshes, which the planner cannot foresee being skipped) */
+    {"qgalore", 1e-5, 2.0 / 255, 0.15, {NULL},
+     {"proj-bits=8", "stochastic-round=0", "galore-state=project", "queue-size=2"}},
 };
 enum { N_ENTRIES = sizeof entries / sizeof entries[0] };
 

@@ -87,6 +87,51 @@ static int choice_index(const char *choices, const char *v) {
     return -1;
 }
 
+int opts_set_value(const opt_spec *o, const char *v, char *err, size_t cap) {
+    const char *name = o->name;
+    char *end = NULL;
+    errno = 0;
+    switch (o->type) {
+    case OPT_FLAG:
+        if (!strcmp(v, "1") || !strcmp(v, "true")) *(int *)o->dst = 1;
+        else if (!strcmp(v, "0") || !strcmp(v, "false")) *(int *)o->dst = 0;
+        else return fail(err, cap, "--%s takes no value or true/false, got '%s'", name, v);
+        break;
+    case OPT_INT: {
+        long x = strtol(v, &end, 10);
+        if (!*v || *end || errno || x < -2147483647L || x > 2147483647L)
+            return fail(err, cap, "--%s expects an integer, got '%s'", name, v);
+        *(int *)o->dst = (int)x;
+        break;
+    }
+    case OPT_LONG: {
+        long x = strtol(v, &end, 10);
+        if (!*v || *end || errno) return fail(err, cap, "--%s expects an integer, got '%s'", name, v);
+        *(long *)o->dst = x;
+        break;
+    }
+    case OPT_FLOAT: {
+        double x = strtod(v, &end);
+        if (!*v || *end || errno || !isfinite(x)) return fail(err, cap, "--%s expects a number, got '%s'", name, v);
+        *(double *)o->dst = x;
+        break;
+    }
+    case OPT_STRING:
+    case OPT_CHOICE: {
+        int k = o->choices ? choice_index(o->choices, v) : 0;
+        if (k < 0) {
+            char msg[200];
+            snprintf(msg, sizeof msg, "--%s must be one of %s, got '%%s'%%s", name, o->choices);
+            return fail(err, cap, msg, v, "");
+        }
+        if (o->type == OPT_CHOICE) *(int *)o->dst = k;
+        else *(const char **)o->dst = v;
+        break;
+    }
+    }
+    return 0;
+}
+
 int opts_parse_args(const opt_spec *s, int n, int argc, char **argv, char *err, size_t cap) {
     n_given = 0;
     for (int i = 0; i < argc; i++) {
@@ -101,55 +146,13 @@ int opts_parse_args(const opt_spec *s, int n, int argc, char **argv, char *err, 
             if (strcmp(s[j].name, name) == 0) o = &s[j];
         if (!o) return fail(err, cap, "unknown option '--%s'%s", name, "");
         if (n_given < MAX_GIVEN) snprintf(given[n_given++], sizeof given[0], "%s", name);
-        if (o->type == OPT_FLAG) {
-            if (eq) {
-                const char *v = eq + 1;
-                if (!strcmp(v, "1") || !strcmp(v, "true")) *(int *)o->dst = 1;
-                else if (!strcmp(v, "0") || !strcmp(v, "false")) *(int *)o->dst = 0;
-                else return fail(err, cap, "--%s takes no value or true/false, got '%s'", name, v);
-            } else {
-                *(int *)o->dst = 1;
-            }
+        if (o->type == OPT_FLAG && !eq) {
+            *(int *)o->dst = 1;
             continue;
         }
         const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
         if (!v) return fail(err, cap, "--%s needs a value%s", name, "");
-        char *end = NULL;
-        errno = 0;
-        switch (o->type) {
-        case OPT_INT: {
-            long x = strtol(v, &end, 10);
-            if (!*v || *end || errno || x < -2147483647L || x > 2147483647L)
-                return fail(err, cap, "--%s expects an integer, got '%s'", name, v);
-            *(int *)o->dst = (int)x;
-            break;
-        }
-        case OPT_LONG: {
-            long x = strtol(v, &end, 10);
-            if (!*v || *end || errno) return fail(err, cap, "--%s expects an integer, got '%s'", name, v);
-            *(long *)o->dst = x;
-            break;
-        }
-        case OPT_FLOAT: {
-            double x = strtod(v, &end);
-            if (!*v || *end || errno || !isfinite(x)) return fail(err, cap, "--%s expects a number, got '%s'", name, v);
-            *(double *)o->dst = x;
-            break;
-        }
-        case OPT_STRING:
-        case OPT_CHOICE: {
-            int k = o->choices ? choice_index(o->choices, v) : 0;
-            if (k < 0) {
-                char msg[200];
-                snprintf(msg, sizeof msg, "--%s must be one of %s, got '%%s'%%s", name, o->choices);
-                return fail(err, cap, msg, v, "");
-            }
-            if (o->type == OPT_CHOICE) *(int *)o->dst = k;
-            else *(const char **)o->dst = v;
-            break;
-        }
-        case OPT_FLAG: break;
-        }
+        if (opts_set_value(o, v, err, cap)) return -1;
     }
     return 0;
 }

@@ -25,6 +25,9 @@ void opts_parse(const opt_spec *specs, int n_specs, int argc, char **argv, const
 /* The parse alone, for tests and fuzzing: 0, 1 when --help (or -h) was seen, or -1 with a
  * one-line message in err (no prefix).  opts_parse is this plus printing and exiting. */
 int opts_parse_args(const opt_spec *specs, int n_specs, int argc, char **argv, char *err, size_t cap);
+/* Sets o's destination from the value as written on the command line: 0, or -1 with a one-line
+ * message in err (a flag takes 1/true/0/false). */
+int opts_set_value(const opt_spec *o, const char *v, char *err, size_t cap);
 /* 1 if the option was given on the command line in the last opts_parse call. */
 int opts_given(const char *name);
 /* Printed by --help after the option table (the methods' own options). */

@@ -65,6 +65,11 @@ static void print_method_help(void) {
     for (int k = 0; k < method_count(); k++) {
         const linear_method *m = method_at(k);
         printf("\n  %s: %s\n", m->name, m->summary);
+        if (m->run_defaults && m->run_defaults->option) {
+            printf("    defaults of this method (given options override them):");
+            for (const method_run_default *d = m->run_defaults; d->option; d++) printf(" --%s %s", d->option, d->value);
+            printf("\n");
+        }
         for (int i = 0; i < m->n_options; i++) {
             const method_option *o = &m->options[i];
             char left[128], def[64], range[96] = "";
@@ -78,6 +83,18 @@ static void print_method_help(void) {
             printf("    %-40s %s [default: %s%s]\n", left, o->help, def, range);
         }
     }
+}
+
+/* The method's defaults for the trainer's options (methods/linear.h run_defaults), before the
+ * command line is parsed: what the user gives still wins, and --help shows them. */
+static void apply_run_defaults(const linear_method *m, const opt_spec *specs, int n) {
+    for (const method_run_default *d = m->run_defaults; d && d->option; d++)
+        for (int k = 0; k < n; k++) {
+            if (strcmp(specs[k].name, d->option)) continue;
+            char err[256];
+            if (opts_set_value(&specs[k], d->value, err, sizeof err))
+                loqt_die("method %s: bad default for --%s: %s", m->name, d->option, err);
+        }
 }
 
 static opt_spec method_spec(const method_option *o, int *iv, double *dv) {
@@ -123,6 +140,7 @@ void cli_parse_run(cli_run *r, const opt_spec *extra, int n_extra, int argc, cha
         dv[i] = method_option_get(&r->mo, o);
         all[ns + n_extra + i] = method_spec(o, &iv[i], &dv[i]);
     }
+    apply_run_defaults(r->m, all, ns + n_extra + nm);
     check_foreign(r, all, ns + n_extra + nm, argc, argv, command);
     opts_set_help_extra(print_method_help);
     opts_parse(all, ns + n_extra + nm, argc, argv, command, summary);

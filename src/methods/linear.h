@@ -67,6 +67,12 @@ typedef struct {
 
 typedef struct linear_method linear_method;
 
+/* A method's default for one of the trainer's shared options ("optimizer", "beta2", "lr"): the
+ * value as it would be written on the command line. */
+typedef struct {
+    const char *option, *value;
+} method_run_default;
+
 typedef struct {
     const linear_method *m;
     int out, in;
@@ -185,6 +191,10 @@ struct linear_method {
     double (*lr_scale)(const method_opts *o, long step);
     /* Optional.  The layer's bytes in the papers' memory estimate (16-bit weights and state). */
     double (*paper_bytes)(int out, int in, const method_opts *o);
+    /* Optional.  Defaults of the trainer's options for this method, ending with {NULL, NULL}:
+     * set before the command line is parsed (so it overrides them, and --help shows them); an
+     * option the command does not have is skipped (bench has no --lr). */
+    const method_run_default *run_defaults;
 };
 
 /* ---- the registry (methods/registry.c) ----------------------------------------------------- */

@@ -14,6 +14,7 @@
     X(dense)         \
     X(loqt)          \
     X(galore)        \
+    X(qgalore)       \
     /* end of list */
 
 #define X(n) extern const linear_method method_##n;

@@ -56,7 +56,7 @@ void plan_print(const plan *p, FILE *f) {
                    "micro-batches (no saving)\n");
     const double paper = plan_paper_estimate(&p->in.cfg, p->in.method, &p->in.mo);
     if (paper > 0)
-        fprintf(f, "paper-style estimate (weights + optimizer state, 16-bit): %.2f GiB\n",
+        fprintf(f, "paper-style estimate (weights + optimizer state in the papers' precision): %.2f GiB\n",
                 paper / 1073741824.0);
     fprintf(f, "total: %.2f GiB\n", gib(p->total));
 }

@@ -140,7 +140,7 @@ int qasym_init(qasym_tensor *t, size_t n, int bits, size_t group) {
     t->n = n;
     t->group = group;
     t->bits = bits;
-    size_t ng = ceil_div(n, group);
+    size_t ng = qasym_groups(n, group);
     t->data = mem_try_alloc(MEM_QWEIGHTS, qasym_data_bytes(n, bits));
     t->scale = mem_try_alloc(MEM_QSTATE, ng * sizeof(float));
     t->zero = mem_try_alloc(MEM_QSTATE, ng);
@@ -158,20 +158,24 @@ void qasym_free(qasym_tensor *t) {
     memset(t, 0, sizeof *t);
 }
 
-static int qasym_quant(qasym_tensor *t, const float *x, const sround_key *key) {
-    if (!t || !t->data || !x) return loqt_set_error("qasym_quantize: tensor not initialized");
-    const size_t n = t->n, G = t->group, ng = ceil_div(n, G);
+size_t qasym_groups(size_t n, size_t group) { return ceil_div(n, group); }
+
+/* Groups [g0, g1) from x, which holds the elements of those groups (x[0] is element g0 * G). */
+static int qasym_quant_groups(qasym_tensor *t, size_t g0, size_t g1, const float *x,
+                              const sround_key *key) {
+    const size_t n = t->n, G = t->group, e0 = g0 * G;
     const float qmax = t->bits == 8 ? 255.0f : 15.0f;
     int bad = 0;
-#pragma omp parallel for schedule(static) reduction(| : bad) if (par_ok(n))
-    for (size_t g = 0; g < ng; g++) {
+#pragma omp parallel for schedule(static) reduction(| : bad) if (par_ok((g1 - g0) * G))
+    for (size_t g = g0; g < g1; g++) {
         size_t i0 = g * G, i1 = i0 + G < n ? i0 + G : n;
         float lo = 0.0f, hi = 0.0f;
         int bb = 0;
         for (size_t i = i0; i < i1; i++) {
-            bb |= nonfinite(x[i]);
-            lo = x[i] < lo ? x[i] : lo;
-            hi = x[i] > hi ? x[i] : hi;
+            const float v = x[i - e0];
+            bb |= nonfinite(v);
+            lo = v < lo ? v : lo;
+            hi = v > hi ? v : hi;
         }
         if (bb) {
             bad = 1;
@@ -183,7 +187,7 @@ static int qasym_quant(qasym_tensor *t, const float *x, const sround_key *key) {
         t->scale[g] = s;
         t->zero[g] = (uint8_t)z;
         for (size_t i = i0; i < i1; i++) {
-            unsigned q = (unsigned)clampf(qround(x[i] / s, key, i) + z, 0.0f, qmax);
+            unsigned q = (unsigned)clampf(qround(x[i - e0] / s, key, i) + z, 0.0f, qmax);
             if (t->bits == 8) {
                 t->data[i] = (uint8_t)q;
             } else {
@@ -194,6 +198,22 @@ static int qasym_quant(qasym_tensor *t, const float *x, const sround_key *key) {
     }
     if (bad) return loqt_set_error("qasym_quantize: input has a non-finite value");
     return 0;
+}
+
+static int qasym_quant(qasym_tensor *t, const float *x, const sround_key *key) {
+    if (!t || !t->data || !x) return loqt_set_error("qasym_quantize: tensor not initialized");
+    return qasym_quant_groups(t, 0, ceil_div(t->n, t->group), x, key);
+}
+
+int qasym_quantize_range(qasym_tensor *t, size_t e0, size_t e1, const float *x,
+                         const sround_key *key) {
+    if (!t || !t->data || !x) return loqt_set_error("qasym_quantize: tensor not initialized");
+    if (check_range("qasym_quantize_range", e0, e1, t->n)) return -1;
+    if (e0 % t->group || (e1 % t->group && e1 != t->n))
+        return loqt_set_error("qasym_quantize_range: [%zu, %zu) is not a range of whole groups of %zu", e0, e1,
+                              t->group);
+    /* an odd int4 start would share a byte with the previous group; groups are even, so it cannot */
+    return qasym_quant_groups(t, e0 / t->group, ceil_div(e1, t->group), x, key);
 }
 
 int qasym_quantize(qasym_tensor *t, const float *x) { return qasym_quant(t, x, NULL); }

@@ -61,10 +61,17 @@ typedef struct {
 } qasym_tensor;
 
 size_t qasym_data_bytes(size_t n, int bits);
+size_t qasym_groups(size_t n, size_t group); /* scales (fp32) and zero points (one byte) */
 int qasym_init(qasym_tensor *t, size_t n, int bits, size_t group);
 void qasym_free(qasym_tensor *t);
 int qasym_quantize(qasym_tensor *t, const float *x);
 int qasym_quantize_sr(qasym_tensor *t, const float *x, const sround_key *key);
+/* Elements [e0, e1) from x[0 .. e1 - e0), a range of whole groups (e0 a multiple of the group,
+ * e1 too or the end): each group gets a fresh scale and zero point.  key NULL: round to nearest;
+ * else stochastic rounding with the uniform of the element's index in the whole tensor, so a
+ * range rounds as the whole tensor would. */
+int qasym_quantize_range(qasym_tensor *t, size_t e0, size_t e1, const float *x,
+                         const sround_key *key);
 int qasym_dequantize_range(const qasym_tensor *t, size_t e0, size_t e1, float *y);
 int qasym_dequantize(const qasym_tensor *t, float *y);
 int qasym_value(const qasym_tensor *t, size_t i); /* unsigned code of element i */
