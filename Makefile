@@ -51,6 +51,7 @@ endif
 LIB_SRC  := $(sort $(shell find src -name '*.c' ! -path 'src/cli/*'))
 CLI_SRC  := $(sort $(wildcard src/cli/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
+TEST_SH  := $(sort $(wildcard tests/test_*.sh))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -117,7 +118,7 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(BUILD)/libloqt.a
 	$(CC) $(LDFLAGS) $< $(BUILD)/libloqt.a $(LDLIBS) -o $@
 
 test: deps all $(TESTS)
-	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tests/run_tests.sh $(TESTS) tests/test_cli.sh tests/test_compare.sh
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tests/run_tests.sh $(TESTS) $(TEST_SH)
 
 # the whole suite again under the sanitizers, in its own build directory
 test-asan: deps

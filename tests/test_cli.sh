@@ -319,7 +319,7 @@ for sig in TERM INT; do
     "$LOQT" train "${COMMON[@]}" --num-training-steps 1000000 --output-dir "$T/sig$sig" >"$T/sig.out" 2>"$T/sig.err" &
     pid=$!
     for _ in $(seq 1 600); do
-        [ "$(grep -c '"loss"' "$T/sig$sig/metrics.jsonl" 2>/dev/null)" -ge 3 ] && break
+        [ "$(cat "$T/sig$sig/metrics.jsonl" 2>/dev/null | grep -c '"loss"')" -ge 3 ] && break
         sleep 0.05
     done
     kill -$sig $pid
@@ -353,7 +353,7 @@ json.dump(c, open(sys.argv[2], 'w'))" "$T/tiny.json" "$T/slow.json"
     --num-training-steps 1000 --output-dir "$T/sig2" >"$T/sig.out" 2>"$T/sig.err" &
 pid=$!
 for _ in $(seq 1 1200); do
-    [ "$(grep -c '"loss"' "$T/sig2/metrics.jsonl" 2>/dev/null)" -ge 1 ] && break
+    [ "$(cat "$T/sig2/metrics.jsonl" 2>/dev/null | grep -c '"loss"')" -ge 1 ] && break
     sleep 0.05
 done
 kill -INT $pid

@@ -35,21 +35,8 @@ expect_error() {
     else ok "$name"; fi
 }
 
-# a tiny corpus (a period-15 pattern over 64 token ids) and model
-"$PY" - "$T" <<'EOF' || { echo "FAIL setup"; echo "0 passed, 1 failed"; exit 1; }
-import os, struct, sys
-T = sys.argv[1]
-os.makedirs(T + "/data")
-pat = [1, 5, 9, 13, 17, 21, 25, 29, 33, 37, 41, 45, 2, 7, 11]
-def shard(path, n, shift):
-    toks = [pat[(i + shift) % len(pat)] for i in range(n)]
-    with open(path, "wb") as f:  # loqt's token shard: magic, version, vocab, count, 40 bytes pad
-        f.write(b"LOQTSHRD" + struct.pack("<IIQ", 1, 64, n) + bytes(40) + struct.pack("<%dH" % n, *toks))
-shard(T + "/data/train_000.bin", 4000, 0)
-shard(T + "/data/val_000.bin", 1000, 3)
-open(T + "/tiny.json", "w").write('{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, '
-                                  '"num_attention_heads": 4, "vocab_size": 64, "max_position_embeddings": 64}\n')
-EOF
+# a tiny corpus and model
+"$PY" tests/tiny_fixture.py "$T" || { echo "FAIL setup"; echo "0 passed, 1 failed"; exit 1; }
 
 COMMON=(--model "$T/tiny.json" --data "$T/data" --batch-size 2 --max-length 32 --threads 1 --num-eval-tokens 256
         --lr 1e-2)

@@ -622,6 +622,19 @@ static char *build_header(const st_writer *w, size_t *len) {
     return buf;
 }
 
+int st_writer_find(const st_writer *w, const char *name, st_dtype *dtype, int *ndim, int64_t *shape) {
+    for (int i = 0; i < w->n; i++) {
+        if (strcmp(w->t[i].name, name)) continue;
+        if (dtype) *dtype = w->t[i].dtype;
+        if (ndim) *ndim = w->t[i].ndim;
+        if (shape) memcpy(shape, w->t[i].shape, sizeof(int64_t) * (size_t)w->t[i].ndim);
+        return 0;
+    }
+    return -1;
+}
+
+int st_writer_count(const st_writer *w) { return w->n; }
+
 int st_writer_check_finite(const st_writer *w) {
     for (int i = 0; i < w->n; i++) {
         size_t bad = st_count_nonfinite(w->t[i].dtype, w->t[i].data, w->t[i].nbytes);

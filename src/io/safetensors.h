@@ -71,6 +71,9 @@ void st_writer_meta(st_writer *w, const char *key, const char *value);
 /* Records a tensor; `data` is not copied and must stay valid until st_writer_write returns. */
 void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
                    const void *data);
+/* The recorded tensor `name`: 0 with its dtype, rank and shape (any may be NULL), or -1. */
+int st_writer_find(const st_writer *w, const char *name, st_dtype *dtype, int *ndim, int64_t *shape);
+int st_writer_count(const st_writer *w);
 /* st_check_finite for the tensors recorded so far. */
 int st_writer_check_finite(const st_writer *w);
 /* Writes the file atomically (tmp + fsync + rename).  0 on success, -1 with error. */

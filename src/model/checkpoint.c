@@ -56,8 +56,9 @@ int llama_load_tensors(llama_model *m, const st_file *model, const st_file *stat
     return 0;
 }
 
-/* Writes dir/config.json; *crc (may be NULL) receives the CRC-32C of its bytes. */
-static int write_config(const llama_config *c, const char *dir, uint32_t *crc) {
+/* Writes dir/config.json, with `extra` (one more "key": value, or NULL) as its last key; *crc (may
+ * be NULL) receives the CRC-32C of its bytes. */
+static int write_config(const llama_config *c, const char *dir, const char *extra, uint32_t *crc) {
     char path[4096];
     if (join(path, sizeof path, dir, "config.json")) return -1;
     char *buf = NULL;
@@ -66,10 +67,49 @@ static int write_config(const llama_config *c, const char *dir, uint32_t *crc) {
     if (!f) return loqt_set_error("%s: cannot create config", path);
     config_write_json(c, f);
     fclose(f);
+    char *close = extra ? strrchr(buf, '}') : NULL;
+    if (close) { /* "...\n}\n" -> "...,\n  EXTRA\n}\n" */
+        while (close > buf && (close[-1] == '\n' || close[-1] == ' ')) close--;
+        *close = 0;
+        char *joined = NULL;
+        f = open_memstream(&joined, &len);
+        if (!f) return loqt_set_error("%s: cannot create config", path);
+        fprintf(f, "%s,\n  %s\n}\n", buf, extra);
+        fclose(f);
+        free(buf);
+        buf = joined;
+    }
     if (crc) *crc = crc32c(0, buf, len);
     int rc = file_write_atomic(path, buf, len);
     free(buf);
     return rc;
+}
+
+/* The model tensors form a plain LLaMA that Hugging Face loads: the dense parameters (always fp32
+ * under their HF names) and, for every linear layer, "<module>.weight" [out, in] in a float type. */
+static int plain_llama(const llama_model *m, const st_writer *w) {
+    int want = llama_dense_count(m);
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        for (int j = 0; j < LIN_PER_BLOCK; j++, want++) {
+            const linear_layer *L = &m->blocks[l].lin[j];
+            char name[160];
+            st_dtype dt;
+            int nd;
+            int64_t shape[8];
+            snprintf(name, sizeof name, "%s.weight", L->name);
+            if (st_writer_find(w, name, &dt, &nd, shape) || nd != 2 || shape[0] != L->out || shape[1] != L->in ||
+                (dt != ST_F32 && dt != ST_F16 && dt != ST_BF16))
+                return 0;
+        }
+    return st_writer_count(w) == want;
+}
+
+/* The model file of a checkpoint: model.safetensors when it is a plain LLaMA, else named for the
+ * method ("loqt_model.safetensors"), so that no loader mistakes a method's own tensors (NF4
+ * codes, factors) for a LLaMA's. */
+static void model_file_name(const llama_model *m, int plain, char *out, size_t cap) {
+    if (plain) snprintf(out, cap, "model.safetensors");
+    else snprintf(out, cap, "%s_model.safetensors", m->method->name);
 }
 
 static void meta_strings(const trainer_meta *tm, char v[6][64]) {
@@ -87,10 +127,21 @@ static const char *meta_keys[6] = {"step", "tokens_seen", "data_position", "seed
 static int save_via(const llama_model *m, const trainer_meta *tm, const char *dir, const char *tmp) {
     char path[4096];
     if (file_mkdir_p(tmp)) return -1;
-    uint32_t config_crc = 0;
-    if (write_config(&m->cfg, tmp, &config_crc)) return -1;
-
     st_writer *wm = st_writer_new(), *ws = st_writer_new();
+    st_writer_meta(wm, "format", "pt");
+    llama_save_tensors(m, wm, ws);
+    /* config.json says what the directory holds; a HF loader ignores the key */
+    const int plain = plain_llama(m, wm);
+    char model_file[128], note[512];
+    model_file_name(m, plain, model_file, sizeof model_file);
+    snprintf(note, sizeof note,
+             "\"loqt_checkpoint\": {\"method\": \"%s\", \"weights\": \"%s\", \"plain_llama\": %s, \"note\": \"%s\"}",
+             m->method->name, model_file, plain ? "true" : "false",
+             plain ? "a LLaMA checkpoint (HF names) with loqt's trainer state beside it"
+                   : "the weights file holds the method's own tensors, not a LLaMA; 'loqt export' writes a plain one");
+    uint32_t config_crc = 0;
+    int rc = write_config(&m->cfg, tmp, note, &config_crc);
+
     char vals[6][64];
     meta_strings(tm, vals);
     for (int i = 0; i < 6; i++) st_writer_meta(ws, meta_keys[i], vals[i]);
@@ -106,17 +157,9 @@ static int save_via(const llama_model *m, const trainer_meta *tm, const char *di
     method_config_write_json(m->method, &m->mopts, mf);
     fclose(mf);
     st_writer_meta(ws, "method_opts", mo_json);
-    st_writer_meta(wm, "format", "pt");
-    llama_save_tensors(m, wm, ws);
     /* a checkpoint of NaN weights would only be resumed into more NaNs */
-    if (st_writer_check_finite(wm)) {
-        loqt_set_error("not writing checkpoint %s: %s", dir, loqt_last_error());
-        st_writer_free(wm);
-        st_writer_free(ws);
-        free(mo_json);
-        return -1;
-    }
-    int rc = join(path, sizeof path, tmp, "model.safetensors");
+    if (!rc && st_writer_check_finite(wm)) rc = loqt_set_error("not writing checkpoint %s: %s", dir, loqt_last_error());
+    if (!rc) rc = join(path, sizeof path, tmp, model_file);
     if (!rc) rc = st_writer_write(wm, path);
     if (!rc) rc = join(path, sizeof path, tmp, "trainer_state.safetensors");
     if (!rc) rc = st_writer_write(ws, path);
@@ -258,7 +301,18 @@ int checkpoint_read_meta(const char *dir, trainer_meta *tm) {
 int checkpoint_load(llama_model *m, const char *dir, int weights_only) {
     char path[4096];
     st_file fm, fs;
-    if (join(path, sizeof path, dir, "model.safetensors") || st_open(&fm, path)) return -1;
+    char model_file[128];
+    model_file_name(m, 1, model_file, sizeof model_file);
+    if (join(path, sizeof path, dir, model_file)) return -1;
+    struct stat sb;
+    if (stat(path, &sb) != 0) { /* not a plain LLaMA: the method's own file */
+        model_file_name(m, 0, model_file, sizeof model_file);
+        if (join(path, sizeof path, dir, model_file)) return -1;
+        if (stat(path, &sb) != 0)
+            return loqt_set_error("%s: no model.safetensors or %s (not a checkpoint of method %s?)", dir, model_file,
+                                  m->method->name);
+    }
+    if (st_open(&fm, path)) return -1;
     if (st_check_finite(&fm)) {
         loqt_set_error("%s: %s", path, loqt_last_error());
         st_close(&fm);
@@ -277,8 +331,8 @@ int checkpoint_load(llama_model *m, const char *dir, int weights_only) {
      * weights would otherwise be dropped without a word */
     const char *extra = rc ? NULL : st_first_unused(&fm);
     if (extra)
-        rc = loqt_set_error("model.safetensors holds tensor '%s', which a %d-layer model of method %s does not "
-                            "have: config.json and the weights do not belong together", extra,
+        rc = loqt_set_error("%s holds tensor '%s', which a %d-layer model of method %s does not "
+                            "have: config.json and the weights do not belong together", model_file, extra,
                             m->cfg.num_hidden_layers, m->method->name);
     if (rc) loqt_set_error("%s: %s", dir, loqt_last_error());
     st_close(&fm);
@@ -309,7 +363,7 @@ int checkpoint_find_latest(const char *root, char *out, size_t cap) {
 }
 
 int llama_export_dense(const llama_model *m, const char *dir) {
-    if (file_mkdir_p(dir) || write_config(&m->cfg, dir, NULL)) return -1;
+    if (file_mkdir_p(dir) || write_config(&m->cfg, dir, NULL, NULL)) return -1;
     st_writer *w = st_writer_new();
     st_writer_meta(w, "format", "pt");
     for (int i = 0; i < llama_dense_count(m); i++) {

@@ -1,9 +1,12 @@
 /* Checkpoints and exports.
  *
  * A checkpoint is a directory:
- *   config.json                HF LlamaConfig keys
- *   model.safetensors          HF LLaMA tensor names, [out, in] row-major (for full-rank training a
- *                              plain LLaMA checkpoint; other methods store their own tensors here)
+ *   config.json                HF LlamaConfig keys, and "loqt_checkpoint": {method, weights (the
+ *                              model file's name), plain_llama, note}
+ *   model.safetensors          when the model tensors form a plain LLaMA (HF names, float types,
+ *                              [out, in] row-major: full-rank, GaLore), so HF loaders can load it;
+ *   <method>_model.safetensors otherwise: the method's own tensors (NF4 codes, factors, ...) beside
+ *                              the dense parameters under their HF names
  *   trainer_state.safetensors  optimizer state and method state; trainer metadata in __metadata__
  *   trainer_state.json         the same metadata, for people
  * It is written under "<dir>.tmp" and renamed to <dir> only when complete, so a crash never leaves

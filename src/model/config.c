@@ -80,6 +80,7 @@ static const char *const read_keys[] = {
 static const char *const ignored_keys[] = {
     "architectures", "bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype",
     "transformers_version", "initializer_range", "use_cache", "_name_or_path", "attention_dropout",
+    "loqt_checkpoint", /* what a loqt checkpoint directory holds (model/checkpoint.c) */
 };
 
 static int in_list(const char *k, const char *const *list, size_t n) {
