@@ -14,6 +14,8 @@
     X(dense)         \
     X(loqt)          \
     X(galore)        \
+    X(dqt)           \
+    X(bitnet)        \
     /* end of list */
 
 #define X(n) extern const linear_method method_##n;
