@@ -11,8 +11,9 @@ void actq_rows(const float *X, float *Xq, int N, int cols) {
         float *y = Xq + (size_t)r * cols;
         float amax = 0.0f;
         for (int j = 0; j < cols; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
-        /* the floor keeps an all-zero token finite (it stays zero) */
-        const float s = 127.0f / (amax > 1e-5f ? amax : 1e-5f);
+        /* the floor keeps an all-zero token finite (it stays zero); 127 * (1 / amax) is how
+         * torch evaluates the reference's 127 / amax */
+        const float s = 127.0f * (1.0f / (amax > 1e-5f ? amax : 1e-5f));
         for (int j = 0; j < cols; j++) {
             float q = rintf(x[j] * s);
             q = q < -128.0f ? -128.0f : q > 127.0f ? 127.0f : q;

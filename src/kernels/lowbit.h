@@ -3,8 +3,9 @@
  *
  * Activations (BitNet b1.58's quantizer, applied per token, i.e. per row of X):
  *   s = 127 / max(max_j |x_j|, 1e-5);  x'_j = clamp(round(x_j * s), -128, 127) / s
- * with round-half-even (torch.round), in fp32 in this order of operations, so a PyTorch
- * implementation of the same formula gives the same bits.  In backward the quantizer is passed
+ * with round-half-even (torch.round), in fp32 in this order of operations, and 127 / a computed
+ * as 127 * (1 / a), which is what torch does for a number divided by a tensor: the reference's
+ * PyTorch code gives the same bits.  In backward the quantizer is passed
  * straight through: dX = dY W, while dW = dY^T X' uses the quantized activations the forward used.
  *
  * The weights are read from their codes: W is dequantized a tile of rows at a time into the
