@@ -291,6 +291,7 @@ int qgrid_qabs(const qgrid_tensor *t) { return -t->qmin > t->qmax ? -t->qmin : t
 int qgrid_group_maxabs(const qgrid_tensor *t, size_t g) {
     const size_t i0 = g * t->group, i1 = i0 + t->group < t->n ? i0 + t->group : t->n;
     int m = 0;
+#pragma omp parallel for schedule(static) reduction(max : m) if (par_ok(i1 - i0))
     for (size_t i = i0; i < i1; i++) {
         int q = abs(qgrid_value(t, i));
         m = q > m ? q : m;
