@@ -142,6 +142,10 @@ struct linear_method {
     size_t config_size;           /* sizeof its config struct (<= METHOD_CONFIG_BYTES) */
     int heap_churn;               /* frees and re-allocates large buffers during training (the
                                    * planner's estimate of unaccounted memory uses it) */
+    int straight_through;         /* its gradients are straight-through estimates: the
+                                   * derivative with respect to the quantized weights the forward
+                                   * uses, applied to latent parameters in which the loss is
+                                   * piecewise constant (finite differences cannot see them) */
 
     /* 0, or -1 with an error. */
     int (*init)(linear_layer *L, const method_opts *o, const linear_init *ini);
@@ -201,7 +205,7 @@ struct linear_method {
 int method_count(void);
 const linear_method *method_at(int i);
 const linear_method *method_find(const char *name); /* also "dense", "adamw" for full */
-const char *method_names(void);                     /* "full|loqt|galore" */
+const char *method_names(void);                     /* "full|loqt|galore|..." */
 
 /* The method's defaults, shared fields as the trainer's defaults (adamw, seed 0). */
 void method_opts_defaults(method_opts *o, const linear_method *m);

@@ -15,6 +15,8 @@
     X(loqt)          \
     X(galore)        \
     X(qgalore)       \
+    X(dqt)           \
+    X(bitnet)        \
     /* end of list */
 
 #define X(n) extern const linear_method method_##n;

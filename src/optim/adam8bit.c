@@ -199,44 +199,60 @@ void adam8bit_set_moments(optim_state *s, const float *m, const float *v) {
     adam8bit_quantize(adam8bit_map(0), v, s->n, q.cv, q.absv);
 }
 
-void adam8bit_update(optim_state *s, float *w, const float *g, const optim_hparams *h) {
-    if (!adam8bit_is_quantized(s)) {
-        /* small tensors: the 8-bit state would save little and cost the most accuracy there */
-        adamw_update(s, w, g, h);
-        return;
-    }
+/* blocks [b0, b1) of a quantized state; w and g point at the first element of block b0 */
+static void update_blocks(optim_state *s, float *w, const float *g, long b0, long b1,
+                          const optim_hparams *h) {
     if (!s->q) s->q = mem_alloc(MEM_OPTIM, adam8bit_state_bytes(s->n));
     const qtable *ts = table_of(adam8bit_map(1)), *tu = table_of(adam8bit_map(0));
     const float *smap = ts->map, *umap = tu->map;
     const uint8_t zm = zero_code(smap), zv = zero_code(umap);
     /* the same constants, in the same precision, as adamw_update */
-    const float b1 = h->beta1, b2 = h->beta2, eps = h->eps, gs = h->grad_scale;
+    const float b1c = h->beta1, b2c = h->beta2, eps = h->eps, gs = h->grad_scale;
     const double t = (double)(h->t - s->t_offset > 0 ? h->t - s->t_offset : 1);
     const double bc1 = 1.0 - pow(h->beta1, t), bc2 = 1.0 - pow(h->beta2, t);
     const float step = (float)(h->lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
     const float decay = 1.0f - h->lr * h->weight_decay;
     const q8_view q = q8_of(s);
-    const size_t n = s->n;
-    const long nb = (long)q.nb;
-#pragma omp parallel for schedule(static) if (n > 32768)
-    for (long b = 0; b < nb; b++) {
+    const size_t n = s->n, base = (size_t)b0 * ADAM8BIT_BLOCK;
+#pragma omp parallel for schedule(static) if ((size_t)(b1 - b0) * ADAM8BIT_BLOCK > 32768)
+    for (long b = b0; b < b1; b++) {
         const size_t i0 = (size_t)b * ADAM8BIT_BLOCK;
         const size_t len = n - i0 < ADAM8BIT_BLOCK ? n - i0 : ADAM8BIT_BLOCK;
         const float am = q.absm[b], av = q.absv[b];
         float mb[ADAM8BIT_BLOCK], vb[ADAM8BIT_BLOCK];
         for (size_t k = 0; k < len; k++) {
             const size_t i = i0 + k;
-            const float gi = g[i] * gs;
-            const float mi = b1 * (smap[q.cm[i]] * am) + (1.0f - b1) * gi;
-            const float vi = b2 * (umap[q.cv[i]] * av) + (1.0f - b2) * gi * gi;
+            const float gi = g[i - base] * gs;
+            const float mi = b1c * (smap[q.cm[i]] * am) + (1.0f - b1c) * gi;
+            const float vi = b2c * (umap[q.cv[i]] * av) + (1.0f - b2c) * gi * gi;
             /* the parameter sees the fp32 moments of this step; only their storage is 8-bit */
-            w[i] = w[i] * decay - step * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
+            w[i - base] = w[i - base] * decay - step * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
             mb[k] = mi;
             vb[k] = vi;
         }
         quantize_block(smap, ts, zm, mb, len, q.cm + i0, &q.absm[b]);
         quantize_block(umap, tu, zv, vb, len, q.cv + i0, &q.absv[b]);
     }
+}
+
+void adam8bit_update(optim_state *s, float *w, const float *g, const optim_hparams *h) {
+    if (!adam8bit_is_quantized(s)) {
+        /* small tensors: the 8-bit state would save little and cost the most accuracy there */
+        adamw_update(s, w, g, h);
+        return;
+    }
+    update_blocks(s, w, g, 0, (long)((s->n + ADAM8BIT_BLOCK - 1) / ADAM8BIT_BLOCK), h);
+}
+
+int adam8bit_update_range(optim_state *s, float *w, const float *g, size_t e0, size_t e1,
+                          const optim_hparams *h) {
+    if (e0 % ADAM8BIT_BLOCK || (e1 % ADAM8BIT_BLOCK && e1 != s->n))
+        return loqt_set_error("8-bit Adam: range [%zu, %zu) does not start and end on blocks of %d elements",
+                              e0, e1, ADAM8BIT_BLOCK);
+    if (e0 > e1 || e1 > s->n)
+        return loqt_set_error("8-bit Adam: range [%zu, %zu) outside a state of %zu elements", e0, e1, s->n);
+    update_blocks(s, w, g, (long)(e0 / ADAM8BIT_BLOCK), (long)((e1 + ADAM8BIT_BLOCK - 1) / ADAM8BIT_BLOCK), h);
+    return 0;
 }
 
 /* ---- checkpoints ------------------------------------------------------------------------ */

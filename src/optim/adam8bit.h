@@ -49,6 +49,11 @@ int adam8bit_is_quantized(const optim_state *s);
  * fresh block absmax.  Small tensors: the AdamW update.  Called by optim_update. */
 void adam8bit_update(optim_state *s, float *w, const float *g, const optim_hparams *h);
 
+/* The update of elements [e0, e1) (optim_update_range): w and g point at element e0; e0 a
+ * multiple of ADAM8BIT_BLOCK, e1 too unless it is n.  0, or -1 with an error. */
+int adam8bit_update_range(optim_state *s, float *w, const float *g, size_t e0, size_t e1,
+                          const optim_hparams *h);
+
 /* The moments as fp32 (0 when the 8-bit state does not exist), and back (re-quantized). */
 int adam8bit_get_moments(const optim_state *s, float *m, float *v);
 void adam8bit_set_moments(optim_state *s, const float *m, const float *v);

@@ -79,7 +79,9 @@ void optim_plan_update(mem_sim *s, optim_kind kind, size_t n, int ready) {
     }
 }
 
-void adamw_update(optim_state *s, float *w, const float *g, const optim_hparams *h) {
+/* elements [e0, e1) of the state; w and g point at element e0 */
+static void adamw_range(optim_state *s, float *w, const float *g, size_t e0, size_t e1,
+                        const optim_hparams *h) {
     if (!s->m) {
         s->m = mem_alloc(MEM_OPTIM, s->n * sizeof(float));
         s->v = mem_alloc(MEM_OPTIM, s->n * sizeof(float));
@@ -89,8 +91,8 @@ void adamw_update(optim_state *s, float *w, const float *g, const optim_hparams 
     const double bc1 = 1.0 - pow(h->beta1, t), bc2 = 1.0 - pow(h->beta2, t);
     const float step = (float)(h->lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
     const float decay = 1.0f - h->lr * h->weight_decay;
-    float *m = s->m, *v = s->v;
-    const long n = (long)s->n;
+    float *m = s->m + e0, *v = s->v + e0;
+    const long n = (long)(e1 - e0);
 #pragma omp parallel for schedule(static) if (n > 32768)
     for (long i = 0; i < n; i++) {
         float gi = g[i] * gs;
@@ -100,9 +102,22 @@ void adamw_update(optim_state *s, float *w, const float *g, const optim_hparams 
     }
 }
 
+void adamw_update(optim_state *s, float *w, const float *g, const optim_hparams *h) {
+    adamw_range(s, w, g, 0, s->n, h);
+}
+
 void optim_update(optim_state *s, float *w, const float *g, const optim_hparams *h) {
     if (s->kind == OPTIM_ADAM8BIT) adam8bit_update(s, w, g, h);
     else adamw_update(s, w, g, h);
+}
+
+int optim_update_range(optim_state *s, float *w, const float *g, size_t e0, size_t e1,
+                       const optim_hparams *h) {
+    if (e0 > e1 || e1 > s->n)
+        return loqt_set_error("optimizer: range [%zu, %zu) outside a state of %zu elements", e0, e1, s->n);
+    if (adam8bit_is_quantized(s)) return adam8bit_update_range(s, w, g, e0, e1, h);
+    adamw_range(s, w, g, e0, e1, h);
+    return 0;
 }
 
 double optim_sqnorm(const float *g, size_t n) {

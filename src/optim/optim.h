@@ -44,6 +44,14 @@ void optim_state_restart(optim_state *s, long t_done);
 size_t optim_state_bytes(const optim_state *s);
 
 void optim_update(optim_state *s, float *w, const float *g, const optim_hparams *h);
+/* The same update on elements [e0, e1) only: w and g point at element e0 (a tile of the parameter
+ * and its gradient), the moments are the state's own [e0, e1).  Calling it over consecutive
+ * ranges that cover [0, n) gives exactly the numbers of one optim_update (methods that hold
+ * their weights only in a packed form update them tile by tile).  8-bit Adam quantizes its
+ * moments per block of ADAM8BIT_BLOCK elements, so there e0 must be a multiple of the block and
+ * e1 too unless it is n.  0, or -1 with an error for a range outside [0, n) or not aligned. */
+int optim_update_range(optim_state *s, float *w, const float *g, size_t e0, size_t e1,
+                       const optim_hparams *h);
 /* The fp32 AdamW update, whatever s->kind says: optim_update's AdamW path, and 8-bit Adam's path
  * for tensors too small to quantize. */
 void adamw_update(optim_state *s, float *w, const float *g, const optim_hparams *h);

@@ -4,6 +4,7 @@
 #include "core/mem.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -242,27 +243,41 @@ int qasym_dequantize(const qasym_tensor *t, float *y) {
     return qasym_dequantize_range(t, 0, t->n, y);
 }
 
-/* ==== DQT per-tensor grid ===================================================================== */
+/* ==== DQT grid (per tensor or per row) ======================================================= */
 
 size_t qgrid_data_bytes(size_t n, int bits) { return (n * (size_t)bits + 7) / 8; }
+size_t qgrid_scale_bytes(size_t nscale) { return nscale * sizeof(float); }
 
-int qgrid_init(qgrid_tensor *t, size_t n, int bits, bool ternary) {
+static int qgrid_alloc(qgrid_tensor *t, size_t n, size_t group, int bits, bool ternary) {
     memset(t, 0, sizeof *t);
     if (ternary) bits = 2;
-    if (n == 0) return loqt_set_error("qgrid: empty tensor");
+    if (n == 0 || group == 0) return loqt_set_error("qgrid: empty tensor");
     if (bits < 2 || bits > 8) return loqt_set_error("qgrid: bits must be in 2..8, got %d", bits);
     t->n = n;
     t->bits = bits;
     t->ternary = ternary;
     t->qmin = ternary ? -1 : -(1 << (bits - 1));
     t->qmax = ternary ? 1 : (1 << (bits - 1)) - 1;
+    t->group = group;
+    t->nscale = ceil_div(n, group);
     t->data = mem_try_alloc(MEM_QWEIGHTS, qgrid_data_bytes(n, bits));
-    if (!t->data) return -1;
+    t->scale = mem_try_alloc(MEM_QSTATE, qgrid_scale_bytes(t->nscale));
+    if (!t->data || !t->scale) {
+        qgrid_free(t);
+        return -1;
+    }
     return 0;
+}
+
+int qgrid_init(qgrid_tensor *t, size_t n, int bits, bool ternary) { return qgrid_alloc(t, n, n, bits, ternary); }
+
+int qgrid_init_rows(qgrid_tensor *t, size_t rows, size_t cols, int bits, bool ternary) {
+    return qgrid_alloc(t, rows * cols, cols, bits, ternary);
 }
 
 void qgrid_free(qgrid_tensor *t) {
     mem_free(t->data);
+    mem_free(t->scale);
     memset(t, 0, sizeof *t);
 }
 
@@ -287,41 +302,69 @@ float qgrid_absmax_delta(const float *x, size_t n, int bits, bool ternary) {
 int qgrid_set_delta(qgrid_tensor *t, float delta) {
     if (!(delta >= 0.0f) || nonfinite(delta))
         return loqt_set_error("qgrid: scale must be finite and >= 0, got %g", (double)delta);
-    t->delta = delta;
+    for (size_t g = 0; g < t->nscale; g++) t->scale[g] = delta;
     return 0;
 }
 
+int qgrid_qabs(const qgrid_tensor *t) { return -t->qmin > t->qmax ? -t->qmin : t->qmax; }
+
+int qgrid_group_maxabs(const qgrid_tensor *t, size_t g) {
+    const size_t i0 = g * t->group, i1 = i0 + t->group < t->n ? i0 + t->group : t->n;
+    int m = 0;
+#pragma omp parallel for schedule(static) reduction(max : m) if (par_ok(i1 - i0))
+    for (size_t i = i0; i < i1; i++) {
+        int q = abs(qgrid_value(t, i));
+        m = q > m ? q : m;
+    }
+    return m;
+}
+
 /* Bit-packed stream, LSB first.  Chunks of 8 elements occupy exactly `bits` whole bytes, so
- * chunks can be written in parallel without sharing a byte. */
-static int qgrid_quant(qgrid_tensor *t, const float *x, const sround_key *key) {
+ * chunks can be written in parallel without sharing a byte; a chunk only partly inside the range
+ * is read, and the fields outside the range are kept. */
+int qgrid_quantize_range(qgrid_tensor *t, size_t e0, size_t e1, const float *x, const float *scale,
+                         const sround_key *key) {
     if (!t || !t->data || !x) return loqt_set_error("qgrid_quantize: tensor not initialized");
-    const size_t n = t->n, nch = ceil_div(n, 8);
-    const int bits = t->bits;
-    const float lo = (float)t->qmin, hi = (float)t->qmax, d = t->delta;
+    if (check_range("qgrid_quantize", e0, e1, t->n)) return -1;
+    if (e0 == e1) return 0;
+    const float *sc = scale ? scale : t->scale;
+    const size_t bits = (size_t)t->bits, c0 = e0 / 8, c1 = ceil_div(e1, 8);
+    const uint64_t field = (1u << bits) - 1;
+    const float lo = (float)t->qmin, hi = (float)t->qmax;
     int bad = 0;
-#pragma omp parallel for schedule(static) reduction(| : bad) if (par_ok(n))
-    for (size_t c = 0; c < nch; c++) {
-        size_t i0 = c * 8, i1 = i0 + 8 < n ? i0 + 8 : n;
+#pragma omp parallel for schedule(static) reduction(| : bad) if (par_ok(e1 - e0))
+    for (size_t c = c0; c < c1; c++) {
+        const size_t i0 = c * 8, iend = i0 + 8 < t->n ? i0 + 8 : t->n;
+        const size_t nbytes = ((iend - i0) * bits + 7) / 8;
+        uint8_t *p = t->data + c * bits;
         uint64_t acc = 0;
-        for (size_t i = i0; i < i1; i++) {
-            if (nonfinite(x[i])) {
+        for (size_t k = 0; k < nbytes; k++) acc |= (uint64_t)p[k] << (8 * k);
+        const size_t a = i0 > e0 ? i0 : e0, b = iend < e1 ? iend : e1;
+        for (size_t i = a; i < b; i++) {
+            const float v = x[i - e0], d = sc[i / t->group];
+            if (nonfinite(v)) {
                 bad = 1;
                 continue;
             }
-            float q = d > 0.0f ? clampf(qround(x[i] / d, key, i), lo, hi) : 0.0f;
-            acc |= (uint64_t)((int)q - t->qmin) << ((i - i0) * (size_t)bits);
+            float q = d > 0.0f ? clampf(qround(v / d, key, i), lo, hi) : 0.0f;
+            const size_t sh = (i - i0) * bits;
+            acc = (acc & ~(field << sh)) | (uint64_t)((int)q - t->qmin) << sh;
         }
-        size_t nbytes = ((i1 - i0) * (size_t)bits + 7) / 8;
-        for (size_t k = 0; k < nbytes; k++) t->data[c * (size_t)bits + k] = (uint8_t)(acc >> (8 * k));
+        for (size_t k = 0; k < nbytes; k++) p[k] = (uint8_t)(acc >> (8 * k));
     }
     if (bad) return loqt_set_error("qgrid_quantize: input has a non-finite value");
     return 0;
 }
 
-int qgrid_quantize(qgrid_tensor *t, const float *x) { return qgrid_quant(t, x, NULL); }
+int qgrid_quantize(qgrid_tensor *t, const float *x) {
+    if (!t) return loqt_set_error("qgrid_quantize: tensor not initialized");
+    return qgrid_quantize_range(t, 0, t->n, x, NULL, NULL);
+}
+
 int qgrid_quantize_sr(qgrid_tensor *t, const float *x, const sround_key *key) {
     if (!key) return loqt_set_error("qgrid_quantize_sr: no random key");
-    return qgrid_quant(t, x, key);
+    if (!t) return loqt_set_error("qgrid_quantize: tensor not initialized");
+    return qgrid_quantize_range(t, 0, t->n, x, NULL, key);
 }
 
 int qgrid_value(const qgrid_tensor *t, size_t i) {
@@ -335,7 +378,7 @@ int qgrid_dequantize_range(const qgrid_tensor *t, size_t e0, size_t e1, float *y
     if (!t || !t->data || !y) return loqt_set_error("qgrid_dequantize: tensor not initialized");
     if (check_range("qgrid_dequantize", e0, e1, t->n)) return -1;
 #pragma omp parallel for schedule(static) if (par_ok(e1 - e0))
-    for (size_t i = e0; i < e1; i++) y[i - e0] = (float)qgrid_value(t, i) * t->delta;
+    for (size_t i = e0; i < e1; i++) y[i - e0] = (float)qgrid_value(t, i) * t->scale[i / t->group];
     return 0;
 }
 
