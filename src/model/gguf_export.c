@@ -96,7 +96,11 @@ size_t llama_gguf_scratch_bytes(const llama_config *c, gguf_type type) {
 static void hyperparameters(gguf_writer *w, const llama_config *c, gguf_type type) {
     gguf_kv_str(w, "general.architecture", "llama");
     gguf_kv_str(w, "general.type", "model");
-    gguf_kv_str(w, "general.name", c->name[0] ? c->name : "loqt");
+    /* a user config's name is its path: the file name without .json is the model's name */
+    const char *slash = strrchr(c->name, '/'), *base = slash ? slash + 1 : c->name;
+    char name[64];
+    snprintf(name, sizeof name, "%.*s", (int)(strlen(base) > 5 && !strcmp(base + strlen(base) - 5, ".json") ? strlen(base) - 5 : strlen(base)), base);
+    gguf_kv_str(w, "general.name", name[0] ? name : "loqt");
     gguf_kv_u32(w, "general.file_type", file_type_id(type));
     gguf_kv_u32(w, "general.quantization_version", 2);
     gguf_kv_u32(w, "general.alignment", GGUF_ALIGNMENT);
