@@ -26,8 +26,8 @@ What it checks, each with its own tolerance (printed on failure):
 
 usage: gguf_check.py --dense DIR --logits FILE [--cases FILE] [--max-case-bytes N]
                      --f32 A.gguf --f16 B.gguf --q8_0 C.gguf --q4_0 D.gguf
-Prints "ok NAME" or "FAIL NAME: why" per check and "N passed, N failed"; exit status 1 on a
-failure.
+Prints "ok NAME" or "FAIL NAME: why" per check and "gguf_check: N passed, N failed"; exit status 1
+on a failure.
 """
 import argparse
 import heapq
@@ -476,6 +476,11 @@ def check_tokenizer(c, g, cases_path, max_bytes):
     print("# tokenizer: %d reference encodings compared, %d skipped (empty or over %d bytes)" % (n, skipped, max_bytes))
     c.check("tokenizer_spm_reproduces_reference", n > 0 and not fails,
             "%d of %d differ: %s" % (len(fails), n, "; ".join(fails[:3])))
+    # the scores decide: merging by the opposite order must break some of the reference cases
+    flipped = [-x for x in scores]
+    differ = sum(spm_encode(t, vocab, flipped, True, 1) != spm_encode(t, vocab, scores, True, 1)
+                 for t in ("grabbed", "The President said that", "tokenization of merges", "  indentation"))
+    c.check("tokenizer_scores_matter", differ > 0, "reversed scores encode the same: the check cannot tell")
 
 
 def main():
@@ -506,7 +511,7 @@ def main():
         check_logits(c, tag, g, ft, ids, ref)
         if tag == "f32" and a.cases:
             check_tokenizer(c, g, a.cases, a.max_case_bytes)
-    print("%d passed, %d failed" % (c.passed, c.failed))
+    print("gguf_check: %d passed, %d failed" % (c.passed, c.failed))
     return 1 if c.failed else 0
 
 

@@ -247,6 +247,39 @@ static int write_logits(llama_model *m, const char *path) {
     return ok ? 0 : -1;
 }
 
+/* The checker on wrong files must fail the checks that concern them: a flipped byte in the last
+ * tensor of the f32 file, and the f16 and q8_0 files given in each other's place. */
+static void checker_can_fail(const char *py, const char *dir, const char *logits, char path[4][700]) {
+    char bad[700], cmd[4200], line[1000];
+    snprintf(bad, sizeof bad, "%s/flipped.gguf", dir);
+    FILE *in = fopen(path[0], "rb"), *out = fopen(bad, "wb");
+    long size = 0;
+    int c;
+    while (in && out && (c = fgetc(in)) != EOF) {
+        fputc(c, out);
+        size++;
+    }
+    if (in) fclose(in);
+    if (out) {
+        fseek(out, size - 100, SEEK_SET); /* inside output.weight, the last tensor */
+        fputc(0x5A, out);
+        fclose(out);
+    }
+    snprintf(cmd, sizeof cmd, "'%s' tests/gguf_check.py --dense '%s' --logits '%s' --f32 '%s' --f16 '%s' --q8_0 '%s' --q4_0 '%s'",
+             py, dir, logits, bad, path[2], path[1], path[3]);
+    FILE *p = popen(cmd, "r");
+    int flipped = 0, swapped16 = 0, swapped8 = 0;
+    while (p && fgets(line, sizeof line, p)) {
+        flipped += !strncmp(line, "FAIL f32_tensor_values", 22);
+        swapped16 += !strncmp(line, "FAIL f16_tensor_shapes_types", 28);
+        swapped8 += !strncmp(line, "FAIL q8_0_tensor_shapes_types", 29);
+    }
+    int rc = p ? pclose(p) : -1;
+    CHECK(rc != 0 && flipped && swapped16 && swapped8,
+          "the checker on wrong files: exit %d, flipped byte found %d, swapped f16 %d, swapped q8_0 %d", rc, flipped,
+          swapped16, swapped8);
+}
+
 static void set_option(const linear_method *lm, method_opts *o, const char *name, double v) {
     const method_option *opt = method_option_find(lm, name);
     if (opt) method_option_set(o, opt, v);
@@ -299,6 +332,7 @@ static void export_method(const linear_method *lm, const tokenizer *tk, int with
     fflush(stdout);
     int rc = system(cmd);
     CHECK(rc == 0, "%s: tests/gguf_check.py failed (exit %d); its FAIL lines are above", lm->name, rc);
+    if (with_cases) checker_can_fail(py && *py ? py : "/usr/bin/python3", dir, logits, path);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0) printf("    could not remove %s\n", dir);
     llama_free(&m);
