@@ -41,9 +41,11 @@ uint16_t gguf_f32_to_f16(float x);
  * bytes.  Q8_0 block: d = max|x| / 127 stored as fp16, q = round(x / d) in [-127, 127].  Q4_0
  * block: m = the value of largest magnitude, d = m / -8 stored as fp16, q = round(x / d) + 8
  * clamped to [0, 15], element j in the low nibble of byte j and element j + 16 in its high
- * nibble.  Both divide by the stored (rounded) scale, so the error is at most half a step (Q4_0:
- * a whole step for values near -m, which the clamp takes).  -1 with an error when a value or a
- * scale does not fit in fp16. */
+ * nibble.  Both divide by the stored (rounded) scale, so the error is at most half a step of it;
+ * in Q4_0 the clamp at 15 takes values near -m, up to 8 / (1 - 2^-11) - 7 (about 1.004) steps
+ * off.  These are llama.cpp's block formats; its reference quantizer multiplies by the inverse of
+ * the unrounded scale and rounds ties away from zero instead (codes can differ by one at such
+ * values, within the same bounds).  -1 with an error when a value or a scale does not fit in fp16. */
 int gguf_encode(gguf_type t, const float *src, size_t n, void *dst);
 
 typedef struct gguf_writer gguf_writer;
