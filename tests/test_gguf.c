@@ -250,7 +250,7 @@ static int write_logits(llama_model *m, const char *path) {
 /* The checker on wrong files must fail the checks that concern them: a flipped byte in the last
  * tensor of the f32 file, and the f16 and q8_0 files given in each other's place. */
 static void checker_can_fail(const char *py, const char *dir, const char *logits, char path[4][700]) {
-    char bad[700], cmd[4200], line[1000];
+    char bad[700], cmd[8192], line[1000];
     snprintf(bad, sizeof bad, "%s/flipped.gguf", dir);
     FILE *in = fopen(path[0], "rb"), *out = fopen(bad, "wb");
     long size = 0;
@@ -297,7 +297,7 @@ static void export_method(const linear_method *lm, const tokenizer *tk, int with
         return;
     }
     train(&m, 30);
-    char dir[600], path[4][700], logits[700], cmd[4200];
+    char dir[600], path[4][700], logits[700], cmd[8192];
     scratch_path(dir, sizeof dir, lm->name);
     CHECK(llama_export_dense(&m, dir) == 0, "%s: dense export: %s", lm->name, loqt_last_error());
     snprintf(logits, sizeof logits, "%s/logits.bin", dir);
