@@ -12,7 +12,6 @@
 #include "model/checkpoint.h"
 #include "model/gguf_export.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -35,20 +34,28 @@ static void export_safetensors(const char *ckpt, const char *out) {
     llama_free(&m);
 }
 
-/* --out must be a new file (or --overwrite) in a directory that exists or can be made. */
+/* --out's directory ("." for a bare name) into dir. */
+static void parent_of(const char *out, char *dir, size_t cap) {
+    snprintf(dir, cap, "%s", out);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, cap, ".");
+    else if (slash == dir) dir[1] = 0;
+    else *slash = 0;
+}
+
+/* --out must be a new file (or --overwrite), and not inside a training checkpoint (whose files a
+ * later save or --overwrite of the run would remove with it). */
 static void check_gguf_out(const char *out, int overwrite) {
     struct stat st;
     if (stat(out, &st) == 0) {
         if (S_ISDIR(st.st_mode)) loqt_usage_die("export: --out %s is a directory; give the GGUF file's name", out);
         if (!overwrite) loqt_usage_die("export: --out %s exists; pass --overwrite to replace it", out);
     }
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", out);
-    char *slash = strrchr(dir, '/');
-    if (slash && slash != dir) {
-        *slash = 0;
-        if (file_mkdir_p(dir)) loqt_die("export: --out %s: %s", out, loqt_last_error());
-    }
+    char dir[4096], probe[4200];
+    parent_of(out, dir, sizeof dir);
+    snprintf(probe, sizeof probe, "%s/trainer_state.safetensors", dir);
+    if (access(probe, F_OK) == 0)
+        loqt_usage_die("export: --out %s is inside a training checkpoint (%s has trainer_state.safetensors); write the GGUF file elsewhere", out, dir);
 }
 
 /* The tokenizer the checkpoint was trained with, when the checkpoint records it, must be this one. */
@@ -67,6 +74,11 @@ static void export_gguf(const char *ckpt, const char *out, const char *tok_path,
     check_tokenizer_file(ckpt, tok_path);
     llama_model m;
     cli_load_checkpoint(&m, ckpt, 1);
+    if (llama_gguf_check(&m, tk)) loqt_die_last("export");
+    /* missing directories of --out are made only once nothing else can refuse the export */
+    char dir[4096];
+    parent_of(out, dir, sizeof dir);
+    if (file_mkdir_p(dir)) loqt_die("export: --out %s: %s", out, loqt_last_error());
     if (llama_export_gguf(&m, tk, out, type)) loqt_die_last("export");
     printf("wrote %s (GGUF, %s, %d tensors)\n", out, gguf_type_name(type), 3 + 9 * m.cfg.num_hidden_layers);
     llama_free(&m);

@@ -203,7 +203,7 @@ static int write_blocks(const llama_model *m, gguf_writer *w) {
     return rc;
 }
 
-int llama_export_gguf(const llama_model *m, const tokenizer *tk, const char *path, gguf_type type) {
+int llama_gguf_check(const llama_model *m, const tokenizer *tk) {
     const llama_config *c = &m->cfg;
     if (tokenizer_vocab_size(tk) > c->vocab_size)
         return loqt_set_error("the tokenizer has %d pieces, more than the model's vocab_size %d: llama.cpp "
@@ -211,6 +211,12 @@ int llama_export_gguf(const llama_model *m, const tokenizer *tk, const char *pat
     if (c->num_key_value_heads != c->num_attention_heads || c->hidden_size % c->num_attention_heads ||
         (c->hidden_size / c->num_attention_heads) % 2)
         return loqt_set_error("gguf export needs as many key/value heads as heads and an even head size");
+    return 0;
+}
+
+int llama_export_gguf(const llama_model *m, const tokenizer *tk, const char *path, gguf_type type) {
+    const llama_config *c = &m->cfg;
+    if (llama_gguf_check(m, tk)) return -1;
     gguf_writer *w = gguf_writer_new();
     if (!w) return -1;
     hyperparameters(w, c, type);

@@ -18,6 +18,10 @@
  * whose rows are not whole blocks of 32 falls back to F16. */
 gguf_type llama_gguf_tensor_type(gguf_type type, const char *name, int n_dims, int64_t ne0);
 
+/* 0 if the model can be exported with this tokenizer, else -1 with an error naming why (a
+ * vocabulary smaller than the tokenizer's, grouped-query attention, an odd head size). */
+int llama_gguf_check(const llama_model *m, const tokenizer *tk);
+
 /* Writes the model to `path` (through "<path>.tmp", renamed when complete; an existing file is
  * replaced, so the caller decides whether that is wanted).  The tokenizer must not have more
  * pieces than the model's vocabulary; ids past its pieces are written as unused "[PADi]" tokens.
