@@ -124,53 +124,66 @@ static void hyperparameters(gguf_writer *w, const llama_config *c, gguf_type typ
  * merge, and the merges of one piece are adjacent in the list except for runs of spaces, whose
  * merges come last, so the two orders agree (docs/export.md; the tests check the embedded
  * vocabulary against the reference encodings).  Pieces no merge makes score below every merge. */
-static void vocabulary(gguf_writer *w, const tokenizer *tk, int V) {
+typedef struct {
+    const char **tokens;
+    float *scores;
+    int32_t *types;
+    char (*pads)[24]; /* names of the ids past the tokenizer's pieces */
+} vocab_tables;
+
+/* Types and scores of the tokenizer's pieces (ids below its size). */
+static void piece_tables(const tokenizer *tk, vocab_tables *v) {
     const int n = tokenizer_vocab_size(tk), n_merges = tokenizer_merge_count(tk);
-    const char **tokens = mem_alloc(MEM_DATA, sizeof *tokens * (size_t)V);
-    float *scores = mem_alloc(MEM_DATA, sizeof *scores * (size_t)V);
-    int32_t *types = mem_alloc(MEM_DATA, sizeof *types * (size_t)V);
     int32_t *first = mem_alloc(MEM_DATA, sizeof *first * (size_t)n);
-    char(*pads)[24] = V > n ? mem_alloc(MEM_DATA, sizeof *pads * (size_t)(V - n)) : NULL;
     tokenizer_first_merge(tk, first);
-    const int unk = tokenizer_piece_id(tk, "<unk>", 5);
     for (int i = 0; i < n; i++) {
-        tokens[i] = tokenizer_piece(tk, i);
-        types[i] = TT_NORMAL;
-        scores[i] = first[i] >= 0 ? -(float)first[i] : -(float)n_merges;
+        v->tokens[i] = tokenizer_piece(tk, i);
+        v->types[i] = TT_NORMAL;
+        v->scores[i] = first[i] >= 0 ? -(float)first[i] : -(float)n_merges;
     }
+    mem_free(first);
     for (int b = 0; b < 256; b++) {
         char piece[8];
         snprintf(piece, sizeof piece, "<0x%02X>", b);
         int id = tokenizer_piece_id(tk, piece, 6);
-        if (id >= 0) types[id] = TT_BYTE;
+        if (id >= 0) v->types[id] = TT_BYTE;
     }
-    if (unk >= 0) types[unk] = TT_UNKNOWN;
-    types[TOK_BOS] = types[TOK_EOS] = TT_CONTROL;
+    const int unk = tokenizer_piece_id(tk, "<unk>", 5);
+    if (unk >= 0) v->types[unk] = TT_UNKNOWN;
+    v->types[TOK_BOS] = v->types[TOK_EOS] = TT_CONTROL;
     for (int i = 0; i < n; i++)
-        if (types[i] != TT_NORMAL) scores[i] = 0;
+        if (v->types[i] != TT_NORMAL) v->scores[i] = 0; /* never merged into: as SentencePiece's */
+}
+
+static void vocabulary(gguf_writer *w, const tokenizer *tk, int V) {
+    const int n = tokenizer_vocab_size(tk);
+    vocab_tables v = {mem_alloc(MEM_DATA, sizeof *v.tokens * (size_t)V), mem_alloc(MEM_DATA, sizeof *v.scores * (size_t)V),
+                      mem_alloc(MEM_DATA, sizeof *v.types * (size_t)V),
+                      V > n ? mem_alloc(MEM_DATA, sizeof *v.pads * (size_t)(V - n)) : NULL};
+    piece_tables(tk, &v);
     /* a vocabulary padded past the tokenizer: names as llama.cpp's converter gives them */
     for (int i = n; i < V; i++) {
-        snprintf(pads[i - n], sizeof pads[0], "[PAD%d]", i);
-        tokens[i] = pads[i - n];
-        scores[i] = -1000;
-        types[i] = TT_UNUSED;
+        snprintf(v.pads[i - n], sizeof v.pads[0], "[PAD%d]", i);
+        v.tokens[i] = v.pads[i - n];
+        v.scores[i] = -1000;
+        v.types[i] = TT_UNUSED;
     }
+    const int unk = tokenizer_piece_id(tk, "<unk>", 5);
     gguf_kv_str(w, "tokenizer.ggml.model", "llama");
     gguf_kv_str(w, "tokenizer.ggml.pre", "default");
-    gguf_kv_arr_str(w, "tokenizer.ggml.tokens", tokens, (size_t)V);
-    gguf_kv_arr_f32(w, "tokenizer.ggml.scores", scores, (size_t)V);
-    gguf_kv_arr_i32(w, "tokenizer.ggml.token_type", types, (size_t)V);
+    gguf_kv_arr_str(w, "tokenizer.ggml.tokens", v.tokens, (size_t)V);
+    gguf_kv_arr_f32(w, "tokenizer.ggml.scores", v.scores, (size_t)V);
+    gguf_kv_arr_i32(w, "tokenizer.ggml.token_type", v.types, (size_t)V);
     gguf_kv_u32(w, "tokenizer.ggml.bos_token_id", TOK_BOS);
     gguf_kv_u32(w, "tokenizer.ggml.eos_token_id", TOK_EOS);
     if (unk >= 0) gguf_kv_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)unk);
     gguf_kv_bool(w, "tokenizer.ggml.add_bos_token", 1);
     gguf_kv_bool(w, "tokenizer.ggml.add_eos_token", 0);
     gguf_kv_bool(w, "tokenizer.ggml.add_space_prefix", 1);
-    mem_free(tokens);
-    mem_free(scores);
-    mem_free(types);
-    mem_free(first);
-    mem_free(pads);
+    mem_free(v.tokens);
+    mem_free(v.scores);
+    mem_free(v.types);
+    mem_free(v.pads);
 }
 
 /* ---- the data ----------------------------------------------------------------------------- */
