@@ -514,6 +514,29 @@ PYPAD
         --max-new-tokens 8 --prompt "The ship" --temperature 0
     check generate_padded_vocab "exit $RC, output '$(head -c 80 "$T/out")': $(tail -n 1 "$T/err")" \
         bash -c "[ $RC -eq 0 ] && [ \$(head -n 1 '$T/out' | wc -c) -gt 10 ]"
+    # GGUF export of the 32000-piece model (the numerics are tests/test_gguf.c's): a file that an
+    # independent reader parses, never replaced without --overwrite; the padded vocabulary too
+    expect_ok gguf_export "$LOQT" export --checkpoint "$GK" --format gguf --type q4_0 --out "$T/gg/m.gguf"
+    check gguf_export_prints "no 'wrote ... (GGUF, Q4_0, 12 tensors)' line: $(cat "$T/out")" \
+        grep -q "^wrote $T/gg/m.gguf (GGUF, Q4_0, 12 tensors)" "$T/out"
+    cp "$T/gg/m.gguf" "$T/gg/first.gguf"
+    expect_error gguf_export_exists 'pass --overwrite' "$LOQT" export --checkpoint "$GK" --format gguf --out "$T/gg/m.gguf"
+    check gguf_export_exists_untouched "a refused export changed the file" cmp -s "$T/gg/m.gguf" "$T/gg/first.gguf"
+    expect_ok gguf_export_overwrite "$LOQT" export --checkpoint "$GK" --format gguf --type f16 --out "$T/gg/m.gguf" --overwrite
+    expect_ok gguf_export_padded "$LOQT" export --checkpoint "$T/g8/checkpoints/step-00000001" --format gguf --type q8_0 --out "$T/gg/p.gguf"
+    run "$PY" - "$T/gg/m.gguf" "$T/gg/p.gguf" <<'PYGGUF'
+import sys
+sys.path.insert(0, "tests")
+import gguf_check as g
+m, p = g.read_gguf(sys.argv[1]), g.read_gguf(sys.argv[2])
+assert m["kv"]["general.file_type"] == 1 and m["tensors"]["blk.0.attn_q.weight"]["type"] == g.GGML_F16, "not the f16 file"
+assert m["kv"]["general.name"] == "v32k", m["kv"]["general.name"]
+tokens, types = p["kv"]["tokenizer.ggml.tokens"][1], p["kv"]["tokenizer.ggml.token_type"][1]
+assert len(tokens) == 32008 and p["tensors"]["token_embd.weight"]["ne"] == [32, 32008], len(tokens)
+assert tokens[32000:] == ["[PAD%d]" % i for i in range(32000, 32008)] and set(types[32000:]) == {5}, tokens[32000:]
+assert tokens[:32000] == m["kv"]["tokenizer.ggml.tokens"][1], "the pieces differ"
+PYGGUF
+    check gguf_export_readable "exit $RC: $(tail -n 2 "$T/err" | tr '\n' '|')" test "$RC" -eq 0
     # a huge --max-new-tokens under a memory limit: one line, not a crash (not under ASan, whose
     # shadow memory needs more address space than any such limit allows)
     ldd "$LOQT" 2>/dev/null | grep -q libasan ||
@@ -609,8 +632,8 @@ help_has train --model --data --method --num-training-steps --batch-size --total
     --lr --warmup-steps --min-lr-ratio --grad-clipping --weight-decay --eval-every --num-eval-tokens \
     --save-every --output-dir --resume --seed --threads
 help_has eval --checkpoint --data --split --num-eval-tokens --batch-size --max-length --threads
+help_has export --checkpoint --out --format --type --tokenizer --overwrite
 help_has generate --checkpoint --tokenizer --prompt --max-new-tokens --temperature --top-p --seed --threads
-help_has export --checkpoint --out
 help_has bench --model --method --batch-size --seq-len --steps --threads
 help_has data --out --tokenizer
 run "$LOQT" --help

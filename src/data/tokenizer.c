@@ -50,6 +50,7 @@ struct tokenizer {
     uint32_t piece_mask;
     merge_slot *merge;       /* open-addressing hash of id pairs */
     uint32_t merge_mask;
+    int n_merges;
     int can_segment;         /* the vocabulary allows per-word queues (see is_boundary) */
     int segmented;           /* they are in use (tokenizer_set_segmented) */
 };
@@ -159,6 +160,19 @@ void tokenizer_free(tokenizer *t) {
 
 int tokenizer_vocab_size(const tokenizer *t) { return t ? t->n : 0; }
 
+int tokenizer_merge_count(const tokenizer *t) { return t ? t->n_merges : 0; }
+
+void tokenizer_first_merge(const tokenizer *t, int32_t *first) {
+    for (int i = 0; i < t->n; i++) first[i] = -1;
+    /* the hash holds each pair once, with the rank the encoder uses (a repeated pair's last) */
+    for (uint32_t h = 0; h <= t->merge_mask; h++) {
+        const merge_slot *m = &t->merge[h];
+        if (!m->rank) continue;
+        int32_t k = (int32_t)((m->rank - 1) / 2);
+        if (first[m->result] < 0 || k < first[m->result]) first[m->result] = k;
+    }
+}
+
 int tokenizer_set_segmented(tokenizer *t, int on) {
     if (!t) return 0;
     t->segmented = on && t->can_segment;
@@ -208,6 +222,7 @@ static int build(tokenizer *t, const char *path, const unsigned char *buf, uint3
     const unsigned char *pairs = text + text_bytes;
 
     t->n = (int)n;
+    t->n_merges = (int)n_merges;
     t->can_segment = 1;
     t->off = mem_try_alloc(MEM_DATA, ((size_t)n + 1) * sizeof *t->off);
     t->text = mem_try_alloc(MEM_DATA, (size_t)text_bytes + n);

@@ -17,6 +17,11 @@ tokenizer *tokenizer_load(const char *path);
 void tokenizer_free(tokenizer *t);
 int tokenizer_vocab_size(const tokenizer *t);
 const char *tokenizer_piece(const tokenizer *t, int id); /* NULL if out of range */
+/* The number of merges in the file, and for each piece (first[vocab_size]) the index of the
+ * highest-priority merge that makes it, or -1 for the pieces no merge makes (single characters,
+ * byte and special pieces).  A GGUF export turns these into SentencePiece scores. */
+int tokenizer_merge_count(const tokenizer *t);
+void tokenizer_first_merge(const tokenizer *t, int32_t *first);
 /* id of the piece with exactly these UTF-8 bytes (e.g. "<0x0A>"), -1 if none */
 int tokenizer_piece_id(const tokenizer *t, const char *piece, size_t len);
 
