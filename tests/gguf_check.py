@@ -443,8 +443,10 @@ def check_logits(c, tag, g, file_type, ids, ref):
     if file_type == GGML_F32:
         wrong = float(np.linalg.norm(forward(W, kv, ids, pairing="half") - ref) / np.linalg.norm(ref))
         print("# %s: with Hugging Face's RoPE pairing on the permuted weights: relative error %.3g" % (tag, wrong))
-        c.check(tag + "_rope_pairing_matters", wrong > 100 * TOL[GGML_F32],
-                "the wrong pairing gives relative error %.3g, not above %g: the test cannot tell" % (wrong, 100 * TOL[GGML_F32]))
+        # ten times the f32 tolerance: the wrong pairing is then caught with a margin (measured
+        # 0.6e-3 to 1.3e-3 relative over the methods, against about 2e-7 for the right one)
+        c.check(tag + "_rope_pairing_matters", wrong > 10 * TOL[GGML_F32],
+                "the wrong pairing gives relative error %.3g, not above %g: the test cannot tell" % (wrong, 10 * TOL[GGML_F32]))
 
 
 def check_tokenizer(c, g, cases_path, max_bytes):

@@ -301,7 +301,16 @@ static void export_method(const linear_method *lm, const tokenizer *tk, int with
     scratch_path(dir, sizeof dir, lm->name);
     CHECK(llama_export_dense(&m, dir) == 0, "%s: dense export: %s", lm->name, loqt_last_error());
     snprintf(logits, sizeof logits, "%s/logits.bin", dir);
-    CHECK(write_logits(&m, logits) == 0, "%s: cannot write %s", lm->name, logits);
+    /* the GGUF holds the merged dense weights, so its logits are those of a plain LLaMA of those
+     * weights: the method's own where its forward is y = x W_eff^T, not for DQT and BitNet, whose
+     * forward also fake-quantizes the activations (8 bits), which a LLaMA GGUF cannot express */
+    llama_model dense;
+    method_opts dmo;
+    method_opts_defaults(&dmo, method_find("full"));
+    int dense_ok = llama_create(&dense, &cfg, method_find("full"), &dmo, 5) == 0;
+    CHECK(dense_ok && checkpoint_load(&dense, dir, 1) == 0, "%s: dense export does not load: %s", lm->name, loqt_last_error());
+    CHECK(dense_ok && write_logits(&dense, logits) == 0, "%s: cannot write %s", lm->name, logits);
+    if (dense_ok) llama_free(&dense);
     const gguf_type types[4] = {GGUF_F32, GGUF_F16, GGUF_Q8_0, GGUF_Q4_0};
     const char *tags[4] = {"f32", "f16", "q8_0", "q4_0"};
     for (int t = 0; t < 4; t++) {
