@@ -410,7 +410,9 @@ static void galore_plan(linear_plan *p, linear_phase phase, mem_sim *s) {
 static int galore_grad_views(linear_layer *L, grad_view *v, int cap) {
     galore_state *st = L->state;
     if (!st->G || cap < 1) return 0;
-    v[0] = (grad_view){st->G, st->g.n, "dW"};
+    /* a refresh step's SVD (on every rank) needs the summed G; otherwise only the update does */
+    const int refresh_now = !st->P || is_refresh(&st->c, st->step);
+    v[0] = (grad_view){st->G, st->g.n, "dW", !refresh_now};
     return 1;
 }
 
