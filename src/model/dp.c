@@ -26,11 +26,12 @@ int dp_init(llama_dp *dp, llama_model *m, int zero) {
     if (dp->zero) {
         dp->owner = malloc(sizeof *dp->owner * (size_t)dp->n_units);
         if (plan_dp_owners(&m->cfg, lm, &m->mopts, dp->size, dp->owner)) return -1;
-        /* the staging buffer's size comes from the planner; params_get must agree with it */
-        dp->stage_n = plan_dp_stage_floats(&m->cfg, lm, &m->mopts);
+        /* the staging buffer's size comes from the planner: params_get must fit in it */
+        dp->stage_n = plan_dp_stage_floats(&m->cfg);
         for (int u = llama_dense_count(m); u < dp->n_units; u++)
             if (llama_unit_params_get(m, u, NULL) > dp->stage_n)
-                return loqt_set_error("method %s: a layer has %zu trainable values, its plan hook gives %zu", lm->name,
+                return loqt_set_error("method %s: a layer has %zu trainable values, more than the %zu of the largest "
+                                      "weight, which --zero 1's broadcast buffer holds", lm->name,
                                       llama_unit_params_get(m, u, NULL), dp->stage_n);
         dp->stage = mem_alloc(MEM_SCRATCH, dp->stage_n * sizeof(float));
     }

@@ -253,7 +253,7 @@ static int replay_rank(plan *p, const linear_method *lm, const int *owner, int r
     create(&r);
     set_batch(&r, in->threads);
     if (owner) /* dp_init: the staging buffer of the parameter broadcasts */
-        mem_sim_alloc(&r.s, MEM_SCRATCH, fbytes(plan_dp_stage_floats(&in->cfg, lm, &in->mo)));
+        mem_sim_alloc(&r.s, MEM_SCRATCH, fbytes(plan_dp_stage_floats(&in->cfg)));
     const size_t tok = (size_t)in->batch * in->seq * r.accum;
     mem_sim_alloc(&r.s, MEM_DATA, sizeof(int32_t) * tok); /* inputs */
     mem_sim_alloc(&r.s, MEM_DATA, sizeof(int32_t) * tok); /* targets */
@@ -312,26 +312,28 @@ int plan_make(plan *p, const plan_input *in) {
 
 /* ---- data parallelism: the units' sizes and owners ------------------------------------------ */
 
-size_t plan_linear_trainable(const linear_method *lm, int out, int in, const method_opts *mo) {
-    method_opts o = *mo;
-    o.optimizer = OPTIM_ADAMW; /* two fp32 moments per trainable value */
+size_t plan_linear_optim_bytes(const linear_method *lm, int out, int in, const method_opts *mo) {
     mem_sim s = {0};
-    linear_plan p = {.out = out, .in = in, .o = &o, .N = 1};
+    linear_plan p = {.out = out, .in = in, .o = mo, .N = 1};
     const linear_phase first_step[] = {LPHASE_INIT, LPHASE_BEGIN_STEP, LPHASE_BACKWARD, LPHASE_END_STEP, LPHASE_STEP};
     for (size_t i = 0; i < sizeof first_step / sizeof first_step[0]; i++) lm->plan(&p, first_step[i], &s);
-    return s.peak[MEM_OPTIM] / (2 * sizeof(float));
+    return s.peak[MEM_OPTIM];
 }
 
-/* the trainable values of every unit, llama_unit_count order */
+/* the optimizer-state bytes of every unit, llama_unit_count order */
 static void unit_sizes(const llama_config *c, const linear_method *lm, const method_opts *mo, size_t *n) {
     const size_t d = c->hidden_size, Vd = (size_t)c->vocab_size * d;
     const int D = dense_units(c);
-    for (int u = 0; u < D; u++) n[u] = u == 0 || u == D - 1 ? Vd : d;
+    for (int u = 0; u < D; u++) {
+        mem_sim s = {0};
+        optim_plan_update(&s, mo->optimizer, u == 0 || u == D - 1 ? Vd : d, 0);
+        n[u] = s.peak[MEM_OPTIM];
+    }
     size_t per[LIN_PER_BLOCK];
     for (int j = 0; j < LIN_PER_BLOCK; j++) {
         int out, in;
         llama_linear_shape(c, j, &out, &in);
-        per[j] = plan_linear_trainable(lm, out, in, mo);
+        per[j] = plan_linear_optim_bytes(lm, out, in, mo);
     }
     for (int l = 0; l < c->num_hidden_layers; l++)
         for (int j = 0; j < LIN_PER_BLOCK; j++) n[linear_unit(c, l, j)] = per[j];
@@ -361,13 +363,12 @@ int plan_dp_owners(const llama_config *cfg, const linear_method *lm, const metho
     return 0;
 }
 
-size_t plan_dp_stage_floats(const llama_config *cfg, const linear_method *lm, const method_opts *mo) {
+size_t plan_dp_stage_floats(const llama_config *cfg) {
     size_t best = 0;
     for (int j = 0; j < LIN_PER_BLOCK; j++) {
         int out, in;
         llama_linear_shape(cfg, j, &out, &in);
-        const size_t n = plan_linear_trainable(lm, out, in, mo);
-        if (n > best) best = n;
+        if ((size_t)out * in > best) best = (size_t)out * in;
     }
     return best;
 }

@@ -86,15 +86,17 @@ size_t plan_overhead_bytes(int threads, int heap_churn);
  * layers as its paper_bytes hook counts them), in bytes; 0 when the method has no such hook. */
 double plan_paper_estimate(const llama_config *cfg, const char *method, const method_opts *mo);
 
-/* Data parallelism (model/dp.h).  The trainable values of one linear layer of this shape, as the
- * method's plan hook gives them (its AdamW state after a first step, in floats / 2). */
-size_t plan_linear_trainable(const linear_method *lm, int out, int in, const method_opts *mo);
-/* The owner of each unit (llama_unit_count order) under --zero 1: units by decreasing size of
- * their trainable values (ties: lower unit first), each to the rank with the least so far (ties:
- * lower rank).  0, or -1 with an error. */
+/* Data parallelism (model/dp.h).  The optimizer-state bytes of one linear layer of this shape after
+ * its first step, from the method's plan hook. */
+size_t plan_linear_optim_bytes(const linear_method *lm, int out, int in, const method_opts *mo);
+/* The owner of each unit (llama_unit_count order) under --zero 1, so that the ranks hold about the
+ * same optimizer state: units by decreasing optimizer-state bytes (ties: lower unit first), each to
+ * the rank with the least so far (ties: lower rank).  0, or -1 with an error. */
 int plan_dp_owners(const llama_config *cfg, const linear_method *lm, const method_opts *mo, int ranks, int *owner);
-/* The floats of the parameter staging buffer of --zero 1: the largest linear layer's trainable values. */
-size_t plan_dp_stage_floats(const llama_config *cfg, const linear_method *lm, const method_opts *mo);
+/* The floats of the staging buffer of --zero 1's parameter broadcasts: the largest out x in of the
+ * model's projections, at least the trainable values of a layer of every method so far (full and
+ * GaLore: W; LoQT: B); dp_init refuses a method whose params_get gives more. */
+size_t plan_dp_stage_floats(const llama_config *cfg);
 
 /* "20GiB", "24000MiB", "1.5G", "512M", "123456" (bytes); KiB/MiB/GiB/TiB and K/M/G/T are powers
  * of 1024, KB/MB/GB/TB powers of 1000.  0, or -1 with an error. */

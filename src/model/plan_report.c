@@ -66,7 +66,8 @@ void plan_print(const plan *p, FILE *f) {
                 paper / 1073741824.0);
     if (p->in.ranks > 1)
         fprintf(f, "per rank: the plan above is rank %d's, the largest; the ranks' accounted peaks range from "
-                   "%.1f to %.1f MiB\n", p->rank, p->rank_min_accounted / MiB, p->accounted_peak / MiB);
+                   "%.1f to %.1f MiB (%zu to %zu bytes)\n", p->rank, p->rank_min_accounted / MiB, p->accounted_peak / MiB,
+                p->rank_min_accounted, p->accounted_peak);
     fprintf(f, "total: %.2f GiB%s\n", gib(p->total), p->in.ranks > 1 ? " per rank" : "");
 }
 
