@@ -180,7 +180,8 @@ static void save_checkpoint(train_run *t, const train_args *a, long step, double
         }
         failed = t->rank == 0 && checkpoint_commit(m, &tm, dir) ? 1 : 0;
         if (failed) fprintf(stderr, "loqt: error: saving checkpoint: %s\n", loqt_last_error());
-        if (dp_sum(&t->dp, &failed, 1) || failed) loqt_die("saving checkpoint %s failed on rank 0", dir);
+        if (dp_sum(&t->dp, &failed, 1)) loqt_die_last("saving checkpoint");
+        if (failed) loqt_die("saving checkpoint %s failed on rank 0", dir);
     }
     printf("saved checkpoint %s (%.1f s)\n", dir, cli_now() - t0);
 }
