@@ -147,23 +147,25 @@ def gib(b):
 
 
 def table():
-    """bytes per optimizer step, average per rank (ordinary step; refresh step beside it)"""
-    print("| model | method | rank | N | all-reduce: ordinary step | refresh step | --zero 1: ordinary step (grads + params) | refresh step |")
+    """bytes sent per rank in one optimizer step (the mean over ranks), and the implied time of
+    that traffic on a 100 Gbit/s link per rank (12.5e9 bytes/s, sending and receiving at once)"""
+    print("| model | method | N | all-reduce, ordinary step | at 100 Gbit/s | refresh step | --zero 1, ordinary step (gradients + parameters) | at 100 Gbit/s |")
     print("|---|---|---|---|---|---|---|---|")
     for name, cfg in CONFIGS.items():
         r = RANKS[name]
         for method in ("full", "loqt", "galore", "qgalore"):
             for N in (2, 8, 64):
-                row = []
-                for zero in (0, 1):
-                    for kind in ("ordinary", "refresh"):
-                        if method == "full" and kind == "refresh":
-                            row.append("")
-                            continue
-                        s = step_bytes(cfg, "galore" if method == "qgalore" else method, r, N, zero, kind)
-                        tot = sum(x["grads"] + x["params"] for x in s) / N
-                        row.append("%.2f GiB" % gib(tot))
-                print("| %s | %s | %d | %d | %s |" % (name, method, r if method != "full" else 0, N, " | ".join(row)))
+                def mean(zero, kind):
+                    s = step_bytes(cfg, "galore" if method == "qgalore" else method, r, N, zero, kind)
+                    g = sum(x["grads"] for x in s) / N
+                    p = sum(x["params"] for x in s) / N
+                    if method == "qgalore":
+                        p /= 4  # INT8 weights travel as their codes (on paper; group scales left out)
+                    return g + p
+                ar, zr = mean(0, "ordinary"), mean(1, "ordinary")
+                ref = "" if method == "full" else "%.2f GiB" % gib(mean(0, "refresh"))
+                print("| %s | %s | %d | %.2f GiB | %.2f s | %s | %.2f GiB | %.2f s |" % (
+                    name, method + ("" if method == "full" else " r%d" % r), N, gib(ar), ar / 12.5e9, ref, gib(zr), zr / 12.5e9))
 
 
 def main():
