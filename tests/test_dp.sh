@@ -35,8 +35,13 @@ fi
 T=$(mktemp -d) || exit 1
 if [ "${KEEP:-0}" = 1 ]; then echo "# scratch directory: $T"; else trap 'rm -rf "$T"' EXIT; fi
 
-# shared memory between the ranks, the runtime's own traffic on loopback; root needs its flag
-MPIRUN=(mpirun --oversubscribe --mca btl self,vader --mca oob_tcp_if_include lo -np 2)
+# shared memory between the ranks, the runtime's own traffic on loopback; root needs its flag.
+# A sanitized build (make test-asan) keeps its address and undefined-behaviour checks under
+# mpirun, but not LeakSanitizer's: Open MPI's plugins leak small buffers and are unloaded at
+# MPI_Finalize, so their reports cannot even be named (loqt's own leaks are checked by the runs
+# without mpirun, here and in the other tests).
+MPIRUN=(env "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" mpirun --oversubscribe --mca btl self,vader
+        --mca oob_tcp_if_include lo -x ASAN_OPTIONS -np 2)
 [ "$(id -u)" = 0 ] && MPIRUN+=(--allow-run-as-root)
 
 "$PY" - "$T" <<'EOF' || { echo "FAIL setup: fixtures"; echo "0 passed, 1 failed"; exit 1; }
