@@ -7,14 +7,20 @@
 #   make demo       fetch tokenizer + corpus, train a small model, evaluate, sample
 #   make deps       check (and as root install) the Debian packages of make test, see scripts/deps.sh
 #   make fresh-root-check  make deps + make test in a new minimal Debian root (as root, ~8 minutes)
-# Options: CC=gcc|clang  BLAS=openblas|none  OMP=1|0  DEBUG=1  SANITIZE=1  PORTABLE=1  DEPS=0
+#   make MPI=1      build-mpi/loqt with data-parallel training (mpirun -np N build-mpi/loqt train ...)
+# Options: CC=gcc|clang  BLAS=openblas|none  OMP=1|0  DEBUG=1  SANITIZE=1  PORTABLE=1  DEPS=0  MPI=1
 
 ifeq ($(origin CC),default)
 CC       := gcc
 endif
 BLAS     ?= openblas
 OMP      ?= 1
+MPI      ?= 0
+ifeq ($(MPI),1)
+BUILD    ?= build-mpi
+else
 BUILD    ?= build
+endif
 PYTHON   ?= /usr/bin/python3
 
 CFLAGS   ?= -O3
@@ -33,6 +39,12 @@ CFLAGS   += -O1 -g -fsanitize=$(SANITIZERS) -fno-sanitize-recover=all -fno-omit-
 LDFLAGS  += -fsanitize=$(SANITIZERS)
 endif
 LDLIBS   += -lm
+# Open MPI's compile and link flags (its headers as system headers: our warnings, not theirs)
+MPICC    ?= mpicc
+ifeq ($(MPI),1)
+CFLAGS   += -DLOQT_MPI $(patsubst -I%,-isystem %,$(shell $(MPICC) --showme:compile 2>/dev/null))
+LDLIBS   += $(shell $(MPICC) --showme:link 2>/dev/null)
+endif
 ifeq ($(OMP),1)
 CFLAGS   += -fopenmp
 LDFLAGS  += -fopenmp
@@ -103,7 +115,7 @@ deps-bench:
 deps-fuzz:
 	@CLANG="$(if $(CLANG),$(CLANG),clang)" $(DEPS_SH) fuzz
 deps-check:
-	@$(DEPS_SH) --check --quiet build
+	@$(DEPS_SH) --check --quiet build $(if $(filter 1,$(MPI)),mpi)
 endif
 
 $(BUILD)/libloqt.a: $(LIB_OBJ)
@@ -117,8 +129,13 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(BUILD)/libloqt.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $< $(BUILD)/libloqt.a $(LDLIBS) -o $@
 
+# The data-parallel tests (tests/test_dp.sh, mpirun -np 2) run the MPI build of the same options,
+# in $(BUILD)-mpi; `make deps` installs Open MPI, so it is missing only with DEPS=0.
 test: deps all $(TESTS)
-	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash tests/run_tests.sh $(TESTS) $(TEST_SH)
+	@if [ "$(MPI)" != 1 ] && command -v $(MPICC) >/dev/null 2>&1; then \
+	    $(MAKE) --no-print-directory MPI=1 BUILD=$(BUILD)-mpi DEPS=0 $(BUILD)-mpi/loqt || exit 1; fi
+	@BUILD=$(BUILD) MPI_LOQT=$(if $(filter 1,$(MPI)),$(BUILD),$(BUILD)-mpi)/loqt DEPS=$(DEPS) PYTHON=$(PYTHON) \
+	    bash tests/run_tests.sh $(TESTS) $(TEST_SH)
 
 # the whole suite again under the sanitizers, in its own build directory
 test-asan: deps

@@ -7,10 +7,11 @@
 #   build   the compiler, its OpenMP (OMP=1) and OpenBLAS (BLAS=openblas)      make, make bench-7b
 #   demo    build + Node.js/npm (tokenizer and corpus downloads), python3 (the tokenizer
 #           converter, standard library only), ca-certificates                make demo, make data
-#   test    demo + python3-torch and python3-numpy for $PYTHON (PyTorch references)     make test
+#   test    demo + python3-torch and python3-numpy for $PYTHON (PyTorch references), and Open MPI
+#           (the 2-rank data-parallel tests)                                          make test
 #   bench   build + python3-torch and python3-numpy (the PyTorch baseline)            make bench
 #   fuzz    clang and its libFuzzer runtime                                          make fuzz
-#   mpi     Open MPI (no target needs it yet)
+#   mpi     Open MPI: libopenmpi-dev (mpicc, mpi.h), openmpi-bin (mpirun)     make MPI=1
 #
 # Everything present: prints nothing with --quiet, else one "deps: ... present" line; no network,
 # well under a second.  Something missing:
@@ -161,7 +162,7 @@ probe() {
         case "$l" in
         build) want_build ;;
         demo) want_build; want_node ;;
-        test) want_build; want_node; want_torch ;;
+        test) want_build; want_node; want_torch; want_mpi ;;
         bench) want_build; want_torch ;;
         fuzz) want_fuzz ;;
         mpi) want_mpi ;;

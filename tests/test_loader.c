@@ -120,6 +120,34 @@ static void test_seek_reproduces(void) {
     loader_close(&M);
 }
 
+/* loader_skip_batch moves exactly as loader_next_batch does (data-parallel ranks skip the other
+ * ranks' micro-batches), across wrap-arounds and in a split smaller than a batch */
+static void test_skip_batch(void) {
+    const uint64_t sizes[2] = {700, 333}, tiny[1] = {20};
+    make_split("skip", "train", sizes, 2, 50);
+    make_split("skip", "val", tiny, 1, 50);
+    char d[400];
+    mkpath(d, sizeof d, "skip");
+    const char *splits[2] = {"train", "val"};
+    for (int k = 0; k < 2; k++) {
+        data_loader L, M;
+        if (loader_open(&L, d, splits[k]) || loader_open(&M, d, splits[k])) {
+            CHECK(0, "loader_open: %s", loqt_last_error());
+            return;
+        }
+        int32_t in[2 * 16], tg[2 * 16];
+        int same = 1;
+        for (int i = 0; i < 200; i++) {
+            loader_next_batch(&L, 2, 16, in, tg);
+            loader_skip_batch(&M, 2, 16);
+            same &= loader_position(&L) == loader_position(&M);
+        }
+        CHECK(same, "%s: skipping moves as reading does", splits[k]);
+        loader_close(&L);
+        loader_close(&M);
+    }
+}
+
 static void test_small_split(void) {
     const uint64_t sizes[1] = {20};
     make_split("small", "val", sizes, 1, 100);
@@ -472,6 +500,7 @@ int main(void) {
     RUN(test_batches_are_slices);
     RUN(test_seek_reproduces);
     RUN(test_small_split);
+    RUN(test_skip_batch);
     RUN(test_open_errors);
     RUN(test_reader);
     RUN(test_split_determinism);

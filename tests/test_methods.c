@@ -6,6 +6,7 @@
  *   - a save/load round trip that continues bit for bit (resume),
  *   - release_grads returning the gradient memory, the next backward giving the same gradient,
  *   - skip_step discarding a step's gradients (and refresh buffers),
+ *   - end_step not reading the views marked owner_only (data parallelism with --zero 1),
  *   - the planning hook equal to the real allocations, phase by phase, to the byte,
  *   - and in a tiny model, per-layer updates with accumulation equal to the ordinary step.
  * Each method supplies only its tolerances (and the options that make a check meaningful); a
@@ -391,6 +392,70 @@ static void check_skip_step(const linear_method *m, const method_entry *e, int o
     data_free(&d);
 }
 
+/* owner_only gradient views (linear.h): end_step must not read them, since under --zero 1 only
+ * the owning rank holds their sums.  Two identical layers run the same steps; before end_step one
+ * of them has its owner_only views replaced, after it they are put back; the update that follows
+ * must then leave both layers identical (bit for bit).  Checked on an ordinary step and on a
+ * refresh step (a refresh that read such a view would choose another projection).  "Doubled" is
+ * not enough (an SVD does not see a scale): the views are replaced by random values. */
+static void owner_only_step(linear_layer *A, linear_layer *B, const layer_data *d, long step) {
+    const linear_method *m = A->m;
+    optim_hparams h = {.kind = OPTIM_ADAMW, .lr = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-6f,
+                       .grad_scale = 1.0f, .t = step + 1};
+    linear_layer *both[2] = {A, B};
+    for (int k = 0; k < 2; k++) {
+        m->zero_grad(both[k]);
+        if (m->begin_step) m->begin_step(both[k], step);
+        m->backward(both[k], d->X, d->dY, NULL, d->N, 0);
+    }
+    grad_view v[4];
+    float *saved[4] = {NULL};
+    const int nv = m->grad_views(B, v, 4);
+    for (int i = 0; i < nv; i++)
+        if (v[i].owner_only) {
+            saved[i] = malloc(sizeof(float) * v[i].n);
+            memcpy(saved[i], v[i].data, sizeof(float) * v[i].n);
+            for (size_t k = 0; k < v[i].n; k++) v[i].data[k] = rng_normal(35, (uint64_t)i, k); /* another gradient */
+        }
+    for (int k = 0; k < 2; k++)
+        if (m->end_step) CHECK(m->end_step(both[k], step) == 0, "%s end_step: %s", m->name, loqt_last_error());
+    grad_view after[4];
+    const int na = m->grad_views(B, after, 4);
+    for (int i = 0; i < nv; i++) {
+        /* put back only into a buffer that is still a view (a method that freed it fails below) */
+        for (int k = 0; saved[i] && k < na; k++)
+            if (after[k].data == v[i].data && after[k].n == v[i].n) memcpy(v[i].data, saved[i], sizeof(float) * v[i].n);
+        free(saved[i]);
+    }
+    for (int k = 0; k < 2; k++) CHECK(m->step(both[k], &h) == 0, "%s step: %s", m->name, loqt_last_error());
+}
+
+static void check_owner_only_views(const linear_method *m, const method_entry *e, int out, int in) {
+    if (!m->grad_views) return;
+    for (int refresh = 0; refresh < 2; refresh++) {
+        method_opts o = opts_for(m, e, 2); /* refreshes at 0, 2, 4, ... */
+        layer_data d = data_for(out, in, 8, 13);
+        linear_layer A, B;
+        make(&A, m, &o, out, in, NULL);
+        make(&B, m, &o, out, in, NULL);
+        const long last = refresh ? 2 : 1;
+        for (long s = 0; s < last; s++) {
+            one_step(&A, &d, s);
+            one_step(&B, &d, s);
+        }
+        owner_only_step(&A, &B, &d, last);
+        m->export_dense(&A, d.W);
+        float *WB = malloc(sizeof(float) * out * in);
+        m->export_dense(&B, WB);
+        CHECK(max_diff(d.W, WB, (size_t)out * in) == 0, "%s %dx%d: end_step of a%s step reads an owner_only gradient view",
+              m->name, out, in, refresh ? " refresh" : "n ordinary");
+        free(WB);
+        m->free(&A);
+        m->free(&B);
+        data_free(&d);
+    }
+}
+
 /* ---- the planning hook against the real allocations ------------------------------------- */
 
 static int sim_matches(const mem_sim *s, const size_t base[MEM_NCAT], size_t base_total, const char *what) {
@@ -533,6 +598,7 @@ static void test_finite_differences(void) { FOR_EACH_METHOD_AND_SHAPE(check_fini
 static void test_save_load_resume(void) { WITH_VARIANTS(check_save_load_resume(m, e, out, in)); }
 static void test_release_grads(void) { FOR_EACH_METHOD_AND_SHAPE(check_release_grads(m, e, out, in)); }
 static void test_skip_step(void) { FOR_EACH_METHOD_AND_SHAPE(check_skip_step(m, e, out, in)); }
+static void test_owner_only_views(void) { WITH_VARIANTS(check_owner_only_views(m, e, out, in)); }
 static void test_plan_equals_allocations(void) {
     WITH_VARIANTS(check_plan(m, e, out, in, OPTIM_ADAMW));
     /* 8-bit Adam keeps 8-bit moments from 4096 elements on: a layer whose rank-6 factors are that
@@ -555,6 +621,7 @@ int main(void) {
     RUN(test_save_load_resume);
     RUN(test_release_grads);
     RUN(test_skip_step);
+    RUN(test_owner_only_views);
     RUN(test_plan_equals_allocations);
     RUN(test_per_layer_updates_and_checkpointing);
     TEST_END();

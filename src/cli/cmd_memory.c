@@ -51,19 +51,29 @@ int cmd_memory(int argc, char **argv) {
     const char *data = NULL;
     int save_original = 0;
     long steps = 1000;
+    int ranks = 1, zero = 0;
     const opt_spec specs[] = {
+        {"ranks", OPT_INT, &ranks, "data-parallel ranks (mpirun -np N): the plan of one rank, whose share of --total-batch-size is 1/N", NULL},
+        {"zero", OPT_INT, &zero, "1: the optimizer state sharded across the ranks (train --zero 1); the plan shows the rank that needs the most", NULL},
         {"num-training-steps", OPT_LONG, &steps, "optimizer steps of the run (whether a refresh comes after the optimizer state exists)", NULL},
         {"save-original-model", OPT_FLAG, &save_original, "include the dense export at the end of training", NULL},
         {"data", OPT_STRING, &data, "directory of token shards: include the loader's copy of the train and val splits (default: not counted)", NULL},
     };
     cli_parse_run(&r, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "memory", SUMMARY);
     if (steps <= 0) loqt_usage_die("--num-training-steps must be positive");
+    if (ranks < 1 || ranks > 65536) loqt_usage_die("--ranks must be in [1, 65536]");
+    if (zero != 0 && zero != 1) loqt_usage_die("--zero must be 0 or 1");
+    if (r.accum % ranks)
+        loqt_usage_die("with %d ranks, --total-batch-size %d must be a multiple of --batch-size %d x %d ranks", ranks,
+                       r.total_batch_size, r.batch_size, ranks);
 
     llama_config cfg;
     if (config_load(&cfg, r.model)) loqt_die_last("--model");
     plan_input in;
     cli_run_plan_input(&r, &cfg, steps, &in);
     in.save_original_model = save_original;
+    in.ranks = ranks;
+    in.zero = zero;
     if (data && (scan_split(data, "train", &in.train) || scan_split(data, "val", &in.val)))
         loqt_die_last("--data");
 

@@ -3,12 +3,14 @@
 #include "cli/commands.h"
 #include "cli/options.h"
 
+#include "core/dist.h"
 #include "core/error.h"
 #include "core/json.h"
 #include "core/mem.h"
 #include "io/fileutil.h"
 #include "kernels/gemm.h"
 #include "model/checkpoint.h"
+#include "model/dp.h"
 #include "model/plan.h"
 #include "model/train.h"
 
@@ -27,6 +29,8 @@ typedef struct {
     cli_run run;
     const char *data, *scheduler, *output_dir, *resume;
     int eval_every, save_every, log_every, save_original_model, overwrite, max_bad_steps, allow_changes, dry_run;
+    int zero;            /* --zero 1: optimizer state sharded across the data-parallel ranks */
+    double dist_timeout; /* seconds a rank waits for another */
     long num_training_steps, warmup_steps, warmup_given, num_eval_tokens, seed;
     char tokenizer_hash[32]; /* of the data (its manifest), "" when unknown */
     double lr, min_lr_ratio, grad_clipping, weight_decay, beta1, beta2, adam_eps;
@@ -45,6 +49,9 @@ typedef struct {
     FILE *metrics;
     int32_t *inputs, *targets;
     const int32_t **ins, **tgs;
+    /* data parallelism: this rank's place, its micro-batches per step (of run.accum in all) */
+    int rank, ranks, accum;
+    llama_dp dp;
 } train_run;
 
 static const char *SUMMARY =
@@ -145,30 +152,56 @@ static void compare_run_options(const train_args *a, const trainer_meta *tm, con
     if (changed[0]) printf("resume with changed options (--allow-changes): %s\n", changed);
 }
 
-static void save_checkpoint(const llama_model *m, const char *out, long step, uint64_t tokens,
-                            uint64_t pos, const train_args *a, double loss) {
-    trainer_meta tm = {.step = step, .tokens_seen = tokens, .data_position = pos,
-                       .seed = (uint64_t)a->seed, .loss = loss};
+/* Data parallel: rank 0 writes the checkpoint; under --zero 1 every other rank first writes its
+ * optimizer state into the checkpoint's temporary directory, and rank 0 renames it into place
+ * only when every rank has succeeded (a rank that dies meanwhile leaves the last checkpoint as it
+ * was). */
+static void save_checkpoint(train_run *t, const train_args *a, long step, double loss) {
+    const llama_model *m = &t->m;
+    trainer_meta tm = {.step = step, .tokens_seen = t->tokens, .data_position = loader_position(&t->train),
+                       .seed = (uint64_t)a->seed, .loss = loss, .zero_ranks = t->dp.zero ? t->ranks : 0};
     snprintf(tm.method, sizeof tm.method, "%s", m->method->name);
     run_options_json(a, tm.run_options, sizeof tm.run_options);
     snprintf(tm.optimizer, sizeof tm.optimizer, "%s", optim_kind_name(m->mopts.optimizer));
     char dir[4096];
-    snprintf(dir, sizeof dir, "%s/checkpoints/step-%08ld", out, step);
+    snprintf(dir, sizeof dir, "%s/checkpoints/step-%08ld", a->output_dir, step);
     double t0 = cli_now();
-    if (checkpoint_save(m, &tm, dir)) loqt_die_last("saving checkpoint");
+    if (!tm.zero_ranks) {
+        if (t->rank == 0 && checkpoint_save(m, &tm, dir)) loqt_die_last("saving checkpoint");
+    } else {
+        double failed = t->rank == 0 && checkpoint_prepare(dir) ? 1 : 0;
+        if (dp_sum(&t->dp, &failed, 1)) loqt_die_last("saving checkpoint");
+        if (failed) loqt_die("saving checkpoint %s: rank 0 could not create its temporary directory", dir);
+        failed = t->rank > 0 && checkpoint_save_shard(m, dir, t->rank, t->ranks) ? 1 : 0;
+        if (failed) fprintf(stderr, "loqt: error: rank %d: saving its optimizer state: %s\n", t->rank, loqt_last_error());
+        if (dp_sum(&t->dp, &failed, 1)) loqt_die_last("saving checkpoint");
+        if (failed) {
+            if (t->rank == 0) checkpoint_abandon(dir);
+            loqt_die("saving checkpoint %s: %g rank(s) could not write their optimizer state (the previous checkpoint is kept)", dir, failed);
+        }
+        failed = t->rank == 0 && checkpoint_commit(m, &tm, dir) ? 1 : 0;
+        if (failed) fprintf(stderr, "loqt: error: saving checkpoint: %s\n", loqt_last_error());
+        if (dp_sum(&t->dp, &failed, 1)) loqt_die_last("saving checkpoint");
+        if (failed) loqt_die("saving checkpoint %s failed on rank 0", dir);
+    }
     printf("saved checkpoint %s (%.1f s)\n", dir, cli_now() - t0);
 }
 
-static double do_eval(llama_model *m, data_loader *val, long max_tokens, FILE *metrics, long step,
-                      uint64_t tokens) {
-    double loss = 0, t0 = cli_now();
-    uint64_t n = cli_evaluate(m, val, (uint64_t)max_tokens, &loss);
+/* Held-out loss; data-parallel ranks evaluate every ranks-th batch each and add up. */
+static double do_eval(train_run *t, long max_tokens, long step) {
+    double t0 = cli_now(), part[2];
+    part[1] = (double)cli_evaluate_part(&t->m, &t->val, (uint64_t)max_tokens, t->rank, t->ranks, &part[0]);
+    if (dp_sum(&t->dp, part, 2)) loqt_die_last("evaluation");
+    const uint64_t n = (uint64_t)part[1], tokens = t->tokens;
+    const double loss = n ? part[0] / part[1] : 0.0;
+    FILE *metrics = t->metrics;
     if (!n) {
         printf("eval: the validation split is too small for one batch; skipped\n");
         return NAN;
     }
     printf("eval step %ld: loss %.4f, perplexity %.3f over %llu tokens (%.1f s)\n", step, loss,
            exp(loss), (unsigned long long)n, cli_now() - t0);
+    if (!metrics) return loss; /* not rank 0 */
     fprintf(metrics,
             "{\"step\": %ld, \"tokens\": %llu, \"eval_loss\": %.6f, \"eval_ppl\": %.4f, "
             "\"eval_tokens\": %llu}\n",
@@ -181,7 +214,7 @@ static void parse_args(train_args *a, int argc, char **argv) {
     *a = (train_args){
         .data = "data/corpus", .scheduler = "cosine", .log_every = 1, .num_training_steps = 1000, .max_bad_steps = 5,
         .warmup_steps = -1, .num_eval_tokens = 100000, .lr = 1e-3, .min_lr_ratio = 0.1,
-        .beta1 = 0.9, .beta2 = 0.999, .adam_eps = 1e-6,
+        .beta1 = 0.9, .beta2 = 0.999, .adam_eps = 1e-6, .dist_timeout = 300,
     };
     cli_run_defaults(&a->run);
     const opt_spec specs[] = {
@@ -208,6 +241,8 @@ static void parse_args(train_args *a, int argc, char **argv) {
         {"allow-changes", OPT_FLAG, &a->allow_changes, "--resume with options that change the run's meaning (lr, schedule, batch, length, Adam, clipping) differing from the checkpoint's", NULL},
         {"dry-run", OPT_FLAG, &a->dry_run, "check the options, the data, the checkpoint to resume and the memory plan, print the plan and exit (0) without training or writing anything", NULL},
         {"overwrite", OPT_FLAG, &a->overwrite, "start a new run in an --output-dir that holds one (its metrics.jsonl, checkpoints/ and original_model/ are deleted)", NULL},
+        {"zero", OPT_INT, &a->zero, "under mpirun: 1 shards the optimizer state across the ranks (each keeps and updates the state of the layers it owns, ZeRO stage 1); 0 keeps a copy on every rank", NULL},
+        {"dist-timeout", OPT_FLOAT, &a->dist_timeout, "under mpirun: seconds a rank waits for another before it stops with an error (a rank died or hangs)", NULL},
     };
     cli_parse_run(&a->run, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "train", SUMMARY);
     if (a->num_training_steps <= 0) loqt_usage_die("--num-training-steps must be positive");
@@ -228,6 +263,13 @@ static void parse_args(train_args *a, int argc, char **argv) {
         loqt_usage_die("--grad-clipping needs the global gradient norm before any update, which --per-layer-updates does not have; use one or the other");
     if (a->log_every <= 0) a->log_every = 1;
     if (a->max_bad_steps < 1) loqt_usage_die("--max-bad-steps must be >= 1");
+    if (a->zero != 0 && a->zero != 1) loqt_usage_die("--zero must be 0 or 1 (ZeRO stage 1: the optimizer state sharded)");
+    if (!(a->dist_timeout > 0) || !isfinite(a->dist_timeout)) loqt_usage_die("--dist-timeout must be a positive number of seconds");
+    const int ranks = dist_size();
+    if (ranks > 1 && a->run.accum % ranks)
+        loqt_usage_die("with %d ranks, --total-batch-size %d must be a multiple of --batch-size %d x %d ranks (each rank "
+                       "takes the same number of micro-batches of every global batch)", ranks, a->run.total_batch_size,
+                       a->run.batch_size, ranks);
     a->run.mo.seed = (uint64_t)a->seed;
 }
 
@@ -275,11 +317,13 @@ static void claim_output_dir(const train_args *a, const train_run *t) {
     char rc_real[PATH_MAX], rd_real[PATH_MAX];
     const int own = *t->resume_dir && realpath(ckpts, rc_real) && realpath(t->resume_dir, rd_real) &&
                     !strncmp(rd_real, rc_real, strlen(rc_real)) && rd_real[strlen(rc_real)] == '/';
-    if (!held || own) return;
-    if (!a->overwrite)
+    if (held && !own && !a->overwrite)
         loqt_usage_die("--output-dir %s holds a run already (metrics.jsonl, checkpoints/ or original_model/): "
                  "continue it with --resume latest, use another --output-dir, or pass --overwrite to delete it and start over",
                  a->output_dir);
+    /* every rank has looked before rank 0 changes anything there */
+    if (dist_barrier()) loqt_die_last(NULL);
+    if (!held || own || t->rank != 0) return;
     unlink(metrics);
     file_remove_tree(ckpts);
     file_remove_tree(orig);
@@ -336,6 +380,14 @@ static void resume_options(train_args *a, const train_run *t, trainer_meta *tm) 
     }
     a->run.mo = tm->mopts;
     a->seed = (long)tm->seed;
+    /* a sharded optimizer state is one file per rank: only the same ranks can continue it */
+    if (tm->zero_ranks && (!a->zero || tm->zero_ranks != t->ranks))
+        loqt_usage_die("--resume %s: the checkpoint was written by %d ranks with --zero 1 (each rank's optimizer state is "
+                       "its own file); continue it with mpirun -np %d ... --zero 1", t->resume_dir, tm->zero_ranks,
+                       tm->zero_ranks);
+    if (!tm->zero_ranks && a->zero && t->ranks > 1)
+        loqt_usage_die("--resume %s: the checkpoint holds the whole optimizer state (trained without --zero 1); continue "
+                       "it without --zero", t->resume_dir);
 }
 
 /* The memory plan first: a run that cannot fit is refused before anything large exists. */
@@ -346,6 +398,8 @@ static void check_memory(const train_args *a, train_run *t) {
     pin.save_original_model = a->save_original_model;
     pin.train.tokens = loader_tokens(&t->train);
     pin.val.tokens = loader_tokens(&t->val);
+    pin.ranks = t->ranks;
+    pin.zero = a->zero;
     cli_check_memory(&pin, a->run.max_memory, &t->plan);
 }
 
@@ -364,7 +418,8 @@ static void write_plan(const train_args *a, const train_run *t) {
 static void create_model(const train_args *a, train_run *t, const trainer_meta *tm) {
     if (llama_create(&t->m, &t->cfg, a->run.m, &a->run.mo, (uint64_t)a->seed)) loqt_die_last("model");
     if (*t->resume_dir) {
-        if (checkpoint_load(&t->m, t->resume_dir, 0)) loqt_die_last("--resume");
+        const int shard = tm->zero_ranks ? t->rank : 0;
+        if (checkpoint_load_shard(&t->m, t->resume_dir, shard, tm->zero_ranks)) loqt_die_last("--resume");
         compare_run_options(a, tm, t->resume_dir);
         t->start_step = tm->step;
         t->tokens = tm->tokens_seen;
@@ -374,6 +429,7 @@ static void create_model(const train_args *a, train_run *t, const trainer_meta *
     t->m.per_layer_updates = a->run.per_layer_updates;
     t->m.checkpoint_activations = a->run.activation_checkpointing;
     llama_set_batch(&t->m, a->run.batch_size, a->run.seq_len);
+    if (t->ranks > 1 && dp_init(&t->dp, &t->m, a->zero)) loqt_die_last("data parallel");
 }
 
 static void print_header(const train_args *a, const train_run *t) {
@@ -390,11 +446,14 @@ static void print_header(const train_args *a, const train_run *t) {
            "%d micro-batches per step; %d threads, gemm %s (%s)\n",
            loader_tokens(&t->train) / 1e6, loader_tokens(&t->val) / 1e6, a->run.batch_size, a->run.seq_len,
            a->run.accum, cli_threads(), gemm_backend(), loqt_blas_kernels());
+    if (t->ranks > 1)
+        printf("data parallel: %d ranks, %d micro-batch%s of every step each; optimizer state %s\n", t->ranks,
+               t->accum, t->accum == 1 ? "" : "es", t->dp.zero ? "sharded across the ranks (--zero 1)" : "on every rank");
     printf("output: %s\n", a->output_dir);
 }
 
 static void alloc_batches(const train_args *a, train_run *t) {
-    const int N = a->run.batch_size * a->run.seq_len, accum = a->run.accum;
+    const int N = a->run.batch_size * a->run.seq_len, accum = t->accum;
     t->inputs = mem_alloc(MEM_DATA, sizeof(int32_t) * (size_t)N * accum);
     t->targets = mem_alloc(MEM_DATA, sizeof(int32_t) * (size_t)N * accum);
     t->ins = malloc(sizeof *t->ins * accum);
@@ -407,7 +466,7 @@ static void alloc_batches(const train_args *a, train_run *t) {
 
 /* The progress line (one updating line on a terminal) and the metrics line of a step. */
 static void report_step(const train_args *a, train_run *t, long step, const step_result *r,
-                        double dt, double t_start, int tty) {
+                        double dt, double t_start, int tty, const uint64_t sent[DIST_NCHAN]) {
     const int N = a->run.batch_size * a->run.seq_len;
     double elapsed = cli_now() - t_start;
     long done = step + 1 - t->start_step, left = a->num_training_steps - step - 1;
@@ -418,15 +477,19 @@ static void report_step(const train_args *a, train_run *t, long step, const step
            tty ? "\r" : "", step + 1, a->num_training_steps, r->loss, r->lr, tps, eta,
            mem_current_rss() / 1073741824.0, tty ? "   " : "\n");
     fflush(stdout);
-    if ((step + 1) % a->log_every == 0 || step + 1 == a->num_training_steps) {
-        char gn[32] = "null", loss[32] = "null"; /* no global norm with per-layer updates */
+    if (t->metrics && ((step + 1) % a->log_every == 0 || step + 1 == a->num_training_steps)) {
+        char gn[32] = "null", loss[32] = "null", dp[160] = ""; /* no global norm with per-layer updates */
+        if (t->ranks > 1) /* what this rank sent during the step (docs/data_parallel.md) */
+            snprintf(dp, sizeof dp, ", \"dp_bytes\": {\"grads\": %llu, \"params\": %llu, \"control\": %llu}",
+                     (unsigned long long)sent[DIST_GRADS], (unsigned long long)sent[DIST_PARAMS],
+                     (unsigned long long)sent[DIST_CONTROL]);
         if (isfinite(r->grad_norm)) snprintf(gn, sizeof gn, "%.6g", r->grad_norm);
         if (isfinite(r->loss)) snprintf(loss, sizeof loss, "%.6f", r->loss);
         fprintf(t->metrics,
                 "{\"step\": %ld, \"tokens\": %llu, \"loss\": %s, \"lr\": %.6g, "
-                "\"grad_norm\": %s, \"step_s\": %.4f, \"tokens_per_s\": %.1f, \"rss_mib\": %.1f%s}\n",
+                "\"grad_norm\": %s, \"step_s\": %.4f, \"tokens_per_s\": %.1f, \"rss_mib\": %.1f%s%s}\n",
                 step + 1, (unsigned long long)t->tokens, loss, r->lr, gn, dt, tps,
-                mem_current_rss() / 1048576.0, r->skipped ? ", \"skipped\": true" : "");
+                mem_current_rss() / 1048576.0, r->skipped ? ", \"skipped\": true" : "", dp);
         check_metrics_written(t->metrics);
     }
 }
@@ -470,40 +533,61 @@ static void check_step_health(const train_args *a, const train_run *t, long step
 
 /* The steps from start_step to the end, with evaluations and checkpoints on their schedule;
  * returns the loss of the last step. */
+/* The micro-batches of this rank: of the global batch's run.accum micro-batches, in the order one
+ * process reads them, the rank's consecutive share (the others are skipped, not read). */
+static void read_batches(const train_args *a, train_run *t) {
+    const int N = a->run.batch_size * a->run.seq_len, B = a->run.batch_size, T = a->run.seq_len;
+    for (int i = 0; i < a->run.accum; i++) {
+        const int k = i - t->rank * t->accum;
+        if (k >= 0 && k < t->accum) loader_next_batch(&t->train, B, T, t->inputs + (size_t)k * N, t->targets + (size_t)k * N);
+        else loader_skip_batch(&t->train, B, T);
+    }
+}
+
+/* The ranks stop together: a signal that reached any of them stops all after this step. */
+static int stop_agreed(train_run *t) {
+    double x = stop_signal ? 1 : 0;
+    if (dp_sum(&t->dp, &x, 1)) loqt_die_last(NULL);
+    if (x > 0 && !stop_signal) stop_signal = SIGTERM;
+    return stop_signal != 0;
+}
+
 static double train_loop(const train_args *a, train_run *t) {
-    const int N = a->run.batch_size * a->run.seq_len, accum = a->run.accum;
+    const int N = a->run.batch_size * a->run.seq_len, accum = t->accum;
     const int tty = isatty(fileno(stdout));
     double t_start = cli_now(), last_loss = NAN;
     int bad = 0;
     for (long step = t->start_step; step < a->num_training_steps; step++) {
         double t0 = cli_now();
-        for (int i = 0; i < accum; i++)
-            loader_next_batch(&t->train, a->run.batch_size, a->run.seq_len, t->inputs + (size_t)i * N,
-                              t->targets + (size_t)i * N);
+        uint64_t sent[DIST_NCHAN];
+        for (int c = 0; c < DIST_NCHAN; c++) sent[c] = dist_bytes_sent((dist_channel)c);
+        read_batches(a, t);
         step_result r;
         if (train_step(&t->m, step, t->ins, t->tgs, accum, &t->h, &r)) loqt_die_last(NULL);
-        t->tokens += (uint64_t)N * accum;
-        report_step(a, t, step, &r, cli_now() - t0, t_start, tty);
+        t->tokens += (uint64_t)N * a->run.accum;
+        const int stop = stop_agreed(t);
+        for (int c = 0; c < DIST_NCHAN; c++) sent[c] = dist_bytes_sent((dist_channel)c) - sent[c];
+        report_step(a, t, step, &r, cli_now() - t0, t_start, tty, sent);
         check_step_health(a, t, step, &r, &bad);
         if (!r.skipped) last_loss = r.loss;
         int last = step + 1 == a->num_training_steps;
         if (a->eval_every > 0 && (step + 1) % a->eval_every == 0 && !last) {
             if (tty) printf("\n");
-            do_eval(&t->m, &t->val, a->num_eval_tokens, t->metrics, step + 1, t->tokens);
+            do_eval(t, a->num_eval_tokens, step + 1);
         }
         const int saved_now = a->save_every > 0 && (step + 1) % a->save_every == 0 && !last;
         if (saved_now) {
             if (tty) printf("\n");
-            save_checkpoint(&t->m, a->output_dir, step + 1, t->tokens, loader_position(&t->train), a, r.loss);
+            save_checkpoint(t, a, step + 1, r.loss);
         }
-        if (stop_signal) {
+        if (stop) {
             if (tty) printf("\n");
-            if (!saved_now && !last)
-                save_checkpoint(&t->m, a->output_dir, step + 1, t->tokens, loader_position(&t->train), a, r.loss);
+            if (!saved_now && !last) save_checkpoint(t, a, step + 1, r.loss);
             if (!last) {
                 printf("stopped by signal %d after step %ld; continue with --resume latest\n", (int)stop_signal, step + 1);
                 fflush(stdout);
-                fclose(t->metrics);
+                if (t->metrics) fclose(t->metrics);
+                dist_finalize();
                 exit(128 + stop_signal);
             }
         }
@@ -513,11 +597,31 @@ static double train_loop(const train_args *a, train_run *t) {
 }
 
 /* The final evaluation and checkpoint, the optional dense export, the memory report. */
+/* Data parallel: every rank's bytes sent per channel and accounted peak, for the final metrics
+ * line (gathered by a sum of vectors in which each rank fills its own row). */
+static void dp_summary(train_run *t, FILE *f) {
+    const int R = t->ranks, W = DIST_NCHAN + 1;
+    double *v = calloc((size_t)R * W, sizeof *v);
+    for (int c = 0; c < DIST_NCHAN; c++) v[t->rank * W + c] = (double)dist_bytes_sent((dist_channel)c);
+    v[t->rank * W + DIST_NCHAN] = (double)mem_peak_total();
+    if (dp_sum(&t->dp, v, R * W)) loqt_die_last(NULL);
+    if (f) {
+        fprintf(f, ", \"dp\": {\"ranks\": %d, \"zero\": %d, \"bytes_sent\": [", R, t->dp.zero);
+        for (int r = 0; r < R; r++)
+            fprintf(f, "%s{\"grads\": %.0f, \"params\": %.0f, \"control\": %.0f}", r ? ", " : "", v[r * W + DIST_GRADS],
+                    v[r * W + DIST_PARAMS], v[r * W + DIST_CONTROL]);
+        fprintf(f, "], \"accounted_peak\": [");
+        for (int r = 0; r < R; r++) fprintf(f, "%s%.0f", r ? ", " : "", v[r * W + DIST_NCHAN]);
+        fprintf(f, "]}");
+    }
+    free(v);
+}
+
 static void finish(const train_args *a, train_run *t, double last_loss, double t_start) {
     const long step = a->num_training_steps;
-    double final_loss = do_eval(&t->m, &t->val, a->num_eval_tokens, t->metrics, step, t->tokens);
-    save_checkpoint(&t->m, a->output_dir, step, t->tokens, loader_position(&t->train), a, last_loss);
-    if (a->save_original_model) {
+    double final_loss = do_eval(t, a->num_eval_tokens, step);
+    save_checkpoint(t, a, step, last_loss);
+    if (a->save_original_model && t->rank == 0) {
         char dir[4096];
         snprintf(dir, sizeof dir, "%s/original_model", a->output_dir);
         if (llama_export_dense(&t->m, dir)) loqt_die_last("--save-original-model");
@@ -526,14 +630,20 @@ static void finish(const train_args *a, train_run *t, double last_loss, double t
     printf("trained %ld steps, %.2fM tokens in %.1f s; final held-out perplexity %.3f\n",
            step - t->start_step, (double)(t->tokens) / 1e6, cli_now() - t_start, exp(final_loss));
     mem_report(stdout);
-    fprintf(t->metrics, "{\"final\": true, \"step\": %ld, \"eval_loss\": %.6f, \"memory\": ", step, final_loss);
-    mem_report_json(t->metrics);
-    fprintf(t->metrics, "}\n");
-    check_metrics_written(t->metrics);
+    if (t->metrics) {
+        fprintf(t->metrics, "{\"final\": true, \"step\": %ld, \"eval_loss\": %.6f, \"memory\": ", step, final_loss);
+        mem_report_json(t->metrics);
+    }
+    if (t->ranks > 1) dp_summary(t, t->metrics);
+    if (t->metrics) {
+        fprintf(t->metrics, "}\n");
+        check_metrics_written(t->metrics);
+    }
 }
 
 static void release(train_run *t) {
-    fclose(t->metrics);
+    if (t->metrics) fclose(t->metrics);
+    dp_free(&t->dp, &t->m);
     mem_free(t->inputs);
     mem_free(t->targets);
     free(t->ins);
@@ -547,7 +657,16 @@ int cmd_train(int argc, char **argv) {
     static train_args a;
     static train_run t;
     trainer_meta tm;
+    if (dist_init(NULL, NULL)) loqt_die_last("mpirun");
+    t.rank = dist_rank();
+    t.ranks = dist_size();
+    if (t.rank > 0) { /* rank 0 speaks for all: progress lines, metrics, checkpoints */
+        if (!freopen("/dev/null", "w", stdout)) loqt_die("rank %d: cannot silence stdout", t.rank);
+        setenv("LOQT_QUIET", "1", 1);
+    }
     parse_args(&a, argc, argv);
+    t.accum = a.run.accum / t.ranks;
+    dist_set_timeout(a.dist_timeout);
     cli_set_threads(a.run.threads);
     locate_run(&a, &t);
     open_data(&a, &t);
@@ -558,21 +677,25 @@ int cmd_train(int argc, char **argv) {
         plan_print(&t.plan, stdout);
         printf("dry run: the options, data%s and memory plan are fine; nothing was written\n",
                *t.resume_dir ? ", checkpoint" : "");
+        dist_finalize();
         return 0;
     }
     claim_output_dir(&a, &t); /* after every check, so a refused run deletes nothing */
     create_model(&a, &t, &tm);
-    if (file_mkdir_p(a.output_dir)) loqt_die_last("--output-dir");
-    if (*t.resume_dir) trim_metrics(a.output_dir, t.start_step);
-    t.metrics = open_metrics(a.output_dir, *t.resume_dir != 0);
-    write_plan(&a, &t);
+    if (t.rank == 0) {
+        if (file_mkdir_p(a.output_dir)) loqt_die_last("--output-dir");
+        if (*t.resume_dir) trim_metrics(a.output_dir, t.start_step);
+        t.metrics = open_metrics(a.output_dir, *t.resume_dir != 0);
+        write_plan(&a, &t);
+    }
     print_header(&a, &t);
     alloc_batches(&a, &t);
-    if (t.start_step == 0) do_eval(&t.m, &t.val, a.num_eval_tokens, t.metrics, 0, 0);
+    if (t.start_step == 0) do_eval(&t, a.num_eval_tokens, 0);
     install_signal_handlers();
     const double t_start = cli_now();
     double last_loss = train_loop(&a, &t);
     finish(&a, &t, last_loss, t_start);
     release(&t);
+    dist_finalize();
     return 0;
 }

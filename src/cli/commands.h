@@ -62,6 +62,10 @@ void cli_format_duration(double seconds, char *buf, int cap);
 /* Mean token loss over up to max_tokens tokens of a split, from its start, in batches of B x T.
  * Returns the number of tokens evaluated (0 if the split is too small). */
 uint64_t cli_evaluate(llama_model *m, data_loader *L, uint64_t max_tokens, double *mean_loss);
+/* The batches i of that evaluation with i mod parts = part (data-parallel ranks share it): the
+ * sum of their token losses into *loss_sum, and their token count. */
+uint64_t cli_evaluate_part(llama_model *m, data_loader *L, uint64_t max_tokens, int part, int parts,
+                           double *loss_sum);
 /* Creates the model stored in a checkpoint directory and loads its weights. */
 void cli_load_checkpoint(llama_model *m, const char *dir, int weights_only);
 

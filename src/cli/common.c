@@ -42,6 +42,14 @@ void cli_format_duration(double s, char *buf, int cap) {
 }
 
 uint64_t cli_evaluate(llama_model *m, data_loader *L, uint64_t max_tokens, double *mean_loss) {
+    double sum = 0;
+    const uint64_t n = cli_evaluate_part(m, L, max_tokens, 0, 1, &sum);
+    *mean_loss = n ? sum / (double)n : 0.0;
+    return n;
+}
+
+uint64_t cli_evaluate_part(llama_model *m, data_loader *L, uint64_t max_tokens, int part, int parts,
+                           double *loss_sum) {
     const int B = m->B, T = m->T;
     const uint64_t per = (uint64_t)B * T;
     uint64_t avail = loader_tokens(L) > 0 ? (loader_tokens(L) - 1) / per : 0;
@@ -51,15 +59,21 @@ uint64_t cli_evaluate(llama_model *m, data_loader *L, uint64_t max_tokens, doubl
     uint64_t saved = loader_position(L);
     loader_seek(L, 0);
     double sum = 0;
+    uint64_t mine = 0;
     for (uint64_t i = 0; i < batches; i++) {
+        if ((int)(i % (uint64_t)parts) != part) {
+            loader_skip_batch(L, B, T);
+            continue;
+        }
         loader_next_batch(L, B, T, in, tg);
         sum += llama_forward(m, in, tg, 0.0f, NULL) * (double)per;
+        mine++;
     }
     loader_seek(L, saved);
     free(in);
     free(tg);
-    *mean_loss = batches ? sum / (double)(batches * per) : 0.0;
-    return batches * per;
+    *loss_sum = sum;
+    return mine * per;
 }
 
 void cli_load_checkpoint(llama_model *m, const char *dir, int weights_only) {

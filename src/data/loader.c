@@ -177,6 +177,17 @@ int loader_check_batch(const data_loader *L, int B, int T) {
     return 0;
 }
 
+void loader_skip_batch(data_loader *L, int B, int T) {
+    if (B <= 0 || T <= 0 || L->n_tokens == 0) return;
+    const uint64_t N = L->n_tokens, step = (uint64_t)B * (uint64_t)T;
+    if (step + 1 <= N) { /* as loader_next_batch moves */
+        if (L->pos + step + 1 > N) L->pos = 0;
+        L->pos += step;
+    } else {
+        L->pos = (L->pos + step % N) % N;
+    }
+}
+
 void loader_next_batch(data_loader *L, int B, int T, int32_t *inputs, int32_t *targets) {
     if (B <= 0 || T <= 0 || L->n_tokens == 0) return;
     const uint64_t N = L->n_tokens, step = (uint64_t)B * (uint64_t)T;

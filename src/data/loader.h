@@ -46,6 +46,10 @@ int loader_check_batch(const data_loader *L, int B, int T);
 /* Fills inputs[B*T] and targets[B*T] (see the top of this file).  B <= 0 or T <= 0: no-op. */
 void loader_next_batch(data_loader *L, int B, int T, int32_t *inputs, int32_t *targets);
 
+/* Moves past the batch loader_next_batch would return, without reading it (data-parallel ranks
+ * skip the other ranks' micro-batches of a global batch). */
+void loader_skip_batch(data_loader *L, int B, int T);
+
 uint64_t loader_position(const data_loader *L);
 /* pos is taken modulo the token count, so any saved value lands inside the stream. */
 void loader_seek(data_loader *L, uint64_t pos);

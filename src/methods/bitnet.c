@@ -184,7 +184,7 @@ static void bitnet_plan(linear_plan *p, linear_phase phase, mem_sim *s) {
 static int bitnet_grad_views(linear_layer *L, grad_view *v, int cap) {
     bitnet_state *st = L->state;
     if (!st->G || cap < 1) return 0;
-    v[0] = (grad_view){st->G, st->n, "dW"};
+    v[0] = (grad_view){st->G, st->n, "dW", 1}; /* only step reads dW */
     return 1;
 }
 

@@ -126,7 +126,7 @@ static void dense_plan(linear_plan *p, linear_phase phase, mem_sim *s) {
 static int dense_grad_views(linear_layer *L, grad_view *v, int cap) {
     dense_state *s = L->state;
     if (!s->dW || cap < 1) return 0;
-    v[0] = (grad_view){s->dW, (size_t)L->out * L->in, "dW"};
+    v[0] = (grad_view){s->dW, (size_t)L->out * L->in, "dW", 1};
     return 1;
 }
 

@@ -576,7 +576,8 @@ void galore_engine_plan(linear_plan *p, linear_phase phase, mem_sim *s, const ga
 int galore_grad_views(linear_layer *L, grad_view *v, int cap) {
     galore_state *st = L->state;
     if (!st->G || cap < 1) return 0;
-    v[0] = (grad_view){st->G, st->g.n, "dW"};
+    /* a refresh step's SVD (on every rank) needs the summed G; otherwise only the update does */
+    v[0] = (grad_view){st->G, st->g.n, "dW", !refresh_due(st, st->step)};
     return 1;
 }
 

@@ -90,12 +90,17 @@ typedef struct {
     long gram_rows;
 } linear_init;
 
-/* A gradient buffer that data-parallel training must average across ranks for this step
- * (what a method needs reduced can change from step to step: LoQT's dense G on refresh steps). */
+/* A gradient buffer that data-parallel training must sum across ranks for this step (what a
+ * method needs reduced can change from step to step: LoQT's dense G on refresh steps).
+ * owner_only = 1 says that after backward only `step` reads the buffer (not end_step, whose
+ * refresh every rank runs): with --zero 1 it is then reduced to the rank that owns the layer
+ * alone.  0, the default, gives every rank the sum (always correct, twice the traffic under
+ * --zero 1); tests/test_methods.c checks that end_step does not read an owner_only buffer. */
 typedef struct {
     float *data;
     size_t n;
     const char *what; /* "dW", "dB", "G", ... */
+    int owner_only;
 } grad_view;
 
 /* Per-method statistics (refresh seconds, refreshes, ...), summed (or averaged) over layers. */
@@ -183,7 +188,8 @@ struct linear_method {
     /* Optional.  The first step > after at which the method refreshes (a refresh after the
      * optimizer state exists is usually a long run's peak), or -1. */
     long (*next_refresh)(const method_opts *o, long after);
-    /* Optional.  The gradient buffers to all-reduce for the current step (after backward). */
+    /* Optional.  The gradient buffers to sum across ranks for the current step (after backward,
+     * before end_step); data-parallel training (model/dp.c) needs it. */
     int (*grad_views)(linear_layer *L, grad_view *v, int cap);
     /* Optional.  The trainable parameters as one fp32 vector in the order of grad_views (tests:
      * finite differences).  get returns the element count and copies when x is non-NULL. */

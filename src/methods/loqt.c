@@ -641,11 +641,11 @@ static int loqt_grad_views(linear_layer *L, grad_view *v, int cap) {
     if (cap < 1) return 0;
     /* on a refresh step the SVD needs the averaged dense gradient; dB is then recomputed from it */
     if (st->G) {
-        v[0] = (grad_view){st->G, (size_t)L->out * L->in, "G"};
+        v[0] = (grad_view){st->G, (size_t)L->out * L->in, "G", 0}; /* every rank refreshes */
         return 1;
     }
     if (!st->dB) return 0;
-    v[0] = (grad_view){st->dB, (size_t)st->B.rows * st->B.cols, "dB"};
+    v[0] = (grad_view){st->dB, (size_t)st->B.rows * st->B.cols, "dB", 1};
     return 1;
 }
 

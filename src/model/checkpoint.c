@@ -151,6 +151,9 @@ static int save_via(const llama_model *m, const trainer_meta *tm, const char *di
     snprintf(crc_hex, sizeof crc_hex, "%08x", config_crc);
     st_writer_meta(ws, "config_crc32c", crc_hex);
     if (tm->run_options[0]) st_writer_meta(ws, "run_options", tm->run_options);
+    char zr[16];
+    snprintf(zr, sizeof zr, "%d", tm->zero_ranks);
+    if (tm->zero_ranks) st_writer_meta(ws, "zero_ranks", zr);
     char *mo_json = NULL;
     size_t mo_len = 0;
     FILE *mf = open_memstream(&mo_json, &mo_len);
@@ -183,6 +186,7 @@ static int save_via(const llama_model *m, const trainer_meta *tm, const char *di
     fprintf(f, ",\n  \"method_opts\": ");
     method_config_write_json(m->method, &m->mopts, f);
     if (tm->run_options[0]) fprintf(f, ",\n  \"run_options\": %s", tm->run_options);
+    if (tm->zero_ranks) fprintf(f, ",\n  \"zero_ranks\": %d", tm->zero_ranks);
     fprintf(f, "\n}\n");
     fclose(f);
     rc = join(path, sizeof path, tmp, "trainer_state.json");
@@ -208,14 +212,57 @@ static int save_via(const llama_model *m, const trainer_meta *tm, const char *di
     return file_fsync_parent(dir);
 }
 
-int checkpoint_save(const llama_model *m, const trainer_meta *tm, const char *dir) {
-    char tmp[4096];
+static int tmp_name(const char *dir, char *tmp, size_t cap) {
     if (strlen(dir) > 4000) return loqt_set_error("checkpoint path too long: %s", dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", dir);
+    snprintf(tmp, cap, "%s.tmp", dir);
+    return 0;
+}
+
+int checkpoint_prepare(const char *dir) {
+    char tmp[4096];
+    if (tmp_name(dir, tmp, sizeof tmp)) return -1;
     file_remove_tree(tmp);
+    return file_mkdir_p(tmp);
+}
+
+void checkpoint_abandon(const char *dir) {
+    char tmp[4096];
+    if (!tmp_name(dir, tmp, sizeof tmp)) file_remove_tree(tmp);
+}
+
+int checkpoint_commit(const llama_model *m, const trainer_meta *tm, const char *dir) {
+    char tmp[4096];
+    if (tmp_name(dir, tmp, sizeof tmp)) return -1;
     int rc = save_via(m, tm, dir, tmp);
     /* a failed save (a full disk, say) leaves nothing half-written behind */
     if (rc) file_remove_tree(tmp);
+    return rc;
+}
+
+int checkpoint_save(const llama_model *m, const trainer_meta *tm, const char *dir) {
+    return checkpoint_prepare(dir) ? -1 : checkpoint_commit(m, tm, dir);
+}
+
+static void shard_name(int rank, char *buf, size_t cap) {
+    if (rank == 0) snprintf(buf, cap, "trainer_state.safetensors");
+    else snprintf(buf, cap, "trainer_state.rank-%05d.safetensors", rank);
+}
+
+int checkpoint_save_shard(const llama_model *m, const char *dir, int rank, int ranks) {
+    char tmp[4096], name[64], path[4200];
+    if (tmp_name(dir, tmp, sizeof tmp)) return -1;
+    shard_name(rank, name, sizeof name);
+    if (join(path, sizeof path, tmp, name)) return -1;
+    st_writer *wm = st_writer_new(), *ws = st_writer_new();
+    char v[16];
+    snprintf(v, sizeof v, "%d", rank);
+    st_writer_meta(ws, "zero_rank", v);
+    snprintf(v, sizeof v, "%d", ranks);
+    st_writer_meta(ws, "zero_ranks", v);
+    llama_save_tensors(m, wm, ws); /* the model tensors are rank 0's to write */
+    int rc = st_writer_write(ws, path);
+    st_writer_free(wm);
+    st_writer_free(ws);
     return rc;
 }
 
@@ -282,6 +329,8 @@ int checkpoint_read_meta(const char *dir, trainer_meta *tm) {
         snprintf(tm->run_options, sizeof tm->run_options, "%s", v ? v : "");
         v = st_meta(&f, "loss");
         tm->loss = v ? strtod(v, NULL) : 0;
+        v = st_meta(&f, "zero_ranks");
+        tm->zero_ranks = v ? atoi(v) : 0;
         const linear_method *lm = method_find(tm->method);
         method_opts_defaults(&tm->mopts, lm);
         tm->mopts.seed = tm->seed;
@@ -298,8 +347,21 @@ int checkpoint_read_meta(const char *dir, trainer_meta *tm) {
     return rc;
 }
 
+/* rank's state file of a --zero 1 checkpoint must say it is that rank's of that many */
+static int check_shard(const st_file *f, const char *path, int rank, int ranks) {
+    const char *r = st_meta(f, "zero_rank"), *n = st_meta(f, "zero_ranks");
+    if (rank > 0 && (!r || !n || atoi(r) != rank || atoi(n) != ranks))
+        return loqt_set_error("%s is not rank %d's optimizer state of a %d-rank --zero 1 checkpoint", path, rank, ranks);
+    return 0;
+}
+
 int checkpoint_load(llama_model *m, const char *dir, int weights_only) {
-    char path[4096];
+    return weights_only ? checkpoint_load_shard(m, dir, -1, 0) : checkpoint_load_shard(m, dir, 0, 0);
+}
+
+int checkpoint_load_shard(llama_model *m, const char *dir, int rank, int ranks) {
+    const int weights_only = rank < 0;
+    char path[4096], name[64];
     st_file fm, fs;
     char model_file[128];
     model_file_name(m, 1, model_file, sizeof model_file);
@@ -320,11 +382,17 @@ int checkpoint_load(llama_model *m, const char *dir, int weights_only) {
     }
     int have_state = 0;
     if (!weights_only) {
-        if (join(path, sizeof path, dir, "trainer_state.safetensors") || st_open(&fs, path)) {
+        shard_name(rank, name, sizeof name);
+        if (join(path, sizeof path, dir, name) || st_open(&fs, path)) {
             st_close(&fm);
             return -1;
         }
         have_state = 1;
+        if (check_shard(&fs, path, rank, ranks)) {
+            st_close(&fm);
+            st_close(&fs);
+            return -1;
+        }
     }
     int rc = llama_load_tensors(m, &fm, have_state ? &fs : NULL);
     /* a tensor nothing asked for: the config describes another model (fewer layers, say), whose

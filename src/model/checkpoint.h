@@ -28,6 +28,8 @@ typedef struct {
     char optimizer[16];
     method_opts mopts;       /* read back by checkpoint_read_meta; saving takes the model's own */
     char run_options[1024];  /* the trainer's options as a JSON object (compared on resume); "" */
+    int zero_ranks;          /* --zero 1 under data parallelism: the number of ranks, each of which
+                              * wrote its optimizer state to its own file; 0 otherwise */
 } trainer_meta;
 
 /* Tensors of the model: dense parameters + each linear layer's method tensors.  `state` (may be
@@ -36,6 +38,15 @@ void llama_save_tensors(const llama_model *m, st_writer *model, st_writer *state
 int llama_load_tensors(llama_model *m, const st_file *model, const st_file *state);
 
 int checkpoint_save(const llama_model *m, const trainer_meta *tm, const char *dir);
+/* A checkpoint written by several ranks (--zero 1: each holds the optimizer state of its own
+ * units): rank 0 calls checkpoint_prepare (an empty "<dir>.tmp"), then every other rank k writes
+ * "<dir>.tmp/trainer_state.rank-NNNNN.safetensors" with checkpoint_save_shard, then rank 0
+ * completes and renames it with checkpoint_commit (tm->zero_ranks set).  checkpoint_save is
+ * prepare + commit; checkpoint_abandon removes the temporary directory of a failed save. */
+int checkpoint_prepare(const char *dir);
+int checkpoint_save_shard(const llama_model *m, const char *dir, int rank, int ranks);
+int checkpoint_commit(const llama_model *m, const trainer_meta *tm, const char *dir);
+void checkpoint_abandon(const char *dir);
 /* Reads config.json of a checkpoint (to create the model before loading it). */
 int checkpoint_read_config(const char *dir, llama_config *c);
 /* Reads trainer metadata (method, optimizer, step, ...) without loading tensors. */
@@ -43,6 +54,8 @@ int checkpoint_read_meta(const char *dir, trainer_meta *tm);
 /* Loads tensors into a model created with the checkpoint's config and method; state is loaded too
  * unless weights_only. */
 int checkpoint_load(llama_model *m, const char *dir, int weights_only);
+/* The same with rank k's state file of a --zero 1 checkpoint (k = 0: trainer_state.safetensors). */
+int checkpoint_load_shard(llama_model *m, const char *dir, int rank, int ranks);
 /* Newest complete checkpoint "step-NNNNNNNN" under `root`; -1 if none. */
 int checkpoint_find_latest(const char *root, char *out, size_t cap);
 

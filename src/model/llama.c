@@ -4,6 +4,7 @@
 #include "core/rng.h"
 #include "kernels/gemm.h"
 #include "kernels/ops.h"
+#include "model/dp.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -286,8 +287,12 @@ static void block_backward(llama_model *m, int l, block_acts *a, const float *x)
     rmsnorm_backward(dres, b->attn_norm.g, dxn, x, b->attn_norm.w, a->rstd1, N, d, 1);
 }
 
-static void param_step(llama_model *m, dense_param *p) {
-    optim_update(&p->opt, p->w, param_grad(p), &m->layer_step);
+/* dense parameter i (llama_dense_at): its update (by its owner under --zero 1), then its gradient
+ * zeroed, or freed when it is created on demand and gradients are transient */
+static void param_step(llama_model *m, int i) {
+    dense_param *p = llama_dense_at(m, i);
+    if (llama_unit_owned(m, i)) optim_update(&p->opt, p->w, param_grad(p), &m->layer_step);
+    else param_grad(p);
     if (m->transient_grads && p->grad_on_demand) {
         mem_free(p->g);
         p->g = NULL;
@@ -307,22 +312,31 @@ static int all_finite(const float *x, size_t n) {
 
 static int block_step(llama_model *m, int l) {
     llama_block *b = &m->blocks[l];
+    if (m->dp && dp_reduce_block(m->dp, m, l)) return -1; /* the block's gradients, summed */
     for (int j = 0; j < LIN_PER_BLOCK; j++) {
         linear_layer *L = &b->lin[j];
+        const int owned = llama_unit_owned(m, llama_block_unit(m, l, j));
         grad_view v[4];
-        const int nv = m->method->grad_views ? m->method->grad_views(L, v, 4) : 0;
+        const int nv = owned && m->method->grad_views ? m->method->grad_views(L, v, 4) : 0;
         for (int i = 0; i < nv; i++)
             if (!all_finite(v[i].data, v[i].n))
                 return loqt_set_error("%s: the gradient is not finite at step %ld; with --per-layer-updates the "
                                       "earlier layers are already updated, so the step cannot be skipped "
                                       "(training diverged; lower --lr)", L->name, m->layer_step_index);
         if (m->method->end_step && m->method->end_step(L, m->layer_step_index)) return -1;
-        if (m->method->step(L, &m->layer_step)) return -1;
+        if (owned && m->method->step(L, &m->layer_step)) return -1;
         if (m->transient_grads && m->method->release_grads) m->method->release_grads(L);
         else m->method->zero_grad(L);
     }
-    param_step(m, &b->attn_norm);
-    param_step(m, &b->mlp_norm);
+    param_step(m, llama_block_unit(m, l, LIN_PER_BLOCK));
+    param_step(m, llama_block_unit(m, l, LIN_PER_BLOCK + 1));
+    return 0;
+}
+
+/* under per-layer updates: a dense parameter's gradient summed across ranks, then its update */
+static int dense_step_now(llama_model *m, int i) {
+    if (m->dp && dp_reduce_units(m->dp, m, &i, 1)) return -1;
+    param_step(m, i);
     return 0;
 }
 
@@ -368,9 +382,10 @@ int llama_backward(llama_model *m, const int32_t *inputs) {
     const int N = m->B * m->T, d = c->hidden_size;
     const int step_now = m->per_layer_updates && m->last_microbatch;
 
-    if (step_now) param_step(m, &m->lm_head); /* complete since the forward's fused loss */
+    const int D = llama_dense_count(m);
+    if (step_now && dense_step_now(m, D - 1)) return -1; /* lm_head: complete since the fused loss */
     rmsnorm_backward(m->d_res, m->final_norm.g, m->dxnf, m->xf, m->final_norm.w, m->rstdf, N, d, 0);
-    if (step_now) param_step(m, &m->final_norm);
+    if (step_now && dense_step_now(m, D - 2)) return -1; /* the final norm */
     for (int l = c->num_hidden_layers - 1; l >= 0; l--) {
         block_acts *a = &m->acts[l];
         if (m->checkpoint_activations) {
@@ -384,7 +399,7 @@ int llama_backward(llama_model *m, const int32_t *inputs) {
         if (step_now && block_step(m, l)) return -1;
     }
     embedding_backward(param_grad(&m->embed), inputs, m->d_res, N, d);
-    if (step_now) param_step(m, &m->embed);
+    if (step_now && dense_step_now(m, 0)) return -1;
     return 0;
 }
 
@@ -433,6 +448,52 @@ int llama_end_step(llama_model *m, long step) {
     return 0;
 }
 
+int llama_unit_count(const llama_model *m) {
+    return llama_dense_count(m) + m->cfg.num_hidden_layers * LIN_PER_BLOCK;
+}
+
+int llama_block_unit(const llama_model *m, int l, int j) {
+    if (j < LIN_PER_BLOCK) return llama_dense_count(m) + l * LIN_PER_BLOCK + j;
+    return 1 + 2 * l + (j - LIN_PER_BLOCK); /* attn_norm, mlp_norm (llama_dense_at) */
+}
+
+static linear_layer *unit_layer(const llama_model *m, int u) {
+    const int k = u - llama_dense_count(m);
+    return k < 0 ? NULL : &m->blocks[k / LIN_PER_BLOCK].lin[k % LIN_PER_BLOCK];
+}
+
+int llama_unit_views(llama_model *m, int u, grad_view *v, int cap) {
+    linear_layer *L = unit_layer(m, u);
+    if (L) return m->method->grad_views ? m->method->grad_views(L, v, cap) : 0;
+    dense_param *p = llama_dense_at(m, u);
+    if (!p->g || cap < 1) return 0;
+    v[0] = (grad_view){p->g, p->n, p->name, 1};
+    return 1;
+}
+
+size_t llama_unit_params_get(const llama_model *m, int u, float *x) {
+    const linear_layer *L = unit_layer(m, u);
+    if (L) return m->method->params_get(L, x);
+    const dense_param *p = llama_dense_at(m, u);
+    if (x) memcpy(x, p->w, p->n * sizeof(float));
+    return p->n;
+}
+
+void llama_unit_params_set(llama_model *m, int u, const float *x) {
+    linear_layer *L = unit_layer(m, u);
+    if (L) m->method->params_set(L, x);
+    else memcpy(llama_dense_at(m, u)->w, x, llama_dense_at(m, u)->n * sizeof(float));
+}
+
+int llama_unit_owned(const llama_model *m, int u) { return !m->dp || dp_owns(m->dp, u); }
+
+double llama_grad_sqnorm_owned(llama_model *m) {
+    double ss = 0;
+    FOR_DENSE(m, p) if (p->g && llama_unit_owned(m, p_i)) ss += optim_sqnorm(p->g, p->n);
+    FOR_LINEAR(m, L) if (llama_unit_owned(m, llama_block_unit(m, L_l, L_j))) ss += m->method->grad_sqnorm(L);
+    return ss;
+}
+
 double llama_grad_norm(llama_model *m) {
     double ss = 0;
     FOR_DENSE(m, p) if (p->g) ss += optim_sqnorm(p->g, p->n);
@@ -441,8 +502,8 @@ double llama_grad_norm(llama_model *m) {
 }
 
 int llama_optimizer_step(llama_model *m, const optim_hparams *h) {
-    FOR_DENSE(m, p) optim_update(&p->opt, p->w, param_grad(p), h);
-    FOR_LINEAR(m, L) if (m->method->step(L, h)) return -1;
+    FOR_DENSE(m, p) if (llama_unit_owned(m, p_i)) optim_update(&p->opt, p->w, param_grad(p), h);
+    FOR_LINEAR(m, L) if (llama_unit_owned(m, llama_block_unit(m, L_l, L_j)) && m->method->step(L, h)) return -1;
     return 0;
 }
 
@@ -453,9 +514,11 @@ void llama_method_stats(const llama_model *m, method_stats *out) {
 }
 
 int llama_grads_finite(llama_model *m) {
-    FOR_DENSE(m, p) if (p->g && !all_finite(p->g, p->n)) return 0;
+    /* under --zero 1 a rank holds the sums of its own units only: the trainer combines the ranks' answers */
+    FOR_DENSE(m, p) if (p->g && llama_unit_owned(m, p_i) && !all_finite(p->g, p->n)) return 0;
     if (!m->method->grad_views) return 1;
     FOR_LINEAR(m, L) {
+        if (!llama_unit_owned(m, llama_block_unit(m, L_l, L_j))) continue;
         grad_view v[4];
         int n = m->method->grad_views(L, v, 4);
         for (int i = 0; i < n; i++)
@@ -466,7 +529,7 @@ int llama_grads_finite(llama_model *m) {
 
 int llama_grad_views(llama_model *m, grad_view *v, int cap) {
     int n = 0;
-    FOR_DENSE(m, p) if (p->g && n < cap) v[n++] = (grad_view){p->g, p->n, p->name};
+    FOR_DENSE(m, p) if (p->g && n < cap) v[n++] = (grad_view){p->g, p->n, p->name, 1};
     if (!m->method->grad_views) return n;
     FOR_LINEAR(m, L) n += m->method->grad_views(L, v + n, cap - n);
     return n;

@@ -74,6 +74,9 @@ typedef struct {
                                 gradient after its update (set by train_step) */
     optim_hparams layer_step; /* the hyperparameters of this step's update */
     long layer_step_index;
+
+    /* data parallelism (model/dp.h), set by the trainer; NULL in a single process */
+    struct llama_dp *dp;
 } llama_model;
 
 /* Sizes, shared by the allocations below and the memory planner (model/plan.c). */
@@ -127,6 +130,21 @@ int llama_grads_finite(llama_model *m);
 void llama_method_stats(const llama_model *m, method_stats *out);
 /* Every gradient buffer of the current step (dense parameters, then each layer's views). */
 int llama_grad_views(llama_model *m, grad_view *v, int cap);
+
+/* Units of data parallelism: the dense parameters (llama_dense_at order), then the linear layers
+ * block by block (unit D + 7 l + j, D = llama_dense_count).  Under --zero 1 each unit has one
+ * owning rank, which alone keeps its optimizer state and updates it. */
+int llama_unit_count(const llama_model *m);
+int llama_block_unit(const llama_model *m, int l, int j); /* j = LIN_PER_BLOCK, +1: the norms */
+/* The gradient views of unit u (a dense parameter's is owner_only). */
+int llama_unit_views(llama_model *m, int u, grad_view *v, int cap);
+/* The trainable values of unit u: count, and a copy into x when x is non-NULL; set writes them. */
+size_t llama_unit_params_get(const llama_model *m, int u, float *x);
+void llama_unit_params_set(llama_model *m, int u, const float *x);
+/* 1 when this process updates unit u (always, but under --zero 1). */
+int llama_unit_owned(const llama_model *m, int u);
+/* Sum of squares of the gradients of the units this process owns. */
+double llama_grad_sqnorm_owned(llama_model *m);
 
 /* Bytes per memory category held by parameters, gradients and optimizer state (not activations). */
 void llama_param_bytes(const llama_model *m, size_t bytes[MEM_NCAT]);

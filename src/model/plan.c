@@ -7,6 +7,7 @@
  * difference). */
 #include "model/plan.h"
 
+#include "core/dist.h"
 #include "core/error.h"
 #include "model/llama.h"
 
@@ -25,7 +26,16 @@ typedef struct {
     int transient;         /* per-layer updates without accumulation: gradients freed after use */
     int optim_ready;       /* the dense parameters' optimizer state exists */
     int embed_g, lm_head_g; /* their on-demand gradient buffers exist */
+    int accum;             /* micro-batches of this rank per step */
+    const int *owner;      /* --zero 1: each unit's rank; NULL: this rank updates every unit */
+    int rank;
 } replay;
+
+/* the unit numbers of model/llama.h (llama_unit_count) */
+static int dense_units(const llama_config *c) { return 2 * c->num_hidden_layers + 3; }
+static int norm_unit(int l, int k) { return 1 + 2 * l + k; }
+static int linear_unit(const llama_config *c, int l, int j) { return dense_units(c) + l * LIN_PER_BLOCK + j; }
+static int owned(const replay *r, int u) { return !r->owner || r->owner[u] == r->rank; }
 
 static size_t fbytes(size_t n) { return n * sizeof(float); }
 
@@ -94,10 +104,10 @@ static void need_grad(replay *r, int *exists) {
     *exists = 1;
 }
 
-/* a dense parameter's update (its optimizer state at the first); under per-layer updates an
- * on-demand gradient is freed right after (param_step) */
-static void dense_update(replay *r, size_t n, int *on_demand) {
-    optim_plan_update(&r->s, r->in->mo.optimizer, n, r->optim_ready);
+/* a dense parameter's update by its owner (its optimizer state at the first); under per-layer
+ * updates an on-demand gradient is freed right after (param_step) */
+static void dense_update(replay *r, int unit, size_t n, int *on_demand) {
+    if (owned(r, unit)) optim_plan_update(&r->s, r->in->mo.optimizer, n, r->optim_ready);
     if (on_demand && r->transient) {
         mem_sim_free(&r->s, MEM_GRADS, fbytes(n));
         *on_demand = 0;
@@ -118,25 +128,26 @@ static void block_step(replay *r, int l, long step) {
     const size_t d = r->in->cfg.hidden_size;
     for (int j = 0; j < LIN_PER_BLOCK; j++) {
         phase(r, l, j, LPHASE_END_STEP, step);
-        phase(r, l, j, LPHASE_STEP, step);
+        if (owned(r, linear_unit(&r->in->cfg, l, j))) phase(r, l, j, LPHASE_STEP, step);
         if (r->transient && r->m->release_grads) phase(r, l, j, LPHASE_RELEASE_GRADS, step);
     }
-    dense_update(r, d, NULL); /* the block's norms */
-    dense_update(r, d, NULL);
+    dense_update(r, norm_unit(l, 0), d, NULL); /* the block's norms */
+    dense_update(r, norm_unit(l, 1), d, NULL);
 }
 
 static void backward(replay *r, int step_now, long step) {
     const llama_config *c = &r->in->cfg;
     const size_t d = c->hidden_size, Vd = (size_t)c->vocab_size * d;
-    if (step_now) dense_update(r, Vd, &r->lm_head_g);
-    if (step_now) dense_update(r, d, NULL); /* final norm */
+    const int D = dense_units(c);
+    if (step_now) dense_update(r, D - 1, Vd, &r->lm_head_g);
+    if (step_now) dense_update(r, D - 2, d, NULL); /* final norm */
     for (int l = c->num_hidden_layers - 1; l >= 0; l--) {
         if (r->in->activation_checkpointing) block_forward(r, l); /* recomputed */
         for (int jj = 0; jj < LIN_PER_BLOCK; jj++) phase(r, l, bwd_order[jj], LPHASE_BACKWARD, step);
         if (step_now) block_step(r, l, step);
     }
     need_grad(r, &r->embed_g);
-    if (step_now) dense_update(r, Vd, &r->embed_g);
+    if (step_now) dense_update(r, 0, Vd, &r->embed_g);
 }
 
 static void train_step_replay(replay *r, long step) {
@@ -144,21 +155,24 @@ static void train_step_replay(replay *r, long step) {
     const llama_config *c = &in->cfg;
     const size_t d = c->hidden_size, Vd = (size_t)c->vocab_size * d;
     phase_all(r, LPHASE_BEGIN_STEP, step);
-    for (int mb = 0; mb < in->accum; mb++) {
+    for (int mb = 0; mb < r->accum; mb++) {
         forward(r);
-        backward(r, in->per_layer_updates && mb == in->accum - 1, step);
+        backward(r, in->per_layer_updates && mb == r->accum - 1, step);
     }
     if (!in->per_layer_updates) {
         phase_all(r, LPHASE_END_STEP, step);
         /* llama_optimizer_step: dense parameters in order (embed, norms, final norm, lm_head) */
-        dense_update(r, Vd, NULL);
+        const int D = dense_units(c);
+        dense_update(r, 0, Vd, NULL);
         for (int l = 0; l < c->num_hidden_layers; l++) {
-            dense_update(r, d, NULL);
-            dense_update(r, d, NULL);
+            dense_update(r, norm_unit(l, 0), d, NULL);
+            dense_update(r, norm_unit(l, 1), d, NULL);
         }
-        dense_update(r, d, NULL);
-        dense_update(r, Vd, NULL);
-        phase_all(r, LPHASE_STEP, step);
+        dense_update(r, D - 2, d, NULL);
+        dense_update(r, D - 1, Vd, NULL);
+        for (int l = 0; l < c->num_hidden_layers; l++)
+            for (int j = 0; j < LIN_PER_BLOCK; j++)
+                if (owned(r, linear_unit(c, l, j))) phase(r, l, j, LPHASE_STEP, step);
     }
     r->optim_ready = 1;
 }
@@ -220,7 +234,47 @@ static int check_input(const plan_input *in, const linear_method *lm) {
     if ((long long)in->batch * in->seq > (1LL << 31) / 4)
         return loqt_set_error("batch %d x %d tokens is too large", in->batch, in->seq);
     if (in->threads < 0) return loqt_set_error("threads must be >= 0");
+    if (in->ranks < 0 || in->ranks > 65536) return loqt_set_error("plan: ranks must be in [1, 65536]");
+    if (in->ranks > 1 && in->accum % in->ranks)
+        return loqt_set_error("plan: %d micro-batches per step cannot be split evenly over %d ranks", in->accum, in->ranks);
     return method_config_validate(lm, &in->mo);
+}
+
+/* One rank's replay into p (p->in filled): the whole run of cmd_train in its order. */
+static int replay_rank(plan *p, const linear_method *lm, const int *owner, int rank) {
+    const plan_input *in = &p->in;
+    const int ranks = in->ranks > 1 ? in->ranks : 1;
+    replay r = {.in = in, .m = lm, .owner = owner, .rank = rank, .accum = in->accum / ranks};
+    r.transient = in->per_layer_updates && r.accum == 1;
+    r.lin = calloc((size_t)in->cfg.num_hidden_layers * LIN_PER_BLOCK, sizeof *r.lin);
+    if (!r.lin) return loqt_set_error("plan: out of memory");
+    if (ranks > 1) mem_sim_alloc(&r.s, MEM_SCRATCH, dist_staging_bytes(ranks)); /* dist_init */
+    data_buffers(&r);
+    create(&r);
+    set_batch(&r, in->threads);
+    if (owner) /* dp_init: the staging buffer of the parameter broadcasts */
+        mem_sim_alloc(&r.s, MEM_SCRATCH, fbytes(plan_dp_stage_floats(&in->cfg)));
+    const size_t tok = (size_t)in->batch * in->seq * r.accum;
+    mem_sim_alloc(&r.s, MEM_DATA, sizeof(int32_t) * tok); /* inputs */
+    mem_sim_alloc(&r.s, MEM_DATA, sizeof(int32_t) * tok); /* targets */
+
+    /* step 0, step 1, and the first later refresh within the run: the first with the optimizer
+     * state already allocated, usually the peak of a long run */
+    train_step_replay(&r, 0);
+    const long first = lm->next_refresh ? lm->next_refresh(&in->mo, 0) : -1;
+    p->refresh_with_optim = first > 0 && first < in->steps;
+    if (in->steps > 1) train_step_replay(&r, 1);
+    if (p->refresh_with_optim && first > 1) train_step_replay(&r, first);
+    p->steady = r.s.total;
+    if (in->save_original_model && rank == 0) export_dense(&r); /* rank 0 writes it */
+    free(r.lin);
+
+    memcpy(p->peak, r.s.peak, sizeof p->peak);
+    p->accounted_peak = r.s.peak_total;
+    p->overhead = plan_overhead_bytes(in->threads, lm->heap_churn || r.transient);
+    p->total = p->accounted_peak + p->overhead;
+    p->rank = rank;
+    return 0;
 }
 
 int plan_make(plan *p, const plan_input *in) {
@@ -229,36 +283,94 @@ int plan_make(plan *p, const plan_input *in) {
     if (check_input(in, lm)) return -1;
     p->in = *in;
     p->in.method = lm->name; /* the canonical name, a static string */
-    const int threads = in->threads ? in->threads : online_cores();
-    p->in.threads = threads;
-
-    replay r = {.in = &p->in, .m = lm};
-    r.transient = in->per_layer_updates && in->accum == 1;
-    r.lin = calloc((size_t)in->cfg.num_hidden_layers * LIN_PER_BLOCK, sizeof *r.lin);
-    if (!r.lin) return loqt_set_error("plan: out of memory");
-    data_buffers(&r);
-    create(&r);
-    set_batch(&r, threads);
-    const size_t tok = (size_t)in->batch * in->seq * in->accum;
-    mem_sim_alloc(&r.s, MEM_DATA, sizeof(int32_t) * tok); /* inputs */
-    mem_sim_alloc(&r.s, MEM_DATA, sizeof(int32_t) * tok); /* targets */
-
-    /* step 0, step 1, and the first later refresh within the run: the first with the optimizer
-     * state already allocated, usually the peak of a long run */
-    train_step_replay(&r, 0);
-    const long first = lm->next_refresh ? lm->next_refresh(&p->in.mo, 0) : -1;
-    p->refresh_with_optim = first > 0 && first < in->steps;
-    if (in->steps > 1) train_step_replay(&r, 1);
-    if (p->refresh_with_optim && first > 1) train_step_replay(&r, first);
-    p->steady = r.s.total;
-    if (in->save_original_model) export_dense(&r);
-    free(r.lin);
-
-    memcpy(p->peak, r.s.peak, sizeof p->peak);
-    p->accounted_peak = r.s.peak_total;
-    p->overhead = plan_overhead_bytes(threads, lm->heap_churn || r.transient);
-    p->total = p->accounted_peak + p->overhead;
+    p->in.threads = in->threads ? in->threads : online_cores();
+    p->in.ranks = in->ranks > 1 ? in->ranks : 1;
+    p->in.zero = in->zero && p->in.ranks > 1;
+    if (!p->in.zero) {
+        if (replay_rank(p, lm, NULL, 0)) return -1;
+        p->rank_min_accounted = p->accounted_peak;
+        return 0;
+    }
+    /* --zero 1: the ranks own different units; the plan is that of the rank with the largest peak */
+    int *owner = malloc(sizeof *owner * (size_t)(dense_units(&in->cfg) + in->cfg.num_hidden_layers * LIN_PER_BLOCK));
+    if (!owner || plan_dp_owners(&in->cfg, lm, &in->mo, p->in.ranks, owner)) {
+        free(owner);
+        return owner ? -1 : loqt_set_error("plan: out of memory");
+    }
+    plan best = *p, cur = *p;
+    int rc = 0;
+    for (int rank = 0; rank < p->in.ranks && !rc; rank++) {
+        rc = replay_rank(&cur, lm, owner, rank);
+        if (!rc && (rank == 0 || cur.accounted_peak > best.accounted_peak)) best = cur;
+        if (!rc && (rank == 0 || cur.accounted_peak < best.rank_min_accounted)) best.rank_min_accounted = cur.accounted_peak;
+    }
+    free(owner);
+    if (rc) return -1;
+    *p = best;
     return 0;
+}
+
+/* ---- data parallelism: the units' sizes and owners ------------------------------------------ */
+
+size_t plan_linear_optim_bytes(const linear_method *lm, int out, int in, const method_opts *mo) {
+    mem_sim s = {0};
+    linear_plan p = {.out = out, .in = in, .o = mo, .N = 1};
+    const linear_phase first_step[] = {LPHASE_INIT, LPHASE_BEGIN_STEP, LPHASE_BACKWARD, LPHASE_END_STEP, LPHASE_STEP};
+    for (size_t i = 0; i < sizeof first_step / sizeof first_step[0]; i++) lm->plan(&p, first_step[i], &s);
+    return s.peak[MEM_OPTIM];
+}
+
+/* the optimizer-state bytes of every unit, llama_unit_count order */
+static void unit_sizes(const llama_config *c, const linear_method *lm, const method_opts *mo, size_t *n) {
+    const size_t d = c->hidden_size, Vd = (size_t)c->vocab_size * d;
+    const int D = dense_units(c);
+    for (int u = 0; u < D; u++) {
+        mem_sim s = {0};
+        optim_plan_update(&s, mo->optimizer, u == 0 || u == D - 1 ? Vd : d, 0);
+        n[u] = s.peak[MEM_OPTIM];
+    }
+    size_t per[LIN_PER_BLOCK];
+    for (int j = 0; j < LIN_PER_BLOCK; j++) {
+        int out, in;
+        llama_linear_shape(c, j, &out, &in);
+        per[j] = plan_linear_optim_bytes(lm, out, in, mo);
+    }
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        for (int j = 0; j < LIN_PER_BLOCK; j++) n[linear_unit(c, l, j)] = per[j];
+}
+
+int plan_dp_owners(const llama_config *cfg, const linear_method *lm, const method_opts *mo, int ranks, int *owner) {
+    const int nu = dense_units(cfg) + cfg->num_hidden_layers * LIN_PER_BLOCK;
+    if (ranks < 1) return loqt_set_error("plan: ranks must be >= 1");
+    size_t *n = malloc(sizeof *n * (size_t)nu), *load = calloc((size_t)ranks, sizeof *load);
+    int *done = calloc((size_t)nu, sizeof *done);
+    if (!n || !load || !done) {
+        free(n), free(load), free(done);
+        return loqt_set_error("plan: out of memory");
+    }
+    unit_sizes(cfg, lm, mo, n);
+    for (int k = 0; k < nu; k++) {
+        int u = -1, to = 0;
+        for (int i = 0; i < nu; i++) /* the largest unit not yet placed (stable) */
+            if (!done[i] && (u < 0 || n[i] > n[u])) u = i;
+        for (int q = 1; q < ranks; q++)
+            if (load[q] < load[to]) to = q;
+        done[u] = 1;
+        owner[u] = to;
+        load[to] += n[u];
+    }
+    free(n), free(load), free(done);
+    return 0;
+}
+
+size_t plan_dp_stage_floats(const llama_config *cfg) {
+    size_t best = 0;
+    for (int j = 0; j < LIN_PER_BLOCK; j++) {
+        int out, in;
+        llama_linear_shape(cfg, j, &out, &in);
+        if ((size_t)out * in > best) best = (size_t)out * in;
+    }
+    return best;
 }
 
 /* Unaccounted memory, measured with `loqt bench` (docs/memory.md: RSS minus the accounted peak,

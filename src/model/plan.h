@@ -44,6 +44,9 @@ typedef struct {
     int activation_checkpointing;
     int save_original_model;  /* the dense export at the end of `loqt train` */
     plan_split train, val;    /* data held by the loaders (`loqt train`); zero for `loqt bench` */
+    int ranks;                /* data-parallel ranks (accum counts the micro-batches of all of
+                               * them); 0 or 1: one process */
+    int zero;                 /* --zero 1: optimizer state sharded by unit (model/dp.h) */
 } plan_input;
 
 typedef struct {
@@ -54,6 +57,10 @@ typedef struct {
     size_t overhead;         /* estimate of unaccounted memory */
     size_t total;            /* accounted_peak + overhead: the expected peak RSS */
     int refresh_with_optim;  /* a refresh happens after the optimizer state exists */
+    int rank;                /* data parallel: the rank planned above, the one with the largest
+                              * accounted peak (rank 0, which also exports, without --zero) */
+    size_t rank_min_accounted; /* the smallest accounted peak of any rank (= accounted_peak in
+                                * one process) */
 } plan;
 
 /* Defaults: batch 8 x 256, 1 micro-batch, 1000 steps, threads 0, AdamW, method defaults. */
@@ -81,6 +88,18 @@ size_t plan_overhead_bytes(int threads, int heap_churn);
 /* The papers' memory estimate (weights + optimizer state, everything in 16 bits, each method's
  * layers as its paper_bytes hook counts them), in bytes; 0 when the method has no such hook. */
 double plan_paper_estimate(const llama_config *cfg, const char *method, const method_opts *mo);
+
+/* Data parallelism (model/dp.h).  The optimizer-state bytes of one linear layer of this shape after
+ * its first step, from the method's plan hook. */
+size_t plan_linear_optim_bytes(const linear_method *lm, int out, int in, const method_opts *mo);
+/* The owner of each unit (llama_unit_count order) under --zero 1, so that the ranks hold about the
+ * same optimizer state: units by decreasing optimizer-state bytes (ties: lower unit first), each to
+ * the rank with the least so far (ties: lower rank).  0, or -1 with an error. */
+int plan_dp_owners(const llama_config *cfg, const linear_method *lm, const method_opts *mo, int ranks, int *owner);
+/* The floats of the staging buffer of --zero 1's parameter broadcasts: the largest out x in of the
+ * model's projections, at least the trainable values of a layer of every method so far (full and
+ * GaLore: W; LoQT: B); dp_init refuses a method whose params_get gives more. */
+size_t plan_dp_stage_floats(const llama_config *cfg);
 
 /* "20GiB", "24000MiB", "1.5G", "512M", "123456" (bytes); KiB/MiB/GiB/TiB and K/M/G/T are powers
  * of 1024, KB/MB/GB/TB powers of 1000.  0, or -1 with an error. */

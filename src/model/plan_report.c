@@ -38,6 +38,12 @@ static void describe(const plan *p, char *buf, size_t cap) {
              in->batch, in->seq, in->accum, in->accum == 1 ? "" : "es", in->threads,
              in->per_layer_updates ? ", per-layer updates" : "",
              in->activation_checkpointing ? ", activation checkpointing" : "");
+    if (in->ranks > 1) {
+        size_t k = strlen(buf);
+        snprintf(buf + k, cap - k, "; %d data-parallel ranks (%d micro-batch%s each)%s", in->ranks,
+                 in->accum / in->ranks, in->accum / in->ranks == 1 ? "" : "es",
+                 in->zero ? ", optimizer state sharded (--zero 1)" : "");
+    }
 }
 
 void plan_print(const plan *p, FILE *f) {
@@ -58,7 +64,11 @@ void plan_print(const plan *p, FILE *f) {
     if (paper > 0)
         fprintf(f, "paper-style estimate (weights + optimizer state in the papers' precision): %.2f GiB\n",
                 paper / 1073741824.0);
-    fprintf(f, "total: %.2f GiB\n", gib(p->total));
+    if (p->in.ranks > 1)
+        fprintf(f, "per rank: the plan above is rank %d's, the largest; the ranks' accounted peaks range from "
+                   "%.1f to %.1f MiB (%zu to %zu bytes)\n", p->rank, p->rank_min_accounted / MiB, p->accounted_peak / MiB,
+                p->rank_min_accounted, p->accounted_peak);
+    fprintf(f, "total: %.2f GiB%s\n", gib(p->total), p->in.ranks > 1 ? " per rank" : "");
 }
 
 void plan_write_json(const plan *p, FILE *f) {

@@ -1,5 +1,7 @@
 #include "model/train.h"
 
+#include "model/dp.h"
+
 #include <math.h>
 
 void train_hparams_defaults(train_hparams *h) {
@@ -28,10 +30,10 @@ int train_step(llama_model *m, long step, const int32_t *const *inputs,
     step_result r = {0};
     /* a method may scale the whole model's learning rate (ReLoRA's restarting warmup) */
     const double lr_scale = m->method->lr_scale ? m->method->lr_scale(&m->mopts, step) : 1.0;
-    const int N = m->B * m->T;
-    /* each token's loss weighs 1 / (all tokens of the step), so accumulated gradients are those of
-     * the mean loss of the whole batch */
-    const float scale = 1.0f / ((float)N * (float)accum);
+    const int N = m->B * m->T, world = m->dp ? m->dp->size : 1;
+    /* each token's loss weighs 1 / (all tokens of the step, on every rank), so accumulated and
+     * summed gradients are those of the mean loss of the whole global batch */
+    const float scale = 1.0f / ((float)N * (float)accum * (float)world);
     optim_hparams oh = {
         .kind = h->optimizer,
         .lr = (float)(sched_lr(&h->sched, step) * lr_scale),
@@ -56,10 +58,12 @@ int train_step(llama_model *m, long step, const int32_t *const *inputs,
             m->last_microbatch = i == accum - 1;
             double li = llama_forward(m, inputs[i], targets[i], scale, NULL);
             r.loss += li;
-            if (!isfinite(li)) { /* before the updates of the last micro-batch: skip the step */
+            /* the ranks agree on the loss before the updates of the last micro-batch */
+            if (m->last_microbatch && m->dp && dp_sum(m->dp, &r.loss, 1)) return -1;
+            if (!isfinite(world > 1 ? r.loss : li)) { /* before the updates: skip the step */
                 m->last_microbatch = 0;
                 llama_skip_step(m);
-                r.loss = li;
+                r.loss = world > 1 ? r.loss : li;
                 r.grad_norm = NAN; /* not computed: the step is skipped before its updates */
                 r.skipped = 1;
                 *out = r;
@@ -68,7 +72,8 @@ int train_step(llama_model *m, long step, const int32_t *const *inputs,
             rc = llama_backward(m, inputs[i]);
         }
         m->last_microbatch = 0;
-        r.loss /= accum;
+        if (!rc && m->dp) rc = dp_broadcast_params(m->dp, m);
+        r.loss /= (double)accum * world;
         r.grad_norm = NAN;
         *out = r;
         return rc;
@@ -79,14 +84,21 @@ int train_step(llama_model *m, long step, const int32_t *const *inputs,
         r.loss += llama_forward(m, inputs[i], targets[i], scale, NULL);
         llama_backward(m, inputs[i]);
     }
-    r.loss /= accum;
+    if (m->dp && dp_reduce_all(m->dp, m)) return -1;
+    /* the loss of the global batch, and whether any rank's gradients are not finite */
+    double agree[2] = {r.loss, llama_grads_finite(m) ? 0.0 : 1.0};
+    if (m->dp && dp_sum(m->dp, agree, 2)) return -1;
+    r.loss = agree[0] / ((double)accum * world);
     *out = r;
-    if (!isfinite(r.loss) || !llama_grads_finite(m)) { /* before a refresh would use them */
+    if (!isfinite(r.loss) || agree[1] != 0) { /* before a refresh would use them */
         out->grad_norm = NAN;
         return skip(m, out);
     }
     if (llama_end_step(m, step)) return -1;
-    r.grad_norm = llama_grad_norm(m);
+    /* each rank holds the summed gradients of the units it owns (all of them but under --zero 1) */
+    double sq = llama_grad_sqnorm_owned(m);
+    if (m->dp && m->dp->zero && dp_sum(m->dp, &sq, 1)) return -1;
+    r.grad_norm = sqrt(sq);
     out->grad_norm = r.grad_norm;
     if (!isfinite(r.grad_norm)) return skip(m, out);
     /* torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1 */
@@ -95,5 +107,6 @@ int train_step(llama_model *m, long step, const int32_t *const *inputs,
         if (coef < 1.0f) oh.grad_scale = coef;
     }
     out->grad_norm = r.grad_norm;
-    return llama_optimizer_step(m, &oh);
+    if (llama_optimizer_step(m, &oh)) return -1;
+    return m->dp ? dp_broadcast_params(m->dp, m) : 0;
 }
