@@ -302,6 +302,36 @@ static void test_every_method_exact(void) {
     }
 }
 
+/* Grouped-query attention (k, v of 2 of the 4 heads' width) and a tied embedding (no lm_head;
+ * the output layer's gradient is the embedding's, allocated in the forward), for every method:
+ * plain, per-layer updates (the tied gradient released only after the embedding's update), and
+ * per-layer updates with accumulation and checkpointing. */
+static void test_gqa_tied_exact(void) {
+    for (int k = 0; k < method_count(); k++) {
+        const char *name = method_at(k)->name;
+        char what[3][96];
+        run_case rc[3];
+        for (int v = 0; v < 3; v++) {
+            rc[v] = base(what[v], name);
+            rc[v].in.cfg.num_key_value_heads = 2;
+            rc[v].in.cfg.tie_word_embeddings = 1;
+            set_opt(&rc[v].in, "update-proj-gap", 1);
+        }
+        snprintf(what[0], sizeof what[0], "%s GQA + tied", name);
+        snprintf(what[1], sizeof what[1], "%s GQA + tied, per-layer updates", name);
+        rc[1].in.per_layer_updates = 1;
+        rc[1].in.steps = 3;
+        snprintf(what[2], sizeof what[2], "%s GQA + tied, per-layer updates, accum 2, checkpointing", name);
+        rc[2].in.per_layer_updates = 1;
+        rc[2].in.accum = 2;
+        rc[2].in.activation_checkpointing = 1;
+        for (int v = 0; v < 3; v++) {
+            rc[v].what = what[v];
+            check_exact(&rc[v]);
+        }
+    }
+}
+
 static plan plan_of(const char *model, const char *method, void (*edit)(plan_input *)) {
     llama_config c;
     plan p;
@@ -425,6 +455,7 @@ int main(void) {
     RUN(test_per_layer_updates_exact);
     RUN(test_data_and_export_exact);
     RUN(test_every_method_exact);
+    RUN(test_gqa_tied_exact);
     RUN(test_savings_go_the_right_way);
     RUN(test_paper_estimate_close_to_table);
     RUN(test_parse_bytes);

@@ -1,5 +1,6 @@
-/* The LLaMA model: embedding, L blocks of (RMSNorm, attention with RoPE, residual, RMSNorm, SwiGLU
- * MLP, residual), final RMSNorm, untied lm_head, mean cross-entropy.
+/* The LLaMA model: embedding, L blocks of (RMSNorm, attention with RoPE (grouped-query when
+ * num_key_value_heads < num_attention_heads), residual, RMSNorm, SwiGLU MLP, residual), final
+ * RMSNorm, lm_head (or the embedding itself with tie_word_embeddings), mean cross-entropy.
  *
  * The seven projections of each block are linear_layer objects of one training method; the model
  * owns the dense parameters (embedding, norms, lm_head), their gradients and optimizer state, and
@@ -48,7 +49,7 @@ typedef struct {
     llama_config cfg;
     const linear_method *method;
     method_opts mopts;
-    dense_param embed, final_norm, lm_head;
+    dense_param embed, final_norm, lm_head; /* lm_head unused (zeroed) when tied */
     llama_block *blocks;
     float *rope_cos, *rope_sin;
 
@@ -117,9 +118,12 @@ int llama_end_step(llama_model *m, long step);
 double llama_grad_norm(llama_model *m);
 int llama_optimizer_step(llama_model *m, const optim_hparams *h);
 
-/* The dense parameters (embed, norms, lm_head) in HF order: count, and the i-th. */
+/* The dense parameters (embed, norms, lm_head) in HF order: count, and the i-th.  A tied model
+ * has no lm_head among them (the embedding serves as both). */
 int llama_dense_count(const llama_model *m);
 dense_param *llama_dense_at(const llama_model *m, int i);
+/* The output layer's weight: lm_head, or the embedding when tied. */
+dense_param *llama_output_param(llama_model *m);
 
 /* 1 when every gradient buffer of the step (llama_grad_views) holds finite values. */
 int llama_grads_finite(llama_model *m);

@@ -66,7 +66,7 @@ static void create(replay *r) {
         }
     }
     param_init_replay(r, d, 0);     /* final_norm */
-    param_init_replay(r, V * d, 1); /* lm_head */
+    if (!c->tie_word_embeddings) param_init_replay(r, V * d, 1); /* lm_head */
     mem_sim_alloc(&r->s, MEM_DENSE, fbytes(llama_rope_floats(c))); /* rope cos, sin */
     mem_sim_alloc(&r->s, MEM_DENSE, fbytes(llama_rope_floats(c)));
 }
@@ -110,7 +110,8 @@ static void block_forward(replay *r, int l) {
 
 static void forward(replay *r) {
     for (int l = 0; l < r->in->cfg.num_hidden_layers; l++) block_forward(r, l);
-    need_grad(r, &r->lm_head_g); /* the fused lm_head + loss gradient */
+    /* the fused lm_head + loss gradient (the embedding's when tied) */
+    need_grad(r, r->in->cfg.tie_word_embeddings ? &r->embed_g : &r->lm_head_g);
 }
 
 /* block_step: each layer's refresh and update as soon as its gradient is complete */
@@ -128,7 +129,7 @@ static void block_step(replay *r, int l, long step) {
 static void backward(replay *r, int step_now, long step) {
     const llama_config *c = &r->in->cfg;
     const size_t d = c->hidden_size, Vd = (size_t)c->vocab_size * d;
-    if (step_now) dense_update(r, Vd, &r->lm_head_g);
+    if (step_now && !c->tie_word_embeddings) dense_update(r, Vd, &r->lm_head_g);
     if (step_now) dense_update(r, d, NULL); /* final norm */
     for (int l = c->num_hidden_layers - 1; l >= 0; l--) {
         if (r->in->activation_checkpointing) block_forward(r, l); /* recomputed */
@@ -157,7 +158,7 @@ static void train_step_replay(replay *r, long step) {
             dense_update(r, d, NULL);
         }
         dense_update(r, d, NULL);
-        dense_update(r, Vd, NULL);
+        if (!c->tie_word_embeddings) dense_update(r, Vd, NULL);
         phase_all(r, LPHASE_STEP, step);
     }
     r->optim_ready = 1;
