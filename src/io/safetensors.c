@@ -293,6 +293,7 @@ static int parse_file(st_file *f, const char *path, const uint8_t *buf, size_t s
     }
     rc = check_layout(path, f);
     if (!rc) rc = check_crc(path, f);
+    for (int i = 0; !rc && i < f->n_tensors; i++) f->tensors[i].bytes = f->data + f->tensors[i].offset;
 out:
     json_free(h);
     return rc;
@@ -332,10 +333,13 @@ int st_open(st_file *f, const char *path) {
     }
     f->map = m;
     f->map_size = size;
+    f->mapped = 1;
     return 0;
 }
 
 void st_close(st_file *f) {
+    for (int i = 0; i < f->n_shards; i++) st_close(&f->shards[i]);
+    free(f->shards);
     if (f->tensors)
         for (int i = 0; i <= f->n_tensors; i++) free(f->tensors[i].name);
     free(f->tensors);
@@ -364,7 +368,25 @@ const char *st_first_unused(const st_file *f) {
     return NULL;
 }
 
-const void *st_data(const st_file *f, const st_tensor *t) { return f->data + t->offset; }
+const void *st_data(const st_file *f, const st_tensor *t) {
+    (void)f;
+    return t->bytes;
+}
+
+/* Tensors from this size up give their pages back once read. */
+#define ST_RELEASE_MIN ((size_t)1 << 20)
+
+/* Hands the whole pages of a mapped tensor back to the kernel: a checkpoint read tensor by
+ * tensor into the model would otherwise stay resident a second time (as file pages of this
+ * process) until it is closed.  The mapping is private and never written, so a later access
+ * reads the same bytes from the file again; memory that is not a file mapping is left alone. */
+static void release_pages(const st_file *f, const st_tensor *t) {
+    if (!f->mapped || t->nbytes < ST_RELEASE_MIN) return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t b = ((uintptr_t)t->bytes + page - 1) & ~(page - 1);
+    const uintptr_t e = ((uintptr_t)t->bytes + t->nbytes) & ~(page - 1);
+    if (e > b) (void)madvise((void *)b, e - b, MADV_DONTNEED);
+}
 
 const char *st_meta(const st_file *f, const char *key) {
     for (int i = f->n_meta; i-- > 0;)
@@ -385,7 +407,7 @@ static const st_tensor *find_shaped(const st_file *f, const char *name, int ndim
         char have[256], want[256];
         format_shape(have, sizeof have, t->ndim, t->shape);
         format_shape(want, sizeof want, ndim >= 0 && ndim <= ST_MAX_DIMS ? ndim : 0, shape);
-        loqt_set_error("%s: tensor '%s' has shape %s, expected %s", fname(f), name, have, want);
+        loqt_set_error("%s: tensor '%s' has shape %s, expected %s", t->file ? t->file : fname(f), name, have, want);
         return NULL;
     }
     return t;
@@ -423,33 +445,36 @@ float st_bf16_to_f32(uint16_t h) {
 int st_read_f32(const st_file *f, const char *name, float *dst, int ndim, const int64_t *shape) {
     const st_tensor *t = find_shaped(f, name, ndim, shape);
     if (!t) return -1;
-    const uint8_t *src = f->data + t->offset;
+    const uint8_t *src = t->bytes;
     size_t n = t->nbytes / dtype_sizes[t->dtype];
     switch (t->dtype) {
     case ST_F32:
         memcpy(dst, src, t->nbytes);
-        return 0;
+        break;
     case ST_F16:
 #pragma omp parallel for schedule(static) if (n > 65536)
         for (size_t i = 0; i < n; i++) dst[i] = st_f16_to_f32((uint16_t)(src[2 * i] | src[2 * i + 1] << 8));
-        return 0;
+        break;
     case ST_BF16:
 #pragma omp parallel for schedule(static) if (n > 65536)
         for (size_t i = 0; i < n; i++) dst[i] = st_bf16_to_f32((uint16_t)(src[2 * i] | src[2 * i + 1] << 8));
-        return 0;
+        break;
     default:
-        return loqt_set_error("%s: tensor '%s' has dtype %s, expected F32, F16 or BF16", fname(f), name,
-                              dtype_names[t->dtype]);
+        return loqt_set_error("%s: tensor '%s' has dtype %s, expected F32, F16 or BF16", t->file ? t->file : fname(f),
+                              name, dtype_names[t->dtype]);
     }
+    release_pages(f, t);
+    return 0;
 }
 
 int st_read_raw(const st_file *f, const char *name, void *dst, st_dtype dtype, int ndim, const int64_t *shape) {
     const st_tensor *t = find_shaped(f, name, ndim, shape);
     if (!t) return -1;
     if (t->dtype != dtype)
-        return loqt_set_error("%s: tensor '%s' has dtype %s, expected %s", fname(f), name, dtype_names[t->dtype],
-                              st_dtype_name(dtype));
-    memcpy(dst, f->data + t->offset, t->nbytes);
+        return loqt_set_error("%s: tensor '%s' has dtype %s, expected %s", t->file ? t->file : fname(f), name,
+                              dtype_names[t->dtype], st_dtype_name(dtype));
+    memcpy(dst, t->bytes, t->nbytes);
+    release_pages(f, t);
     return 0;
 }
 
@@ -471,7 +496,8 @@ size_t st_count_nonfinite(st_dtype t, const void *data, size_t nbytes) {
 int st_check_finite(const st_file *f) {
     for (int i = 0; i < f->n_tensors; i++) {
         const st_tensor *t = &f->tensors[i];
-        size_t bad = st_count_nonfinite(t->dtype, f->data + t->offset, t->nbytes);
+        size_t bad = st_count_nonfinite(t->dtype, t->bytes, t->nbytes);
+        release_pages(f, t);
         if (bad)
             return loqt_set_error("tensor '%s' holds %zu non-finite values (NaN or infinity): the weights are "
                                   "unusable (the run that wrote them diverged)", t->name, bad);

@@ -52,8 +52,49 @@ static void param_free(dense_param *p) {
     optim_state_free(&p->opt);
 }
 
-int llama_create(llama_model *m, const llama_config *cfg, const linear_method *method,
-                 const method_opts *mo, uint64_t seed) {
+/* A dense parameter's values: from the checkpoint, or normal(0, std) (ones for std 0). */
+static int param_values(dense_param *p, const st_file *w, uint64_t seed, float std) {
+    if (w) return st_read_f32(w, p->name, p->w, p->ndim, p->shape);
+    param_fill(p, seed, std);
+    return 0;
+}
+
+/* A linear layer's method state, from its pretrained weight when there is a checkpoint: the
+ * weight is read into a scratch buffer of the layer's size, handed to the method's init, and
+ * freed again, so one layer's fp32 copy exists beside the model at a time. */
+static int linear_from(linear_layer *L, const method_opts *mo, const st_file *w) {
+    linear_init ini = {0};
+    float *W0 = NULL;
+    if (w) {
+        char name[160];
+        const int64_t shape[2] = {L->out, L->in};
+        snprintf(name, sizeof name, "%s.weight", L->name);
+        W0 = mem_alloc(MEM_SCRATCH, llama_init_scratch_bytes(L->out, L->in));
+        if (st_read_f32(w, name, W0, 2, shape)) {
+            mem_free(W0);
+            return -1;
+        }
+        ini.W0 = W0;
+    }
+    int rc = L->m->init(L, mo, &ini);
+    mem_free(W0);
+    if (rc) loqt_set_error("%s: %s", L->name, loqt_last_error());
+    return rc;
+}
+
+/* A tied model's checkpoint may still carry lm_head.weight (some writers keep the copy): it must
+ * then be the embedding, or the checkpoint is not the tied model its config says. */
+static int check_tied_copy(const st_file *w) {
+    const st_tensor *h = st_find(w, "lm_head.weight"), *e = st_find(w, "model.embed_tokens.weight");
+    if (!h || !e) return 0;
+    if (h->dtype != e->dtype || h->nbytes != e->nbytes || memcmp(h->bytes, e->bytes, h->nbytes) != 0)
+        return loqt_set_error("lm_head.weight differs from model.embed_tokens.weight, but config.json says "
+                              "tie_word_embeddings: true (set it to false for an untied model)");
+    return 0;
+}
+
+static int create(llama_model *m, const llama_config *cfg, const linear_method *method,
+                  const method_opts *mo, uint64_t seed, const st_file *w) {
     memset(m, 0, sizeof *m);
     if (config_validate(cfg)) return -1;
     m->cfg = *cfg;
@@ -64,34 +105,32 @@ int llama_create(llama_model *m, const llama_config *cfg, const linear_method *m
     const int hd = d / cfg->num_attention_heads;
     optim_kind ok = mo->optimizer;
     param_init(&m->embed, "model.embed_tokens.weight", 2, V, d, ok, 1);
-    param_fill(&m->embed, seed, 0.02f);
+    if (param_values(&m->embed, w, seed, 0.02f)) return -1;
     m->blocks = calloc((size_t)cfg->num_hidden_layers, sizeof *m->blocks);
     for (int l = 0; l < cfg->num_hidden_layers; l++) {
         llama_block *b = &m->blocks[l];
         char name[96];
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
         param_init(&b->attn_norm, name, 1, d, 0, ok, 0);
-        param_fill(&b->attn_norm, seed, 0);
+        if (param_values(&b->attn_norm, w, seed, 0)) return -1;
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
         param_init(&b->mlp_norm, name, 1, d, 0, ok, 0);
-        param_fill(&b->mlp_norm, seed, 0);
+        if (param_values(&b->mlp_norm, w, seed, 0)) return -1;
         for (int j = 0; j < LIN_PER_BLOCK; j++) {
             linear_layer *L = &b->lin[j];
             L->m = method;
             llama_linear_shape(cfg, j, &L->out, &L->in);
             snprintf(L->name, sizeof L->name, "model.layers.%d.%s", l, lin_names[j]);
-            const linear_init random_init = {0};
-            if (method->init(L, &m->mopts, &random_init)) {
-                loqt_set_error("%s: %s", L->name, loqt_last_error());
-                return -1;
-            }
+            if (linear_from(L, &m->mopts, w)) return -1;
         }
     }
     param_init(&m->final_norm, "model.norm.weight", 1, d, 0, ok, 0);
-    param_fill(&m->final_norm, seed, 0);
+    if (param_values(&m->final_norm, w, seed, 0)) return -1;
     if (!cfg->tie_word_embeddings) { /* tied: the embedding is the output layer too */
         param_init(&m->lm_head, "lm_head.weight", 2, V, d, ok, 1);
-        param_fill(&m->lm_head, seed, 0.02f);
+        if (param_values(&m->lm_head, w, seed, 0.02f)) return -1;
+    } else if (w && check_tied_copy(w)) {
+        return -1;
     }
     size_t half = llama_rope_floats(cfg);
     m->rope_cos = mem_alloc(MEM_DENSE, half * sizeof(float));
@@ -104,6 +143,20 @@ int llama_create(llama_model *m, const llama_config *cfg, const linear_method *m
 #endif
     return 0;
 }
+
+int llama_create_from(llama_model *m, const llama_config *cfg, const linear_method *method,
+                      const method_opts *mo, uint64_t seed, const st_file *weights) {
+    if (create(m, cfg, method, mo, seed, weights) == 0) return 0;
+    if (m->method) llama_free(m); /* what was created so far */
+    return -1;
+}
+
+int llama_create(llama_model *m, const llama_config *cfg, const linear_method *method,
+                 const method_opts *mo, uint64_t seed) {
+    return llama_create_from(m, cfg, method, mo, seed, NULL);
+}
+
+size_t llama_init_scratch_bytes(int out, int in) { return (size_t)out * in * sizeof(float); }
 
 void llama_block_act_bytes(const llama_config *c, int B, int T, size_t out[BLOCK_ACT_BUFS]) {
     const size_t N = (size_t)B * T, d = c->hidden_size, F = c->intermediate_size;

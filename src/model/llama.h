@@ -94,6 +94,16 @@ size_t llama_rope_floats(const llama_config *c);
  * its own named stream so the init does not depend on thread count or creation order. */
 int llama_create(llama_model *m, const llama_config *cfg, const linear_method *method,
                  const method_opts *mo, uint64_t seed);
+/* The same from pretrained weights (HF tensor names, F32/F16/BF16; NULL: random as above): the
+ * embedding, norms and lm_head are read into place, and each linear layer's weight is read into
+ * a scratch buffer (llama_init_scratch_bytes) and given to its method's init as linear_init.W0,
+ * then freed.  A tied model's checkpoint may hold lm_head.weight only as a copy of the embedding.
+ * Tensors of `weights` that were not read are left for the caller to report (st_first_unused).
+ * -1 with an error naming the tensor (missing, wrong shape or dtype); nothing stays allocated. */
+int llama_create_from(llama_model *m, const llama_config *cfg, const linear_method *method,
+                      const method_opts *mo, uint64_t seed, const st_file *weights);
+/* The scratch buffer that carries one pretrained out x in weight to its layer's init. */
+size_t llama_init_scratch_bytes(int out, int in);
 void llama_free(llama_model *m);
 
 /* (Re)allocates activations for micro-batches of B sequences of T tokens. */
