@@ -62,6 +62,7 @@ static void create(replay *r) {
             linear_plan *p = layer(r, l, j);
             llama_linear_shape(c, j, &p->out, &p->in);
             p->o = &r->in->mo;
+            p->init_W0 = r->in->init_from;
             /* from a pretrained checkpoint: the layer's weight in fp32 while its init runs */
             const size_t w0 = llama_init_scratch_bytes(p->out, p->in);
             if (r->in->init_from) mem_sim_alloc(&r->s, MEM_SCRATCH, w0);
