@@ -216,6 +216,22 @@ out:
     return rc;
 }
 
+/* Tensors from this size up give their pages back once read. */
+#define ST_RELEASE_MIN ((size_t)1 << 20)
+
+/* Hands the whole pages of a mapped tensor back to the kernel: a checkpoint read tensor by
+ * tensor into the model would otherwise stay resident a second time (as file pages of this
+ * process) until it is closed.  The mapping is private and never written, so a later access
+ * reads the same bytes from the file again; memory that is not a file mapping is left alone. */
+static void release_range(const st_file *f, const uint8_t *p, size_t n) {
+    if (!f->mapped || n < ST_RELEASE_MIN) return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t b = ((uintptr_t)p + page - 1) & ~(page - 1), e = ((uintptr_t)p + n) & ~(page - 1);
+    if (e > b) (void)madvise((void *)b, e - b, MADV_DONTNEED);
+}
+
+static void release_pages(const st_file *f, const st_tensor *t) { release_range(f, t->bytes, t->nbytes); }
+
 /* Parses buf[0..size) (the whole file); on failure the caller runs st_close. */
 /* loqt's writer records the CRC-32C of the data buffer as __metadata__ "crc32c" (8 hex digits);
  * a file that has one must match it.  Files from elsewhere have none and are not checked. */
@@ -226,6 +242,7 @@ static int check_crc(const char *path, const st_file *f) {
     unsigned long w = strtoul(want, &end, 16);
     if (strlen(want) != 8 || *end) return loqt_set_error("%s: malformed crc32c '%s' in __metadata__", path, want);
     uint32_t have = crc32c(0, f->data, f->data_size);
+    release_range(f, f->data, f->data_size); /* read once, whole: not kept resident */
     if (have != (uint32_t)w)
         return loqt_set_error("%s: checksum mismatch (the data's crc32c is %08x, the file records %s): the file is "
                               "corrupt", path, have, want);
@@ -326,6 +343,7 @@ int st_open(st_file *f, const char *path) {
     int e = errno;
     close(fd); /* the mapping keeps the file alive */
     if (m == MAP_FAILED) return loqt_set_error("%s: mmap failed: %s", path, strerror(e));
+    f->mapped = 1;
     if (parse_file(f, path, m, size)) {
         st_close(f);
         munmap(m, size);
@@ -373,20 +391,6 @@ const void *st_data(const st_file *f, const st_tensor *t) {
     return t->bytes;
 }
 
-/* Tensors from this size up give their pages back once read. */
-#define ST_RELEASE_MIN ((size_t)1 << 20)
-
-/* Hands the whole pages of a mapped tensor back to the kernel: a checkpoint read tensor by
- * tensor into the model would otherwise stay resident a second time (as file pages of this
- * process) until it is closed.  The mapping is private and never written, so a later access
- * reads the same bytes from the file again; memory that is not a file mapping is left alone. */
-static void release_pages(const st_file *f, const st_tensor *t) {
-    if (!f->mapped || t->nbytes < ST_RELEASE_MIN) return;
-    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    const uintptr_t b = ((uintptr_t)t->bytes + page - 1) & ~(page - 1);
-    const uintptr_t e = ((uintptr_t)t->bytes + t->nbytes) & ~(page - 1);
-    if (e > b) (void)madvise((void *)b, e - b, MADV_DONTNEED);
-}
 
 const char *st_meta(const st_file *f, const char *key) {
     for (int i = f->n_meta; i-- > 0;)
