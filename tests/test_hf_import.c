@@ -8,7 +8,8 @@
  *     are the stored values);
  *   - broken directories (a missing shard, an index naming a tensor its shard does not hold, a
  *     shard tensor the index does not list, a shard path outside the directory, a wrong shape, an
- *     unsupported dtype, a tied model whose lm_head copy differs) give one-line errors;
+ *     unsupported dtype, a tied model whose lm_head copy differs, a tensor the model does not
+ *     have) give one-line errors, while RoPE's saved inv_freq buffers are skipped;
  *   - a mapped tensor's pages are handed back after it is read. */
 #include "test.h"
 
@@ -189,48 +190,56 @@ static void test_broken_directories(void) {
     sh("rm -rf '%s'", tmp);
 }
 
+/* Writes src's dense export to dir with one extra tensor `name` ([rows, cols] fp32 from data). */
+static int export_with(const llama_model *src, const char *dir, const char *name, const float *data, int64_t rows,
+                       int64_t cols) {
+    char path[400], out[400];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    snprintf(out, sizeof out, "%s/with_extra.safetensors", dir);
+    st_file f;
+    if (llama_export_dense(src, dir) || st_open(&f, path)) return -1;
+    st_writer *w = st_writer_new();
+    for (int i = 0; i < f.n_tensors; i++)
+        st_writer_add(w, f.tensors[i].name, f.tensors[i].dtype, f.tensors[i].ndim, f.tensors[i].shape, f.tensors[i].bytes);
+    const int64_t shape[2] = {rows, cols};
+    st_writer_add(w, name, ST_F32, cols ? 2 : 1, shape, data);
+    int rc = st_writer_write(w, out);
+    st_writer_free(w);
+    st_close(&f);
+    return rc || rename(out, path);
+}
+
 /* A tied model's checkpoint with lm_head.weight: accepted as a copy of the embedding, refused
- * when it differs. */
-static void test_tied_copy_of_lm_head(void) {
+ * when it differs.  RoPE's inv_freq buffers (saved by older Hugging Face versions) are skipped;
+ * any other tensor the model does not have is refused. */
+static void test_extra_tensors(void) {
     char dir[300];
     if (test_make_tmpdir(dir, sizeof dir, "tied")) return;
     llama_config c = {"tied", 32, 64, 1, 4, 2, 48, 32, 1e-6, 10000.0, 1};
     method_opts mo;
     method_opts_defaults(&mo, method_find("full"));
-    llama_model src;
+    llama_model src, m;
     CHECK(llama_create(&src, &c, method_find("full"), &mo, 5) == 0, "create");
-    for (int variant = 0; variant < 2; variant++) {
-        /* the model's own export, plus lm_head.weight: the embedding, or the embedding changed */
-        CHECK(llama_export_dense(&src, dir) == 0, "export: %s", loqt_last_error());
-        st_file f;
-        char path[400];
-        snprintf(path, sizeof path, "%s/model.safetensors", dir);
-        CHECK(st_open(&f, path) == 0, "%s", loqt_last_error());
-        st_writer *w = st_writer_new();
-        for (int i = 0; i < f.n_tensors; i++)
-            st_writer_add(w, f.tensors[i].name, f.tensors[i].dtype, f.tensors[i].ndim, f.tensors[i].shape, f.tensors[i].bytes);
-        float *head = malloc(src.embed.n * sizeof(float));
-        memcpy(head, src.embed.w, src.embed.n * sizeof(float));
-        if (variant) head[7] += 0.5f;
-        st_writer_add(w, "lm_head.weight", ST_F32, 2, src.embed.shape, head);
-        char out[400];
-        snprintf(out, sizeof out, "%s/with_head.safetensors", dir);
-        CHECK(st_writer_write(w, out) == 0, "write");
-        st_writer_free(w);
-        st_close(&f);
-        free(head);
-        CHECK(rename(out, path) == 0, "rename");
-        llama_model m;
+    float *head = malloc(src.embed.n * sizeof(float));
+    memcpy(head, src.embed.w, src.embed.n * sizeof(float));
+    const char *why[4] = {"a copy of the embedding as lm_head.weight", "a differing lm_head.weight",
+                          "a rotary_emb.inv_freq buffer", "a tensor of a second layer"};
+    for (int variant = 0; variant < 4; variant++) {
+        int wrote = variant < 2 ? export_with(&src, dir, "lm_head.weight", head, src.embed.shape[0], src.embed.shape[1])
+                    : variant == 2 ? export_with(&src, dir, "model.layers.0.self_attn.rotary_emb.inv_freq", head, 4, 0)
+                                   : export_with(&src, dir, "model.layers.1.mlp.up_proj.weight", head, 32, 32);
+        CHECK(wrote == 0, "writing the checkpoint with %s: %s", why[variant], loqt_last_error());
         loqt_clear_error();
         int rc = llama_load_pretrained(&m, &c, method_find("full"), &mo, 0, dir);
-        if (variant == 0) {
-            CHECK(rc == 0, "a tied checkpoint with lm_head.weight = embedding refused: %s", loqt_last_error());
-            if (!rc) llama_free(&m);
-        } else {
-            CHECK(rc != 0 && strstr(loqt_last_error(), "lm_head.weight differs from model.embed_tokens.weight"),
-                  "a differing lm_head.weight in a tied checkpoint: %s", rc ? loqt_last_error() : "accepted");
-        }
+        const char *want = variant == 1 ? "lm_head.weight differs from model.embed_tokens.weight"
+                           : variant == 3 ? "hold tensor 'model.layers.1.mlp.up_proj.weight'" : NULL;
+        if (!want) CHECK(rc == 0, "a checkpoint with %s refused: %s", why[variant], loqt_last_error());
+        else CHECK(rc != 0 && strstr(loqt_last_error(), want), "a checkpoint with %s: %s", why[variant],
+                   rc ? loqt_last_error() : "accepted");
+        if (!rc) llama_free(&m);
+        head[7] += variant == 0 ? 0.5f : 0.0f; /* variant 1 differs */
     }
+    free(head);
     llama_free(&src);
     sh("rm -rf '%s'", dir);
 }
@@ -278,7 +287,7 @@ int main(void) {
     RUN(test_single_file_mixed_dtypes_mqa_logits);
     RUN(test_every_method_starts_from_the_weights);
     RUN(test_broken_directories);
-    RUN(test_tied_copy_of_lm_head);
+    RUN(test_extra_tensors);
     RUN(test_pages_released_after_reading);
     TEST_END();
 }

@@ -362,6 +362,12 @@ int llama_load_pretrained(llama_model *m, const llama_config *cfg, const linear_
     int rc = st_check_finite(&w);
     if (rc) loqt_set_error("%s: %s", dir, loqt_last_error());
     if (!rc) rc = llama_create_from(m, cfg, method, mo, seed, &w); /* its messages name the file */
+    /* older Hugging Face checkpoints also saved RoPE's inverse frequencies, a buffer computed from
+     * rope_theta (as loqt computes it), not a weight */
+    for (int i = 0; !rc && i < w.n_tensors; i++) {
+        const char *n = w.tensors[i].name, *suffix = ".rotary_emb.inv_freq";
+        if (strlen(n) > strlen(suffix) && !strcmp(n + strlen(n) - strlen(suffix), suffix)) (void)st_find(&w, n);
+    }
     const char *extra = rc ? NULL : st_first_unused(&w);
     if (extra) {
         rc = loqt_set_error("%s: the weights hold tensor '%s', which a %d-layer LLaMA%s does not have: config.json "
