@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 SECS=${1:-60}
 [ $# -gt 0 ] && shift
-TARGETS=${*:-json safetensors config method_options shard state bpe cli tokenizer}
+TARGETS=${*:-json safetensors config method_options shard state bpe cli tokenizer st_index}
 CLANG=${CLANG:-clang}
 OUT=${FUZZ_DIR:-build/fuzz}
 # the library without OpenMP and with the portable GEMM, plus the CLI's option parser
@@ -62,6 +62,13 @@ seed_safetensors() {
     st_file "$d/seed1.safetensors" '{}      ' 0
     st_file "$d/seed2.safetensors" '{"e":{"dtype":"U8","shape":[0,4],"data_offsets":[0,0]},"u":{"dtype":"U8","shape":[3],"data_offsets":[0,3]},"i":{"dtype":"I32","shape":[1,1],"data_offsets":[3,7]}}' 7
     st_file "$d/seed3.safetensors" '{"l\u00fc.\ud83d\ude00":{"dtype":"I16","shape":[2],"data_offsets":[0,4]},"x":{"dtype":"U16","shape":[1],"data_offsets":[4,6]},"y":{"dtype":"I8","shape":[2],"data_offsets":[6,8]}}  ' 8
+}
+
+seed_st_index() {
+    local d=$OUT/seeds/st_index
+    mkdir -p "$d"
+    printf '%s' '{"metadata": {"total_size": 1024}, "weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors", "model.norm.weight": "model-00002-of-00002.safetensors", "lm_head.weight": "model-00002-of-00002.safetensors"}}' >"$d/seed0.json"
+    printf '%s' '{"weight_map": {"a": "x.safetensors"}, "other": [1, 2]}' >"$d/seed1.json"
 }
 
 seed_config() {

@@ -14,6 +14,9 @@ OUTDIR/llama_ref.safetensors (tiny config, B=2, T=16, accum=2, 10 AdamW steps):
   final.<HF name>                      every parameter after the steps
 OUTDIR/llama_ref_long.safetensors (same config, B=1, T=64, no training):
   inputs, targets [1, 1, 64], parameters, logits, loss, grad.<HF name>
+OUTDIR/llama_ref_gqa_tied.safetensors: as llama_ref.safetensors for CONFIG_GQA_TIED (4 query heads
+  over 2 key/value heads, the embedding tied to the output layer: no lm_head.weight, and the
+  embedding's gradient holds both uses)
 Every hyperparameter and the config (JSON under "config") are in the __metadata__ as strings.
 
 Training: each micro-batch loss is divided by accum before backward; clip_grad_norm_(1.0) over all
@@ -42,6 +45,7 @@ CONFIG = {
     "rms_norm_eps": 1e-6,
     "rope_theta": 10000.0,
 }
+CONFIG_GQA_TIED = dict(CONFIG, num_key_value_heads=2, tie_word_embeddings=True)
 HP = {
     "seed": 1234, "B": 2, "T": 16, "accum": 2, "steps": 10,
     "lr": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "weight_decay": 0.1,
@@ -103,11 +107,11 @@ def meta_for(cfg, hp, extra=None):
     return meta
 
 
-def gen_main(outdir):
+def gen_main(outdir, config=CONFIG, fname="llama_ref.safetensors"):
     hp = HP
     torch.manual_seed(hp["seed"])
-    model = tl.LlamaForCausalLM(CONFIG)
-    inputs, targets = random_batches(hp["accum"], hp["B"], hp["T"], CONFIG["vocab_size"])
+    model = tl.LlamaForCausalLM(config)
+    inputs, targets = random_batches(hp["accum"], hp["B"], hp["T"], config["vocab_size"])
     init = {n: p.detach().clone() for n, p in model.named_parameters()}
 
     logits, loss, grads = init_pass(model, inputs, targets)
@@ -115,7 +119,7 @@ def gen_main(outdir):
     final = {n: p.detach().clone() for n, p in model.named_parameters()}
 
     # float64 run from the same starting point: how much of a C-vs-torch difference is fp32 noise.
-    m64 = tl.LlamaForCausalLM(CONFIG).double()
+    m64 = tl.LlamaForCausalLM(config).double()
     with torch.no_grad():
         for n, p in m64.named_parameters():
             p.copy_(init[n].double())
@@ -134,14 +138,14 @@ def gen_main(outdir):
     t["lrs"] = torch.tensor(lrs, dtype=torch.float32)
     t["grad_norms"] = torch.tensor(norms, dtype=torch.float32)
     t.update({"final." + n: p for n, p in final.items()})
-    meta = meta_for(CONFIG, hp, {
+    meta = meta_for(config, hp, {
         "schedule": "LambdaLR(warmup+cosine), scheduler.step() after each optimizer step",
         "grad_accum": "each micro-batch loss / accum before backward",
         "clip": "torch.nn.utils.clip_grad_norm_(all params, grad_clip): g *= min(1, c/(norm+1e-6))",
         "fp32_vs_fp64_losses_max_abs_diff": repr(loss_diff),
         "fp32_vs_fp64_final_params_max_abs_diff": repr(final_diff),
     })
-    path = os.path.join(outdir, "llama_ref.safetensors")
+    path = os.path.join(outdir, fname)
     tl.write_safetensors(path, t, meta)
     return path, loss.item(), losses, losses64, loss_diff, final_diff
 
@@ -179,6 +183,9 @@ def main():
     print("  fp32 vs fp64: losses max |diff| %.2e, final params max |diff| %.2e" % (ldiff, pdiff))
     path, lossl = gen_long(outdir)
     print("%s: init loss %.5f" % (path, lossl))
+    path, loss0, losses, _, ldiff, _ = gen_main(outdir, CONFIG_GQA_TIED, "llama_ref_gqa_tied.safetensors")
+    print("%s: init loss %.5f, losses %s (fp32 vs fp64 %.2e)" % (
+        path, loss0, " ".join("%.4f" % x for x in losses), ldiff))
     print("  %.1f s" % (time.time() - t0))
     return 0
 

@@ -721,6 +721,49 @@ loss = [float(l.split()[1]) for l in open('$T/out') if l.startswith('loss:')][0]
 mean = sum(float(r[2]) for r in rows) / len(rows)
 sys.exit(not ($RC == 0 and len(rows) == 128 and abs(mean - loss) < 1e-4))"
 
+# ---- Hugging Face checkpoints in ------------------------------------------------------------
+# a LLaMA directory as Hugging Face writes one (two BF16 shards with an index, grouped-query
+# attention, tied embeddings; tests/gen_hf_ref.py), with PyTorch's per-token losses on the first
+# batch of the validation split
+HF=$T/hf
+"$PY" tests/gen_hf_ref.py --fixture "$HF" --vocab 64 --shard "$D/val_000.bin" --batch 2 --seq 32
+HFEVAL=(--data "$D" --batch-size 2 --max-length 32 --num-eval-tokens 64 --threads 1)
+run "$LOQT" eval --checkpoint "$HF" "${HFEVAL[@]}" --per-token "$T/hf_tok.tsv"
+check hf_eval_matches_pytorch "exit $RC ($(head -n 1 "$T/err")), or the per-token losses differ from PyTorch's by more than 1e-4" \
+    "$PY" -c "
+import sys
+def rows(p): return [l.split('\t') for l in open(p).read().split('\n')[1:] if l]
+a, b = rows('$T/hf_tok.tsv'), rows('$HF.expected.tsv')
+worst = max(abs(float(x[2]) - float(y[2])) for x, y in zip(a, b)) if a else 1
+sys.exit(not ($RC == 0 and len(a) == len(b) == 64 and all(x[1] == y[1] for x, y in zip(a, b)) and worst < 1e-4))"
+hf_loss=$(sed -n 's/^loss: //p' "$T/out")
+# training from it: a full-rank run's step-0 evaluation is the directory's own loss, and a LoQT
+# run (every layer quantized from its pretrained weight) trains
+run "$LOQT" train --init-from "$HF" "${HFEVAL[@]}" --num-training-steps 2 --output-dir "$T/hf_full"
+step0=$("$PY" -c "
+import json
+for l in open('$T/hf_full/metrics.jsonl'):
+    o = json.loads(l)
+    if o.get('step') == 0 and 'eval_loss' in o: print('%.6f' % o['eval_loss'])" 2>/dev/null)
+check hf_init_from_full "exit $RC ($(tail -n 1 "$T/err")); step-0 eval loss '$step0', the directory's '$hf_loss'" \
+    bash -c "[ $RC -eq 0 ] && [ -n '$hf_loss' ] && [ '$step0' = '$hf_loss' ]"
+expect_ok hf_init_from_loqt "$LOQT" train --init-from "$HF" "${HFEVAL[@]}" --num-training-steps 2 --method loqt --rank 4 --output-dir "$T/hf_loqt"
+expect_ok hf_export "$LOQT" export --checkpoint "$HF" --out "$T/hf_dense"
+run "$LOQT" eval --checkpoint "$T/hf_dense" "${HFEVAL[@]}"
+check hf_export_same_loss "exit $RC; the export's loss $(sed -n 's/^loss: //p' "$T/out"), the directory's $hf_loss" \
+    bash -c "[ $RC -eq 0 ] && [ \"\$(sed -n 's/^loss: //p' '$T/out')\" = '$hf_loss' ]"
+# fixtures of the bad-input rows below: a missing shard, an index naming a tensor its shard does
+# not hold, a shape the config does not give, a dtype loqt does not read, another vocabulary
+cp -r "$HF" "$T/hf_noshard" && rm "$T/hf_noshard/model-00002-of-00002.safetensors"
+cp -r "$HF" "$T/hf_badmap" && "$PY" -c "
+import json, sys; p = sys.argv[1] + '/model.safetensors.index.json'; ix = json.load(open(p))
+ix['weight_map']['model.norm.weight'] = 'model-00001-of-00002.safetensors'; json.dump(ix, open(p, 'w'))" "$T/hf_badmap"
+cp -r "$HF" "$T/hf_shape" && sed -i 's/"intermediate_size": 64/"intermediate_size": 48/' "$T/hf_shape/config.json"
+cp -r "$HF" "$T/hf_f64" && "$PY" -c "
+import sys; f = sys.argv[1] + '/model-00001-of-00002.safetensors'; b = open(f, 'rb').read()
+i = b.index(b'\"BF16\"'); open(f, 'wb').write(b[:i] + b'\"F64\" ' + b[i + 6:])" "$T/hf_f64"
+"$PY" tests/gen_hf_ref.py --fixture "$T/hf_v80" --vocab 80 --shard "$D/val_000.bin" --batch 2 --seq 32
+
 # ---- the bad-input table of docs/bad_input.md: every row runs and is checked -----------------
 # fixtures of the rows not made above
 mkdir -p "$T/bi_nodata" "$T/bi_shard"

@@ -158,6 +158,29 @@ static int st_parse_free(const uint8_t *data, size_t len) {
     return 0;
 }
 
+/* ---- model.safetensors.index.json ---- */
+
+static int index_seeds(fz_buf *out, int max) {
+    const char *s[] = {
+        "{\"metadata\": {\"total_size\": 1024}, \"weight_map\": {\"model.embed_tokens.weight\": "
+        "\"model-00001-of-00002.safetensors\", \"model.norm.weight\": \"model-00002-of-00002.safetensors\", "
+        "\"lm_head.weight\": \"model-00002-of-00002.safetensors\"}}",
+        "{\"weight_map\": {\"a\": \"x.safetensors\"}, \"other\": [1, 2]}",
+    };
+    int n = 0;
+    for (size_t i = 0; i < sizeof s / sizeof *s; i++) n = fz_add(out, n, max, s[i], strlen(s[i]));
+    return n;
+}
+
+static int index_parse_free(const uint8_t *data, size_t len) {
+    st_index ix;
+    if (st_index_parse(&ix, (const char *)data, len, "fuzz index") != 0) return -1;
+    for (int i = 0; i < ix.n; i++) /* what st_open_dir relies on */
+        if (ix.shard[i] < 0 || ix.shard[i] >= ix.n_shards || strchr(ix.shards[ix.shard[i]], '/')) abort();
+    st_index_free(&ix);
+    return 0;
+}
+
 /* ---- model configs (config.json) ---- */
 
 static int config_seeds(fz_buf *out, int max) {
@@ -210,6 +233,7 @@ static const fz_target targets[] = {
     {"shard_read", shard_seeds, shard_parse_free, 5000},
     {"json_parse", json_seeds, json_parse_free, 20000},
     {"st_open", st_seeds, st_parse_free, 20000},
+    {"st_index_parse", index_seeds, index_parse_free, 10000},
 };
 
 /* ---- mutator ---- */

@@ -117,11 +117,15 @@ static void test_forward_backward(const char *file, int B, int T) {
 
 static void test_reference_forward_backward(void) { test_forward_backward("llama_ref.safetensors", 2, 16); }
 static void test_reference_long_sequence(void) { test_forward_backward("llama_ref_long.safetensors", 1, 64); }
+/* grouped-query attention (2 key/value heads for 4 query heads) with the embedding tied to the
+ * output layer: the reference has no lm_head.weight, and grad.model.embed_tokens.weight is the
+ * sum of both uses */
+static void test_reference_gqa_tied(void) { test_forward_backward("llama_ref_gqa_tied.safetensors", 2, 16); }
 
-static void test_reference_adamw_steps(void) {
+static void adamw_steps(const char *file) {
     st_file f;
     llama_model m;
-    if (open_ref(&f, "llama_ref.safetensors", &m, 2, 16)) {
+    if (open_ref(&f, file, &m, 2, 16)) {
         CHECK(0, "setup failed");
         return;
     }
@@ -154,9 +158,14 @@ static void test_reference_adamw_steps(void) {
     st_close(&f);
 }
 
+static void test_reference_adamw_steps(void) { adamw_steps("llama_ref.safetensors"); }
+static void test_reference_gqa_tied_adamw_steps(void) { adamw_steps("llama_ref_gqa_tied.safetensors"); }
+
 int main(void) {
     RUN(test_reference_forward_backward);
     RUN(test_reference_long_sequence);
     RUN(test_reference_adamw_steps);
+    RUN(test_reference_gqa_tied);
+    RUN(test_reference_gqa_tied_adamw_steps);
     TEST_END();
 }

@@ -501,6 +501,21 @@ static void check_plan(const linear_method *m, const method_entry *e, int out, i
         snprintf(what, sizeof what, "%s %dx%d %s", m->name, out, in, label);       \
         good &= sim_matches(&s, base, base_total, what);                           \
     } while (0)
+    {   /* from a dense W0 (a pretrained checkpoint): the init without the method's own draw */
+        float *W0 = malloc(sizeof(float) * out * in);
+        for (int i = 0; i < out * in; i++) W0[i] = 0.05f * rng_normal(33, 2, (uint64_t)i);
+        linear_plan p0 = {.out = out, .in = in, .o = &o, .N = d.N, .init_W0 = 1};
+        mem_sim s0 = {0};
+        linear_layer L0;
+        sim_phase_start(&s0);
+        make(&L0, m, &o, out, in, W0);
+        m->plan(&p0, LPHASE_INIT, &s0);
+        snprintf(what, sizeof what, "%s %dx%d init from W0", m->name, out, in);
+        good &= sim_matches(&s0, base, base_total, what);
+        m->free(&L0);
+        mem_workspace_release();
+        free(W0);
+    }
     PHASE("init", LPHASE_INIT, make(&L, m, &o, out, in, NULL));
     for (long st = 0; st < 3; st++) {
         optim_hparams h = {.kind = ok, .lr = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-6f, .grad_scale = 1.0f, .t = st + 1};

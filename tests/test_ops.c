@@ -152,39 +152,86 @@ static void test_rope(void) {
     CHECK_CLOSE(two[RHD + RHD / 2], sin(1.0), 1e-6, 0);
 }
 
-enum { AB = 2, AT = 7, AH = 2, AHD = 4, AD = AH * AHD };
+/* Attention with AH query heads over akv key/value heads (akv = AH: multi-head; 2: grouped-query
+ * attention, two query heads per key/value head). */
+enum { AB = 2, AT = 7, AH = 4, AHD = 4, AD = AH * AHD };
 static float AQ[AB * AT * AD], AK[AB * AT * AD], AV[AB * AT * AD];
 static float scratch[64 * AT * AT];
+static int akv = AH;
 
 static double attn_scalar(const float *x, void *ctx) {
     (void)x;
     (void)ctx;
     float o[AB * AT * AD], lse[AB * AH * AT];
-    attention_forward(o, lse, AQ, AK, AV, AB, AT, AH, AHD, scratch);
+    attention_forward(o, lse, AQ, AK, AV, AB, AT, AH, akv, AHD, scratch);
     double s = 0;
     for (int i = 0; i < AB * AT * AD; i++) s += (double)DY[i] * o[i];
     return s;
 }
 
-static void test_attention_backward_and_causality(void) {
-    enum { n = AB * AT * AD };
-    float o[n], lse[AB * AH * AT], dq[n], dk[n], dv[n];
+static void check_attention(int kv_heads) {
+    akv = kv_heads;
+    const int n = AB * AT * AD, nkv = AB * AT * kv_heads * AHD, dkv = kv_heads * AHD;
+    float o[AB * AT * AD], lse[AB * AH * AT], dq[AB * AT * AD], dk[AB * AT * AD], dv[AB * AT * AD];
     fill(AQ, n, 12, 1);
-    fill(AK, n, 13, 1);
-    fill(AV, n, 14, 1);
+    fill(AK, nkv, 13, 1);
+    fill(AV, nkv, 14, 1);
     fill(DY, n, 15, 1);
-    attention_forward(o, lse, AQ, AK, AV, AB, AT, AH, AHD, scratch);
-    attention_backward(dq, dk, dv, DY, o, lse, AQ, AK, AV, AB, AT, AH, AHD, scratch);
+    attention_forward(o, lse, AQ, AK, AV, AB, AT, AH, akv, AHD, scratch);
+    attention_backward(dq, dk, dv, DY, o, lse, AQ, AK, AV, AB, AT, AH, akv, AHD, scratch);
     check_fd("attention dq", AQ, n, dq, attn_scalar, NULL);
-    check_fd("attention dk", AK, n, dk, attn_scalar, NULL);
-    check_fd("attention dv", AV, n, dv, attn_scalar, NULL);
-    /* the first position attends only to itself: its output is its own v */
-    for (int j = 0; j < AD; j++) CHECK_CLOSE(o[j], AV[j], 1e-6, 0);
+    check_fd("attention dk", AK, nkv, dk, attn_scalar, NULL);
+    check_fd("attention dv", AV, nkv, dv, attn_scalar, NULL);
+    /* the first position attends only to itself: each head's output is its key/value head's v */
+    for (int h = 0; h < AH; h++)
+        for (int j = 0; j < AHD; j++)
+            CHECK_CLOSE(o[h * AHD + j], AV[(h / (AH / akv)) * AHD + j], 1e-6, 0);
     /* changing the last token's k and v leaves every earlier output unchanged */
-    float o2[n];
-    for (int j = 0; j < AD; j++) AK[(AT - 1) * AD + j] += 1, AV[(AT - 1) * AD + j] += 1;
-    attention_forward(o2, lse, AQ, AK, AV, AB, AT, AH, AHD, scratch);
+    float o2[AB * AT * AD];
+    for (int j = 0; j < dkv; j++) AK[(AT - 1) * dkv + j] += 1, AV[(AT - 1) * dkv + j] += 1;
+    attention_forward(o2, lse, AQ, AK, AV, AB, AT, AH, akv, AHD, scratch);
     for (int i = 0; i < (AT - 1) * AD; i++) CHECK(o[i] == o2[i], "future token leaked into position %d", i / AD);
+}
+
+static void test_attention_backward_and_causality(void) { check_attention(AH); }
+
+/* grouped-query attention against ordinary attention with each key/value head repeated for its
+ * group (how the reference implementations define it): the same outputs, and dk, dv the group
+ * sums of the repeated heads' gradients */
+static void test_grouped_query_attention(void) {
+    check_attention(2);
+    enum { n = AB * AT * AD, G = AH / 2 };
+    float o[n], o_rep[n], lse[AB * AH * AT], dq[n], dk[n], dv[n], dq_r[n], dk_r[n], dv_r[n];
+    static float K_rep[n], V_rep[n];
+    for (int r = 0; r < AB * AT; r++)
+        for (int h = 0; h < AH; h++)
+            for (int j = 0; j < AHD; j++) {
+                K_rep[r * AD + h * AHD + j] = AK[r * 2 * AHD + (h / G) * AHD + j];
+                V_rep[r * AD + h * AHD + j] = AV[r * 2 * AHD + (h / G) * AHD + j];
+            }
+    attention_forward(o, lse, AQ, AK, AV, AB, AT, AH, 2, AHD, scratch);
+    attention_backward(dq, dk, dv, DY, o, lse, AQ, AK, AV, AB, AT, AH, 2, AHD, scratch);
+    attention_forward(o_rep, lse, AQ, K_rep, V_rep, AB, AT, AH, AH, AHD, scratch);
+    attention_backward(dq_r, dk_r, dv_r, DY, o_rep, lse, AQ, K_rep, V_rep, AB, AT, AH, AH, AHD, scratch);
+    double worst_o = 0, worst_q = 0, worst_kv = 0;
+    for (int i = 0; i < n; i++) {
+        worst_o = fmax(worst_o, fabs(o[i] - o_rep[i]));
+        worst_q = fmax(worst_q, fabs(dq[i] - dq_r[i]));
+    }
+    for (int r = 0; r < AB * AT; r++)
+        for (int g = 0; g < 2; g++)
+            for (int j = 0; j < AHD; j++) {
+                double sk = 0, sv = 0;
+                for (int h = g * G; h < (g + 1) * G; h++) {
+                    sk += dk_r[r * AD + h * AHD + j];
+                    sv += dv_r[r * AD + h * AHD + j];
+                }
+                const int i = r * 2 * AHD + g * AHD + j;
+                worst_kv = fmax(worst_kv, fmax(fabs(dk[i] - sk), fabs(dv[i] - sv)));
+            }
+    CHECK(worst_o <= 1e-6, "outputs differ from repeated-head attention by %g (tolerance 1e-6)", worst_o);
+    CHECK(worst_q <= 1e-6, "dq differs by %g (tolerance 1e-6)", worst_q);
+    CHECK(worst_kv <= 1e-5, "dk/dv differ from the group sums by %g (tolerance 1e-5)", worst_kv);
 }
 
 static void test_softmax_xent(void) {
@@ -206,6 +253,7 @@ int main(void) {
     RUN(test_swiglu_backward);
     RUN(test_rope);
     RUN(test_attention_backward_and_causality);
+    RUN(test_grouped_query_attention);
     RUN(test_softmax_xent);
     TEST_END();
 }

@@ -40,6 +40,50 @@ typedef struct {
     int with_data;
 } run_case;
 
+/* A pretrained checkpoint for cfg in dir/model.safetensors, its buffers from malloc (not
+ * accounted: the child's counters see only the run itself). */
+static int write_pretrained(const llama_config *c, const char *dir) {
+    st_writer *w = st_writer_new();
+    float *bufs[64];
+    int nb = 0;
+    char names[64][96];
+    const int d = c->hidden_size, V = c->vocab_size;
+    int64_t shapes[64][2];
+    for (int l = -1; l <= c->num_hidden_layers; l++) {
+        const int first = l < 0, last = l == c->num_hidden_layers;
+        for (int j = 0; j < (first ? 1 : last ? (c->tie_word_embeddings ? 1 : 2) : LIN_PER_BLOCK + 2); j++) {
+            int out = d, in = d, ndim = 2;
+            if (first || (last && j == 1)) {
+                out = V;
+                snprintf(names[nb], sizeof names[nb], first ? "model.embed_tokens.weight" : "lm_head.weight");
+            } else if (last || j >= LIN_PER_BLOCK) {
+                ndim = 1;
+                snprintf(names[nb], sizeof names[nb], last ? "model.norm.weight"
+                         : j == LIN_PER_BLOCK ? "model.layers.%d.input_layernorm.weight"
+                                              : "model.layers.%d.post_attention_layernorm.weight", l);
+            } else {
+                static const char *lin[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+                llama_linear_shape(c, j, &out, &in);
+                snprintf(names[nb], sizeof names[nb], "model.layers.%d.%s.weight", l, lin[j]);
+            }
+            shapes[nb][0] = out;
+            shapes[nb][1] = in;
+            const size_t n = (size_t)out * (ndim == 2 ? (size_t)in : 1);
+            bufs[nb] = malloc(n * sizeof(float));
+            for (size_t i = 0; i < n; i++) bufs[nb][i] = 0.02f * rng_normal(9, (uint64_t)nb, i);
+            st_writer_add(w, names[nb], ST_F32, ndim, shapes[nb], bufs[nb]);
+            nb++;
+        }
+    }
+    char path[600];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    int rc = st_writer_write(w, path);
+    st_writer_free(w);
+    for (int i = 0; i < nb; i++) free(bufs[i]);
+    return rc;
+}
+
 /* The real run, as `loqt train` / `loqt bench` do it; returns the number of mismatches. */
 static int measure(const run_case *rc) {
     const plan_input *in = &rc->in;
@@ -50,7 +94,7 @@ static int measure(const run_case *rc) {
     }
     char dir[512] = "";
     data_loader tr, va;
-    if (rc->with_data || in->save_original_model) {
+    if (rc->with_data || in->save_original_model || in->init_from) {
         const char *t = getenv("TMPDIR");
         snprintf(dir, sizeof dir, "%s/loqt_test_plan_XXXXXX", t && *t ? t : "/tmp");
         if (!mkdtemp(dir)) return 1;
@@ -73,10 +117,16 @@ static int measure(const run_case *rc) {
         }
     }
     llama_model m;
-    if (llama_create(&m, &in->cfg, method_find(in->method), &in->mo, 11)) {
+    st_file weights;
+    if (in->init_from && (write_pretrained(&in->cfg, dir) || st_open_dir(&weights, dir))) {
+        printf("    pretrained weights: %s\n", loqt_last_error());
+        return 1;
+    }
+    if (llama_create_from(&m, &in->cfg, method_find(in->method), &in->mo, 11, in->init_from ? &weights : NULL)) {
         printf("    create: %s\n", loqt_last_error());
         return 1;
     }
+    if (in->init_from) st_close(&weights);
     m.checkpoint_activations = in->activation_checkpointing;
     m.per_layer_updates = in->per_layer_updates;
     llama_set_batch(&m, in->batch, in->seq);
@@ -302,6 +352,44 @@ static void test_every_method_exact(void) {
     }
 }
 
+/* Grouped-query attention (k, v of 2 of the 4 heads' width) and a tied embedding (no lm_head;
+ * the output layer's gradient is the embedding's, allocated in the forward), for every method:
+ * plain, per-layer updates (the tied gradient released only after the embedding's update), and
+ * per-layer updates with accumulation and checkpointing, started from pretrained weights (each
+ * layer's W0 in a scratch buffer during its init, the method's own random draw not made);
+ * and an untied model from pretrained weights. */
+static void test_gqa_tied_exact(void) {
+    for (int k = 0; k < method_count(); k++) {
+        const char *name = method_at(k)->name;
+        char what[3][96];
+        run_case rc[3];
+        for (int v = 0; v < 3; v++) {
+            rc[v] = base(what[v], name);
+            rc[v].in.cfg.num_key_value_heads = 2;
+            rc[v].in.cfg.tie_word_embeddings = 1;
+            set_opt(&rc[v].in, "update-proj-gap", 1);
+        }
+        snprintf(what[0], sizeof what[0], "%s GQA + tied", name);
+        snprintf(what[1], sizeof what[1], "%s GQA + tied, per-layer updates", name);
+        rc[1].in.per_layer_updates = 1;
+        rc[1].in.steps = 3;
+        snprintf(what[2], sizeof what[2], "%s GQA + tied from pretrained weights, per-layer updates, accum 2, checkpointing", name);
+        rc[2].in.per_layer_updates = 1;
+        rc[2].in.accum = 2;
+        rc[2].in.activation_checkpointing = 1;
+        rc[2].in.init_from = 1;
+        for (int v = 0; v < 3; v++) {
+            rc[v].what = what[v];
+            check_exact(&rc[v]);
+        }
+        char w_untied[96];
+        snprintf(w_untied, sizeof w_untied, "%s from pretrained weights", name);
+        run_case un = base(w_untied, name);
+        un.in.init_from = 1;
+        check_exact(&un);
+    }
+}
+
 static plan plan_of(const char *model, const char *method, void (*edit)(plan_input *)) {
     llama_config c;
     plan p;
@@ -425,6 +513,7 @@ int main(void) {
     RUN(test_per_layer_updates_exact);
     RUN(test_data_and_export_exact);
     RUN(test_every_method_exact);
+    RUN(test_gqa_tied_exact);
     RUN(test_savings_go_the_right_way);
     RUN(test_paper_estimate_close_to_table);
     RUN(test_parse_bytes);

@@ -273,8 +273,11 @@ static void test_config_errors(void) {
         "{\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 3, \"vocab_size\": 10}",
         "{\"hidden_size\": 64.5, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10}",
         "{\"hidden_size\": -64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10}",
-        "{\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10, \"num_key_value_heads\": 2}",
-        "{\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10, \"tie_word_embeddings\": true}",
+        /* key/value heads that do not divide the query heads; a head_dim that is not hidden / heads */
+        "{\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10, \"num_key_value_heads\": 3}",
+        "{\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10, \"num_key_value_heads\": 0}",
+        "{\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10, \"head_dim\": 8}",
+        "{\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10, \"tie_word_embeddings\": 1}",
         "{\"hidden_size\": \"64\", \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"vocab_size\": 10}",
         "{\"hidden_size\": 64, ",
         /* a key loqt does not know (misspelt), and keys with values loqt does not implement */
@@ -297,6 +300,14 @@ static void test_config_errors(void) {
                      "\"vocab_size\": 10, \"bos_token_id\": 1, \"eos_token_id\": 2, \"torch_dtype\": \"bfloat16\", "
                      "\"initializer_range\": 0.02, \"use_cache\": true, \"attention_bias\": false, \"pretraining_tp\": 1}";
     CHECK(config_parse(&c, hf, strlen(hf), "cfg") == 0, "a HF LlamaConfig: %s", loqt_last_error());
+    /* grouped-query attention, tied embeddings and a consistent head_dim are accepted */
+    const char *gqa = "{\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+                      "\"num_key_value_heads\": 2, \"head_dim\": 16, \"vocab_size\": 10, \"tie_word_embeddings\": true}";
+    CHECK(config_parse(&c, gqa, strlen(gqa), "cfg") == 0 && c.num_key_value_heads == 2 && c.tie_word_embeddings &&
+              config_kv_dim(&c) == 32, "GQA + tied: %s", loqt_last_error());
+    /* a tied model has one vocabulary matrix: 2 * (2*64*64 + 2*64*32 + 3*64*128) + 10*64 + 5*64 */
+    CHECK(config_params_total(&c) == 2LL * (8192 + 4096 + 24576) + 640 + 320, "GQA + tied parameters: %lld",
+          config_params_total(&c));
     const char *typo = "{\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, "
                        "\"num_attention_heads\": 4, \"vocab_size\": 10, \"max_position_embedding\": 512}";
     config_parse(&c, typo, strlen(typo), "cfg");

@@ -4,7 +4,10 @@ Written from the model description (HF transformers' LlamaForCausalLM semantics)
   token embedding; per layer: RMSNorm -> q, k, v (no bias, weight [out, in]) -> RoPE with the
   "rotate-half" pairing (dims i and i + d/2 of each head) -> causal softmax attention scaled by
   1/sqrt(head_dim) -> o_proj -> residual; RMSNorm -> down(silu(gate(x)) * up(x)) -> residual;
-  final RMSNorm; untied lm_head; mean cross-entropy over all B*T positions.
+  final RMSNorm; lm_head (with tie_word_embeddings the embedding matrix itself, one parameter
+  shared by both uses); mean cross-entropy over all B*T positions.  Grouped-query attention
+  (num_key_value_heads < num_attention_heads) repeats each key/value head for its group of query
+  heads.
 Parameter names equal HF names, so a state_dict of this model is a HF LLaMA checkpoint.
 
 Unlike HF, forward() takes explicit targets (already shifted by the caller); nothing is shifted here.
@@ -47,6 +50,7 @@ CONFIG_DEFAULTS = {
     "max_position_embeddings": 2048,
     "rms_norm_eps": 1e-6,
     "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
 }
 
 
@@ -200,6 +204,9 @@ class LlamaForCausalLM(nn.Module):
         self.config = cfg = load_config(cfg)
         self.model = LlamaModel(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            # one parameter: named_parameters() lists it once, as model.embed_tokens.weight
+            self.lm_head.weight = self.model.embed_tokens.weight
         self.init_weights()
 
     @torch.no_grad()

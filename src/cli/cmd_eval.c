@@ -51,7 +51,7 @@ int cmd_eval(int argc, char **argv) {
     int batch = 8, T = 256, threads = 0;
     long ntok = 1000000;
     const opt_spec specs[] = {
-        {"checkpoint", OPT_STRING, &ckpt, "checkpoint directory (from 'loqt train' or 'loqt export')", NULL},
+        {"checkpoint", OPT_STRING, &ckpt, "checkpoint directory (from 'loqt train' or 'loqt export'), or a LLaMA in Hugging Face layout (config.json with model.safetensors or shards and model.safetensors.index.json; F32, F16 or BF16)", NULL},
         {"data", OPT_STRING, &data, "directory of token shards", NULL},
         {"split", OPT_STRING, &split, "which split to evaluate", "val|train"},
         {"num-eval-tokens", OPT_LONG, &ntok, "tokens to evaluate (from the start of the split)", NULL},
@@ -76,6 +76,7 @@ int cmd_eval(int argc, char **argv) {
     cli_check_same_tokenizer(model_tok, data_tok, "--data");
     data_loader L;
     if (loader_open(&L, data, split)) loqt_die_last("--data");
+    if (cli_is_pretrained_dir(ckpt)) cli_check_pretrained_vocab(m.cfg.vocab_size, loader_vocab_size(&L), ckpt);
     if (loader_vocab_size(&L) > (uint32_t)m.cfg.vocab_size)
         loqt_die("the data's vocabulary (%u) is larger than the model's (%d)", loader_vocab_size(&L), m.cfg.vocab_size);
     if (loader_check_batch(&L, batch, T)) loqt_die_last("--data");

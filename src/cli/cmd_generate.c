@@ -59,7 +59,7 @@ int cmd_generate(int argc, char **argv) {
     double temperature = 0.8, top_p = 0.9;
     long seed = 0;
     const opt_spec specs[] = {
-        {"checkpoint", OPT_STRING, &ckpt, "checkpoint directory", NULL},
+        {"checkpoint", OPT_STRING, &ckpt, "checkpoint directory, a dense export, or a LLaMA in Hugging Face layout (config.json with model.safetensors or shards and model.safetensors.index.json)", NULL},
         {"tokenizer", OPT_STRING, &tok_path, "tokenizer file (from 'make tokenizer')", NULL},
         {"prompt", OPT_STRING, &prompt, "text to continue", NULL},
         {"max-new-tokens", OPT_INT, &max_new, "tokens to generate", NULL},

@@ -27,7 +27,7 @@
 /* The options of train beyond the shared run description (cli_run). */
 typedef struct {
     cli_run run;
-    const char *data, *scheduler, *output_dir, *resume;
+    const char *data, *scheduler, *output_dir, *resume, *init_from;
     int eval_every, save_every, log_every, save_original_model, overwrite, max_bad_steps, allow_changes, dry_run;
     int zero;            /* --zero 1: optimizer state sharded across the data-parallel ranks */
     double dist_timeout; /* seconds a rank waits for another */
@@ -236,6 +236,7 @@ static void parse_args(train_args *a, int argc, char **argv) {
         {"output-dir", OPT_STRING, &a->output_dir, "run directory for metrics.jsonl and checkpoints/; default runs/MODEL-METHOD", NULL},
         {"resume", OPT_STRING, &a->resume, "continue from a checkpoint directory, or 'latest' in --output-dir (the method's options come from the checkpoint)", NULL},
         {"seed", OPT_LONG, &a->seed, "seed of the initialization (the data order is fixed)", NULL},
+        {"init-from", OPT_STRING, &a->init_from, "start from pretrained weights: a LLaMA directory in Hugging Face layout (config.json with model.safetensors, or shards with model.safetensors.index.json; F32, F16 or BF16), a dense export or a full-rank checkpoint. The model is DIR/config.json (no --model); the embedding, norms and lm_head are read as they are, and every linear layer's method starts from its pretrained weight. The data's vocabulary must be the model's", NULL},
         {"save-original-model", OPT_FLAG, &a->save_original_model, "at the end also write a plain dense LLaMA (W_eff merged) to OUTPUT_DIR/original_model", NULL},
         {"max-bad-steps", OPT_INT, &a->max_bad_steps, "a step with a non-finite loss or gradient is skipped with a warning; this many in a row stop the run", NULL},
         {"allow-changes", OPT_FLAG, &a->allow_changes, "--resume with options that change the run's meaning (lr, schedule, batch, length, Adam, clipping) differing from the checkpoint's", NULL},
@@ -270,15 +271,18 @@ static void parse_args(train_args *a, int argc, char **argv) {
         loqt_usage_die("with %d ranks, --total-batch-size %d must be a multiple of --batch-size %d x %d ranks (each rank "
                        "takes the same number of micro-batches of every global batch)", ranks, a->run.total_batch_size,
                        a->run.batch_size, ranks);
+    if (a->init_from && opts_given("model"))
+        loqt_usage_die("--init-from %s: the model is the one in %s/config.json; do not give --model", a->init_from, a->init_from);
     a->run.mo.seed = (uint64_t)a->seed;
 }
 
 /* The output directory (default runs/MODEL-METHOD, a model given as a path named after its file),
  * the checkpoint to resume and the model's config. */
 static void locate_run(train_args *a, train_run *t) {
-    snprintf(t->default_out, sizeof t->default_out, "runs/%s-%s", a->run.model, a->run.m->name);
+    const char *model = a->init_from ? a->init_from : a->run.model;
+    snprintf(t->default_out, sizeof t->default_out, "runs/%s-%s", model, a->run.m->name);
     if (!a->output_dir) {
-        const char *base = strrchr(a->run.model, '/');
+        const char *base = strrchr(model, '/');
         if (base) {
             snprintf(t->default_out, sizeof t->default_out, "runs/%s-%s", base + 1, a->run.m->name);
             char *dot = strrchr(t->default_out, '.');
@@ -295,6 +299,12 @@ static void locate_run(train_args *a, train_run *t) {
             snprintf(t->resume_dir, sizeof t->resume_dir, "%s", a->resume);
         }
         if (checkpoint_read_config(t->resume_dir, &t->cfg)) loqt_die_last("--resume");
+        if (a->init_from) printf("resume: the weights come from %s; --init-from is not read\n", t->resume_dir);
+    } else if (a->init_from) {
+        if (checkpoint_read_config(a->init_from, &t->cfg)) loqt_die_last("--init-from");
+        st_file w; /* the weights' headers and shards now, before anything is written */
+        if (st_open_dir(&w, a->init_from)) loqt_die_last("--init-from");
+        st_close(&w);
     } else if (config_load(&t->cfg, a->run.model)) {
         loqt_die_last("--model");
     }
@@ -343,6 +353,12 @@ static void open_data(train_args *a, train_run *t) {
     if (loader_vocab_size(&t->train) > (uint32_t)t->cfg.vocab_size)
         loqt_die("the data's vocabulary (%u) is larger than the model's vocab_size %d", loader_vocab_size(&t->train), t->cfg.vocab_size);
     if (loader_check_batch(&t->train, a->run.batch_size, a->run.seq_len)) loqt_die_last("--data");
+    if (a->init_from && !a->resume) {
+        char model_tok[32];
+        cli_checkpoint_tokenizer_hash(a->init_from, model_tok, sizeof model_tok);
+        cli_check_same_tokenizer(model_tok, a->tokenizer_hash, "--data");
+        cli_check_pretrained_vocab(t->cfg.vocab_size, loader_vocab_size(&t->train), a->init_from);
+    }
 }
 
 static void set_hparams(const train_args *a, train_hparams *h) {
@@ -396,6 +412,7 @@ static void check_memory(const train_args *a, train_run *t) {
     cli_run_plan_input(&a->run, &t->cfg, a->num_training_steps, &pin);
     pin.threads = cli_threads();
     pin.save_original_model = a->save_original_model;
+    pin.init_from = a->init_from && !*t->resume_dir;
     pin.train.tokens = loader_tokens(&t->train);
     pin.val.tokens = loader_tokens(&t->val);
     pin.ranks = t->ranks;
@@ -416,7 +433,14 @@ static void write_plan(const train_args *a, const train_run *t) {
 }
 
 static void create_model(const train_args *a, train_run *t, const trainer_meta *tm) {
-    if (llama_create(&t->m, &t->cfg, a->run.m, &a->run.mo, (uint64_t)a->seed)) loqt_die_last("model");
+    if (a->init_from && !*t->resume_dir) {
+        double t0 = cli_now();
+        if (llama_load_pretrained(&t->m, &t->cfg, a->run.m, &a->run.mo, (uint64_t)a->seed, a->init_from))
+            loqt_die_last("--init-from");
+        printf("initialized from %s (%.1f s)\n", a->init_from, cli_now() - t0);
+    } else if (llama_create(&t->m, &t->cfg, a->run.m, &a->run.mo, (uint64_t)a->seed)) {
+        loqt_die_last("model");
+    }
     if (*t->resume_dir) {
         const int shard = tm->zero_ranks ? t->rank : 0;
         if (checkpoint_load_shard(&t->m, t->resume_dir, shard, tm->zero_ranks)) loqt_die_last("--resume");

@@ -66,7 +66,14 @@ uint64_t cli_evaluate(llama_model *m, data_loader *L, uint64_t max_tokens, doubl
  * sum of their token losses into *loss_sum, and their token count. */
 uint64_t cli_evaluate_part(llama_model *m, data_loader *L, uint64_t max_tokens, int part, int parts,
                            double *loss_sum);
-/* Creates the model stored in a checkpoint directory and loads its weights. */
+/* Creates the model stored in a checkpoint directory and loads its weights.  A directory without
+ * trainer state (a dense export, or a LLaMA in Hugging Face layout, sharded or not) loads as a
+ * full-rank model, weights only. */
 void cli_load_checkpoint(llama_model *m, const char *dir, int weights_only);
+/* 1 when dir has no trainer state: pretrained weights (an export or a Hugging Face directory). */
+int cli_is_pretrained_dir(const char *dir);
+/* Dies unless a pretrained model's vocabulary is the data's (another tokenizer's ids would mean
+ * other text, and there is no tokenizer hash to compare). */
+void cli_check_pretrained_vocab(int model_vocab, uint32_t data_vocab, const char *dir);
 
 #endif

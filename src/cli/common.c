@@ -83,12 +83,15 @@ void cli_load_checkpoint(llama_model *m, const char *dir, int weights_only) {
     char state[4096];
     snprintf(state, sizeof state, "%s/trainer_state.safetensors", dir);
     if (access(state, F_OK) != 0) {
-        /* a plain dense LLaMA (from `loqt export` or elsewhere): weights only */
+        /* a plain dense LLaMA (from `loqt export`, or a Hugging Face directory, sharded or not):
+         * weights only, read tensor by tensor into a full-rank model */
         if (!weights_only) loqt_die("%s: no trainer state in this checkpoint; it cannot be resumed", dir);
-        memset(&tm, 0, sizeof tm);
-        snprintf(tm.method, sizeof tm.method, "full");
-        method_opts_defaults(&tm.mopts, method_find("full"));
-    } else if (checkpoint_read_meta(dir, &tm)) {
+        method_opts mo;
+        method_opts_defaults(&mo, method_find("full"));
+        if (llama_load_pretrained(m, &cfg, method_find("full"), &mo, 0, dir)) loqt_die_last(NULL);
+        return;
+    }
+    if (checkpoint_read_meta(dir, &tm)) {
         loqt_die_last(NULL);
     }
     const linear_method *meth = method_find(tm.method);
@@ -136,4 +139,17 @@ void cli_check_same_tokenizer(const char *model_hash, const char *other_hash, co
     if (model_hash[0] && other_hash[0] && strcmp(model_hash, other_hash))
         loqt_die("%s was made with another tokenizer (hash %s) than the model was trained on (%s): its token ids "
                  "mean other text", what, other_hash, model_hash);
+}
+
+int cli_is_pretrained_dir(const char *dir) {
+    char state[4200];
+    snprintf(state, sizeof state, "%s/trainer_state.safetensors", dir);
+    return access(state, F_OK) != 0;
+}
+
+void cli_check_pretrained_vocab(int model_vocab, uint32_t data_vocab, const char *dir) {
+    if ((uint32_t)model_vocab != data_vocab)
+        loqt_die("%s: the model's vocab_size %d differs from the data's vocabulary %u: the data was tokenized "
+                 "with another tokenizer than the model's, so its token ids would mean other text", dir,
+                 model_vocab, data_vocab);
 }

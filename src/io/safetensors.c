@@ -216,6 +216,22 @@ out:
     return rc;
 }
 
+/* Tensors from this size up give their pages back once read. */
+#define ST_RELEASE_MIN ((size_t)1 << 20)
+
+/* Hands the whole pages of a mapped tensor back to the kernel: a checkpoint read tensor by
+ * tensor into the model would otherwise stay resident a second time (as file pages of this
+ * process) until it is closed.  The mapping is private and never written, so a later access
+ * reads the same bytes from the file again; memory that is not a file mapping is left alone. */
+static void release_range(const st_file *f, const uint8_t *p, size_t n) {
+    if (!f->mapped || n < ST_RELEASE_MIN) return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t b = ((uintptr_t)p + page - 1) & ~(page - 1), e = ((uintptr_t)p + n) & ~(page - 1);
+    if (e > b) (void)madvise((void *)b, e - b, MADV_DONTNEED);
+}
+
+static void release_pages(const st_file *f, const st_tensor *t) { release_range(f, t->bytes, t->nbytes); }
+
 /* Parses buf[0..size) (the whole file); on failure the caller runs st_close. */
 /* loqt's writer records the CRC-32C of the data buffer as __metadata__ "crc32c" (8 hex digits);
  * a file that has one must match it.  Files from elsewhere have none and are not checked. */
@@ -226,6 +242,7 @@ static int check_crc(const char *path, const st_file *f) {
     unsigned long w = strtoul(want, &end, 16);
     if (strlen(want) != 8 || *end) return loqt_set_error("%s: malformed crc32c '%s' in __metadata__", path, want);
     uint32_t have = crc32c(0, f->data, f->data_size);
+    release_range(f, f->data, f->data_size); /* read once, whole: not kept resident */
     if (have != (uint32_t)w)
         return loqt_set_error("%s: checksum mismatch (the data's crc32c is %08x, the file records %s): the file is "
                               "corrupt", path, have, want);
@@ -293,6 +310,7 @@ static int parse_file(st_file *f, const char *path, const uint8_t *buf, size_t s
     }
     rc = check_layout(path, f);
     if (!rc) rc = check_crc(path, f);
+    for (int i = 0; !rc && i < f->n_tensors; i++) f->tensors[i].bytes = f->data + f->tensors[i].offset;
 out:
     json_free(h);
     return rc;
@@ -325,6 +343,7 @@ int st_open(st_file *f, const char *path) {
     int e = errno;
     close(fd); /* the mapping keeps the file alive */
     if (m == MAP_FAILED) return loqt_set_error("%s: mmap failed: %s", path, strerror(e));
+    f->mapped = 1;
     if (parse_file(f, path, m, size)) {
         st_close(f);
         munmap(m, size);
@@ -332,10 +351,13 @@ int st_open(st_file *f, const char *path) {
     }
     f->map = m;
     f->map_size = size;
+    f->mapped = 1;
     return 0;
 }
 
 void st_close(st_file *f) {
+    for (int i = 0; i < f->n_shards; i++) st_close(&f->shards[i]);
+    free(f->shards);
     if (f->tensors)
         for (int i = 0; i <= f->n_tensors; i++) free(f->tensors[i].name);
     free(f->tensors);
@@ -364,7 +386,11 @@ const char *st_first_unused(const st_file *f) {
     return NULL;
 }
 
-const void *st_data(const st_file *f, const st_tensor *t) { return f->data + t->offset; }
+const void *st_data(const st_file *f, const st_tensor *t) {
+    (void)f;
+    return t->bytes;
+}
+
 
 const char *st_meta(const st_file *f, const char *key) {
     for (int i = f->n_meta; i-- > 0;)
@@ -385,7 +411,7 @@ static const st_tensor *find_shaped(const st_file *f, const char *name, int ndim
         char have[256], want[256];
         format_shape(have, sizeof have, t->ndim, t->shape);
         format_shape(want, sizeof want, ndim >= 0 && ndim <= ST_MAX_DIMS ? ndim : 0, shape);
-        loqt_set_error("%s: tensor '%s' has shape %s, expected %s", fname(f), name, have, want);
+        loqt_set_error("%s: tensor '%s' has shape %s, expected %s", t->file ? t->file : fname(f), name, have, want);
         return NULL;
     }
     return t;
@@ -423,33 +449,36 @@ float st_bf16_to_f32(uint16_t h) {
 int st_read_f32(const st_file *f, const char *name, float *dst, int ndim, const int64_t *shape) {
     const st_tensor *t = find_shaped(f, name, ndim, shape);
     if (!t) return -1;
-    const uint8_t *src = f->data + t->offset;
+    const uint8_t *src = t->bytes;
     size_t n = t->nbytes / dtype_sizes[t->dtype];
     switch (t->dtype) {
     case ST_F32:
         memcpy(dst, src, t->nbytes);
-        return 0;
+        break;
     case ST_F16:
 #pragma omp parallel for schedule(static) if (n > 65536)
         for (size_t i = 0; i < n; i++) dst[i] = st_f16_to_f32((uint16_t)(src[2 * i] | src[2 * i + 1] << 8));
-        return 0;
+        break;
     case ST_BF16:
 #pragma omp parallel for schedule(static) if (n > 65536)
         for (size_t i = 0; i < n; i++) dst[i] = st_bf16_to_f32((uint16_t)(src[2 * i] | src[2 * i + 1] << 8));
-        return 0;
+        break;
     default:
-        return loqt_set_error("%s: tensor '%s' has dtype %s, expected F32, F16 or BF16", fname(f), name,
-                              dtype_names[t->dtype]);
+        return loqt_set_error("%s: tensor '%s' has dtype %s, expected F32, F16 or BF16", t->file ? t->file : fname(f),
+                              name, dtype_names[t->dtype]);
     }
+    release_pages(f, t);
+    return 0;
 }
 
 int st_read_raw(const st_file *f, const char *name, void *dst, st_dtype dtype, int ndim, const int64_t *shape) {
     const st_tensor *t = find_shaped(f, name, ndim, shape);
     if (!t) return -1;
     if (t->dtype != dtype)
-        return loqt_set_error("%s: tensor '%s' has dtype %s, expected %s", fname(f), name, dtype_names[t->dtype],
-                              st_dtype_name(dtype));
-    memcpy(dst, f->data + t->offset, t->nbytes);
+        return loqt_set_error("%s: tensor '%s' has dtype %s, expected %s", t->file ? t->file : fname(f), name,
+                              dtype_names[t->dtype], st_dtype_name(dtype));
+    memcpy(dst, t->bytes, t->nbytes);
+    release_pages(f, t);
     return 0;
 }
 
@@ -471,7 +500,8 @@ size_t st_count_nonfinite(st_dtype t, const void *data, size_t nbytes) {
 int st_check_finite(const st_file *f) {
     for (int i = 0; i < f->n_tensors; i++) {
         const st_tensor *t = &f->tensors[i];
-        size_t bad = st_count_nonfinite(t->dtype, f->data + t->offset, t->nbytes);
+        size_t bad = st_count_nonfinite(t->dtype, t->bytes, t->nbytes);
+        release_pages(f, t);
         if (bad)
             return loqt_set_error("tensor '%s' holds %zu non-finite values (NaN or infinity): the weights are "
                                   "unusable (the run that wrote them diverged)", t->name, bad);

@@ -1,8 +1,12 @@
 /* safetensors files: 8-byte little-endian header length N, N bytes of JSON header, data buffer.
  * The reader maps the file and validates everything before use: header size (<= 100 MB),
  * JSON shape, dtypes, shapes against byte ranges, offsets inside the buffer, no overlaps, and the
- * buffer exactly covered.  The writer writes to "<path>.tmp", fsyncs and renames, so a crash
- * never leaves a half-written file under the final name. */
+ * buffer exactly covered.  A model directory in Hugging Face layout (one model.safetensors, or
+ * shards listed by model.safetensors.index.json) opens as one st_file (st_open_dir).  Reads of a
+ * mapped file hand each large tensor's pages back to the kernel once converted, so a checkpoint
+ * read tensor by tensor is not held a second time in memory beside the model it fills.  The
+ * writer writes to "<path>.tmp", fsyncs and renames, so a crash never leaves a half-written file
+ * under the final name. */
 #ifndef LOQT_SAFETENSORS_H
 #define LOQT_SAFETENSORS_H
 
@@ -18,20 +22,25 @@ typedef struct {
     st_dtype dtype;
     int ndim;
     int64_t shape[ST_MAX_DIMS];
-    size_t offset; /* into the data buffer */
+    size_t offset; /* into the data buffer (of its shard) */
     size_t nbytes;
     int used;      /* looked up by st_find since the file was opened */
+    const uint8_t *bytes; /* its data, valid while the file is open */
+    const char *file;     /* the shard that holds it (a directory's tensor), else NULL */
 } st_tensor;
 
-typedef struct {
+typedef struct st_file {
     void *map;
     size_t map_size;
-    const uint8_t *data; /* start of the data buffer */
+    const uint8_t *data; /* start of the data buffer (none for a sharded directory) */
     size_t data_size;
     st_tensor *tensors;
     int n_tensors;
     char **meta_keys, **meta_values; /* __metadata__ */
     int n_meta;
+    int mapped;              /* the tensors' bytes are file mappings (pages may be released) */
+    struct st_file *shards;  /* st_open_dir of a sharded directory: the open shards */
+    int n_shards;
 } st_file;
 
 const char *st_dtype_name(st_dtype t);
@@ -43,6 +52,29 @@ int st_open(st_file *f, const char *path);
  * not freed by st_close); `name` is used in messages.  For tests and fuzzing. */
 int st_open_memory(st_file *f, const char *name, const void *buf, size_t size);
 void st_close(st_file *f);
+
+/* The weights of a model directory in Hugging Face layout as one st_file: DIR/model.safetensors,
+ * or, when DIR/model.safetensors.index.json exists, the shards its "weight_map" names (tensor
+ * name -> a file in DIR).  Each shard is mapped and checked as st_open does; the index must map
+ * every tensor to the shard that holds it, and every tensor of the shards must be in the index.
+ * st_find, st_read_*, st_first_unused and st_check_finite then work across the shards (messages
+ * about a tensor name its shard).  -1 with a one-line error naming the file and the problem. */
+int st_open_dir(st_file *f, const char *dir);
+
+/* A parsed model.safetensors.index.json: n tensor names, each with the index of its shard in
+ * shards[0..n_shards) (distinct plain file names, in order of first mention). */
+typedef struct {
+    int n, n_shards;
+    char **names;
+    int *shard;
+    char **shards;
+} st_index;
+/* Parses index JSON text: an object with "weight_map" (a non-empty object of tensor name ->
+ * shard file name; a name must not repeat, and a shard must be a plain file name, no '/' and not
+ * "." or "..") and optionally "metadata" (an object, not read); other keys are ignored.  `what`
+ * names the file in messages.  0, or -1 with a one-line error. */
+int st_index_parse(st_index *ix, const char *json, size_t len, const char *what);
+void st_index_free(st_index *ix);
 const st_tensor *st_find(const st_file *f, const char *name);
 /* The first tensor no st_find has asked for (a loader checks it read the whole file), or NULL. */
 const char *st_first_unused(const st_file *f);

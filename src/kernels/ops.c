@@ -171,9 +171,9 @@ enum { ATT_BLOCK = 64 };
 /* S[i0:i1, 0:i1] = scale * Q[i0:i1] K[0:i1]^T into rows i0..i1 of the T x T scratch, then
  * P = exp(S - lse) with zeros above the diagonal.  With `lse_out` the log-sum-exp is computed and
  * stored (forward); otherwise the saved one is used (backward). */
-static void causal_probs(float *S, const float *q, const float *k, int T, int ld, int hd, float scale,
-                         int i0, int i1, float *lse_out, const float *lse_in) {
-    gemm(false, true, i1 - i0, i1, hd, scale, q + (size_t)i0 * ld, ld, k, ld, 0.0f,
+static void causal_probs(float *S, const float *q, int ld, const float *k, int ldkv, int T, int hd,
+                         float scale, int i0, int i1, float *lse_out, const float *lse_in) {
+    gemm(false, true, i1 - i0, i1, hd, scale, q + (size_t)i0 * ld, ld, k, ldkv, 0.0f,
          S + (size_t)i0 * T, T);
     for (int i = i0; i < i1; i++) {
         float *row = S + (size_t)i * T;
@@ -196,58 +196,73 @@ static void causal_probs(float *S, const float *q, const float *k, int T, int ld
 }
 
 void attention_forward(float *o, float *lse, const float *q, const float *k, const float *v, int B,
-                       int T, int H, int hd, float *scratch) {
-    const int ld = H * hd;
+                       int T, int H, int Hkv, int hd, float *scratch) {
+    const int ld = H * hd, ldkv = Hkv * hd, group = H / Hkv;
     const float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int bh = 0; bh < B * H; bh++) {
         int b = bh / H, h = bh % H;
         float *S = scratch + (size_t)thread_id() * attention_scratch_floats(T);
         size_t off = (size_t)b * T * ld + (size_t)h * hd;
+        size_t okv = (size_t)b * T * ldkv + (size_t)(h / group) * hd; /* the head's key/value head */
         for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
             int i1 = i0 + ATT_BLOCK < T ? i0 + ATT_BLOCK : T;
-            causal_probs(S, q + off, k + off, T, ld, hd, scale, i0, i1, lse + (size_t)bh * T, NULL);
-            gemm(false, false, i1 - i0, hd, i1, 1.0f, S + (size_t)i0 * T, T, v + off, ld, 0.0f,
+            causal_probs(S, q + off, ld, k + okv, ldkv, T, hd, scale, i0, i1, lse + (size_t)bh * T, NULL);
+            gemm(false, false, i1 - i0, hd, i1, 1.0f, S + (size_t)i0 * T, T, v + okv, ldkv, 0.0f,
                  o + off + (size_t)i0 * ld, ld);
         }
     }
 }
 
+/* One query head's share of the backward: dq of head h, and its contribution to dk, dv of its
+ * key/value head (accumulated: the heads of a group add into the same rows). */
+static void attention_backward_head(float *dq, float *dk, float *dv, const float *dout, const float *o,
+                                    const float *lse, const float *q, const float *k, const float *v,
+                                    int T, int ld, int ldkv, int hd, float scale, float *P) {
+    float *dP = P + (size_t)T * T;
+    for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
+        int i1 = i0 + ATT_BLOCK < T ? i0 + ATT_BLOCK : T, m = i1 - i0;
+        const float *dob = dout + (size_t)i0 * ld;
+        float *Pb = P + (size_t)i0 * T, *dPb = dP + (size_t)i0 * T;
+        causal_probs(P, q, ld, k, ldkv, T, hd, scale, i0, i1, NULL, lse);
+        /* dV[0:i1] += P^T dO;  dP = dO V[0:i1]^T */
+        gemm(true, false, i1, hd, m, 1.0f, Pb, T, dob, ld, 1.0f, dv, ldkv);
+        gemm(false, true, m, i1, hd, 1.0f, dob, ld, v, ldkv, 0.0f, dPb, T);
+        /* dS = P * (dP - rowsum(dO * O)), times the 1/sqrt(hd) inside S */
+        for (int i = i0; i < i1; i++) {
+            const float *dor = dout + (size_t)i * ld, *orow = o + (size_t)i * ld;
+            float D = 0;
+            for (int j = 0; j < hd; j++) D += dor[j] * orow[j];
+            float *pr = P + (size_t)i * T, *dpr = dP + (size_t)i * T;
+            for (int j = 0; j <= i; j++) dpr[j] = pr[j] * (dpr[j] - D) * scale;
+            for (int j = i + 1; j < i1; j++) dpr[j] = 0.0f;
+        }
+        /* dQ[i0:i1] = dS K[0:i1];  dK[0:i1] += dS^T Q[i0:i1] */
+        gemm(false, false, m, hd, i1, 1.0f, dPb, T, k, ldkv, 0.0f, dq + (size_t)i0 * ld, ld);
+        gemm(true, false, i1, hd, m, 1.0f, dPb, T, q + (size_t)i0 * ld, ld, 1.0f, dk, ldkv);
+    }
+}
+
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *o,
                         const float *lse, const float *q, const float *k, const float *v, int B,
-                        int T, int H, int hd, float *scratch) {
-    const int ld = H * hd;
+                        int T, int H, int Hkv, int hd, float *scratch) {
+    const int ld = H * hd, ldkv = Hkv * hd, group = H / Hkv;
     const float scale = 1.0f / sqrtf((float)hd);
+    /* one task per key/value head: the query heads of its group run one after another, so their
+     * sums into dk and dv neither race nor depend on the thread count */
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int bh = 0; bh < B * H; bh++) {
-        int b = bh / H, h = bh % H;
+    for (int bg = 0; bg < B * Hkv; bg++) {
+        int b = bg / Hkv, g = bg % Hkv;
         float *P = scratch + (size_t)thread_id() * attention_scratch_floats(T);
-        float *dP = P + (size_t)T * T;
-        size_t off = (size_t)b * T * ld + (size_t)h * hd;
+        size_t okv = (size_t)b * T * ldkv + (size_t)g * hd;
         for (int i = 0; i < T; i++) {
-            memset(dk + off + (size_t)i * ld, 0, sizeof(float) * hd);
-            memset(dv + off + (size_t)i * ld, 0, sizeof(float) * hd);
+            memset(dk + okv + (size_t)i * ldkv, 0, sizeof(float) * hd);
+            memset(dv + okv + (size_t)i * ldkv, 0, sizeof(float) * hd);
         }
-        for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
-            int i1 = i0 + ATT_BLOCK < T ? i0 + ATT_BLOCK : T, m = i1 - i0;
-            const float *dob = dout + off + (size_t)i0 * ld;
-            float *Pb = P + (size_t)i0 * T, *dPb = dP + (size_t)i0 * T;
-            causal_probs(P, q + off, k + off, T, ld, hd, scale, i0, i1, NULL, lse + (size_t)bh * T);
-            /* dV[0:i1] += P^T dO;  dP = dO V[0:i1]^T */
-            gemm(true, false, i1, hd, m, 1.0f, Pb, T, dob, ld, 1.0f, dv + off, ld);
-            gemm(false, true, m, i1, hd, 1.0f, dob, ld, v + off, ld, 0.0f, dPb, T);
-            /* dS = P * (dP - rowsum(dO * O)), times the 1/sqrt(hd) inside S */
-            for (int i = i0; i < i1; i++) {
-                const float *dor = dout + off + (size_t)i * ld, *orow = o + off + (size_t)i * ld;
-                float D = 0;
-                for (int j = 0; j < hd; j++) D += dor[j] * orow[j];
-                float *pr = P + (size_t)i * T, *dpr = dP + (size_t)i * T;
-                for (int j = 0; j <= i; j++) dpr[j] = pr[j] * (dpr[j] - D) * scale;
-                for (int j = i + 1; j < i1; j++) dpr[j] = 0.0f;
-            }
-            /* dQ[i0:i1] = dS K[0:i1];  dK[0:i1] += dS^T Q[i0:i1] */
-            gemm(false, false, m, hd, i1, 1.0f, dPb, T, k + off, ld, 0.0f, dq + off + (size_t)i0 * ld, ld);
-            gemm(true, false, i1, hd, m, 1.0f, dPb, T, q + off + (size_t)i0 * ld, ld, 1.0f, dk + off, ld);
+        for (int h = g * group; h < (g + 1) * group; h++) {
+            size_t off = (size_t)b * T * ld + (size_t)h * hd;
+            attention_backward_head(dq + off, dk + okv, dv + okv, dout + off, o + off, lse + ((size_t)b * H + h) * T,
+                                    q + off, k + okv, v + okv, T, ld, ldkv, hd, scale, P);
         }
     }
 }

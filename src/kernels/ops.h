@@ -29,14 +29,16 @@ void swiglu_forward(float *h, const float *g, const float *u, long n);
 void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, long n);
 
 /* Causal softmax attention per (batch, head), recomputing probabilities in backward from the saved
- * log-sum-exp so no T x T matrix outlives the call.  q, k, v, o: [B*T, H*hd]; lse: [B, H, T].
- * scratch: attention_scratch_floats(T) floats per thread. */
+ * log-sum-exp so no T x T matrix outlives the call.  q, o: [B*T, H*hd]; k, v: [B*T, Hkv*hd] with
+ * grouped-query attention (H a multiple of Hkv; query head h reads key/value head h / (H/Hkv);
+ * Hkv = H is ordinary multi-head attention); lse: [B, H, T].  Backward writes dk and dv (summed
+ * over each group's query heads).  scratch: attention_scratch_floats(T) floats per thread. */
 long attention_scratch_floats(int T);
 void attention_forward(float *o, float *lse, const float *q, const float *k, const float *v, int B,
-                       int T, int H, int hd, float *scratch);
+                       int T, int H, int Hkv, int hd, float *scratch);
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *o,
                         const float *lse, const float *q, const float *k, const float *v, int B,
-                        int T, int H, int hd, float *scratch);
+                        int T, int H, int Hkv, int hd, float *scratch);
 
 /* Cross-entropy over logits rows [n, V]: loss_sum += sum of -log softmax(logits)[target];
  * if dlogits != NULL, writes (softmax - onehot) * scale into it (may alias logits). */

@@ -264,7 +264,7 @@ static void dqt_plan(linear_plan *p, linear_phase phase, mem_sim *s) {
     case LPHASE_INIT:
         mem_sim_alloc(s, MEM_QWEIGHTS, qgrid_data_bytes(g.n, g.bits));
         mem_sim_alloc(s, MEM_QSTATE, qgrid_scale_bytes(g.nscale));
-        mem_sim_workspace(s, f * init_work_floats(p->out, p->in)); /* the random init's tiles */
+        if (!p->init_W0) mem_sim_workspace(s, f * init_work_floats(p->out, p->in)); /* the random init's tiles */
         break;
     case LPHASE_FORWARD: mem_sim_workspace(s, f * lowbit_work_floats(p->out, p->in, p->N, g.act_quant)); break;
     case LPHASE_BACKWARD:

@@ -531,6 +531,7 @@ void galore_engine_plan(linear_plan *p, linear_phase phase, mem_sim *s, const ga
     switch (phase) {
     case LPHASE_INIT:
         qmat_plan_init(s, sp->wk, g.n, false, MEM_DENSE);
+        if (p->init_W0) break; /* quantized straight from the caller's W0 */
         if (tiled_init(sp)) mem_sim_temp(s, MEM_SCRATCH, f * fwd_work_floats(sp, p->out, p->in));
         else mem_sim_temp(s, MEM_SCRATCH, f * g.n); /* the random initial W */
         break;

@@ -136,6 +136,8 @@ typedef struct {
     const method_opts *o;
     long step; /* BEGIN_STEP, END_STEP, STEP */
     int N;     /* FORWARD, BACKWARD */
+    int init_W0; /* INIT: the layer starts from a dense W0 (linear_init.W0, held by the caller),
+                  * not from a random draw the method makes itself */
     long slot[8];
 } linear_plan;
 

@@ -594,9 +594,9 @@ static void loqt_plan(linear_plan *p, linear_phase phase, mem_sim *s) {
         qmat_plan_init(s, g.wk, g.n, g.dq, MEM_DENSE);
         qmat_plan_init(s, g.pk, g.nP, g.dq, MEM_FACTORS);
         qmat_plan_init(s, g.bk, g.nB, false, MEM_FACTORS);
-        mem_sim_alloc(s, MEM_SCRATCH, f * g.n); /* the random initial W, quantized, freed */
+        if (!p->init_W0) mem_sim_alloc(s, MEM_SCRATCH, f * g.n); /* the random initial W, quantized, freed */
         qmat_plan_set(s, g.wk, g.n, g.dq);
-        mem_sim_free(s, MEM_SCRATCH, f * g.n);
+        if (!p->init_W0) mem_sim_free(s, MEM_SCRATCH, f * g.n);
         break;
     case LPHASE_BEGIN_STEP: sl[PS_WANT_G] = loqt_is_update_step(&c, p->step) || !sl[PS_HAVE_P]; break;
     case LPHASE_FORWARD: mem_sim_workspace(s, f * work_floats(p->out, p->in, &g, p->N)); break;

@@ -459,3 +459,44 @@ int llama_export_dense(const llama_model *m, const char *dir) {
     free(names);
     return rc;
 }
+
+/* A loqt checkpoint of another method stores that method's tensors (codes, factors) under
+ * model.safetensors, not dense weights: it has to be exported first. */
+static int check_dense_checkpoint(const char *dir) {
+    char path[4096];
+    if (join(path, sizeof path, dir, "trainer_state.safetensors")) return -1;
+    if (access(path, F_OK) != 0) return 0;
+    trainer_meta tm;
+    if (checkpoint_read_meta(dir, &tm)) return -1;
+    if (strcmp(tm.method, "full"))
+        return loqt_set_error("%s is a checkpoint of --method %s, whose model.safetensors holds that method's own tensors: "
+                              "write its dense weights with 'loqt export --checkpoint %s --out DIR' and start from DIR",
+                              dir, tm.method, dir);
+    return 0;
+}
+
+int llama_load_pretrained(llama_model *m, const llama_config *cfg, const linear_method *method,
+                          const method_opts *mo, uint64_t seed, const char *dir) {
+    memset(m, 0, sizeof *m);
+    if (check_dense_checkpoint(dir)) return -1;
+    st_file w;
+    if (st_open_dir(&w, dir)) return -1;
+    int rc = st_check_finite(&w);
+    if (rc) loqt_set_error("%s: %s", dir, loqt_last_error());
+    if (!rc) rc = llama_create_from(m, cfg, method, mo, seed, &w); /* its messages name the file */
+    /* older Hugging Face checkpoints also saved RoPE's inverse frequencies, a buffer computed from
+     * rope_theta (as loqt computes it), not a weight */
+    for (int i = 0; !rc && i < w.n_tensors; i++) {
+        const char *n = w.tensors[i].name, *suffix = ".rotary_emb.inv_freq";
+        if (strlen(n) > strlen(suffix) && !strcmp(n + strlen(n) - strlen(suffix), suffix)) (void)st_find(&w, n);
+    }
+    const char *extra = rc ? NULL : st_first_unused(&w);
+    if (extra) {
+        rc = loqt_set_error("%s: the weights hold tensor '%s', which a %d-layer LLaMA%s does not have: config.json "
+                            "and the weights do not belong together", dir, extra, cfg->num_hidden_layers,
+                            cfg->tie_word_embeddings ? " with tied embeddings" : "");
+        llama_free(m);
+    }
+    st_close(&w);
+    return rc;
+}

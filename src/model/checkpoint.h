@@ -59,6 +59,14 @@ int checkpoint_load_shard(llama_model *m, const char *dir, int rank, int ranks);
 /* Newest complete checkpoint "step-NNNNNNNN" under `root`; -1 if none. */
 int checkpoint_find_latest(const char *root, char *out, size_t cap);
 
+/* Creates a model of `method` from the dense weights of a directory in Hugging Face layout
+ * (config.json's model as cfg; model.safetensors or sharded with model.safetensors.index.json;
+ * F32, F16 or BF16; a dense export or a full-rank loqt checkpoint qualify too): every tensor is
+ * checked finite, then read one at a time (llama_create_from), and a tensor the model does not
+ * have is an error.  -1 with a one-line error naming the directory; nothing stays allocated. */
+int llama_load_pretrained(llama_model *m, const llama_config *cfg, const linear_method *method,
+                          const method_opts *mo, uint64_t seed, const char *dir);
+
 /* Writes a plain dense LLaMA (config.json + model.safetensors with W_eff of every linear layer),
  * whatever the training method. */
 int llama_export_dense(const llama_model *m, const char *dir);

@@ -39,15 +39,11 @@ int config_validate(const llama_config *c) {
     if ((c->hidden_size / c->num_attention_heads) % 2 != 0)
         return loqt_set_error("config %s: head dimension %d must be even for RoPE", c->name,
                               c->hidden_size / c->num_attention_heads);
-    if (c->num_key_value_heads != c->num_attention_heads)
-        return loqt_set_error("config %s: num_key_value_heads %d != num_attention_heads %d: "
-                              "grouped-query attention is not supported", c->name,
-                              c->num_key_value_heads, c->num_attention_heads);
+    if (c->num_key_value_heads <= 0 || c->num_attention_heads % c->num_key_value_heads != 0)
+        return loqt_set_error("config %s: num_key_value_heads %d must be positive and divide num_attention_heads %d "
+                              "(grouped-query attention)", c->name, c->num_key_value_heads, c->num_attention_heads);
     if (!(c->rms_norm_eps > 0) || !(c->rope_theta > 0) || !isfinite(c->rope_theta))
         return loqt_set_error("config %s: rms_norm_eps and rope_theta must be positive", c->name);
-    if (c->tie_word_embeddings)
-        return loqt_set_error("config %s: tie_word_embeddings is not supported (LLaMA's lm_head is "
-                              "untied)", c->name);
     return 0;
 }
 
@@ -75,7 +71,7 @@ static int get_num_key(const json_value *o, const char *key, double *dst, const 
 static const char *const read_keys[] = {
     "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
     "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta",
-    "tie_word_embeddings", "rope_scaling", "loqt_name",
+    "tie_word_embeddings", "rope_scaling", "loqt_name", "head_dim",
 };
 static const char *const ignored_keys[] = {
     "architectures", "bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype",
@@ -162,7 +158,16 @@ int config_parse(llama_config *c, const char *text, size_t len, const char *what
         get_num_key(root, "rms_norm_eps", &c->rms_norm_eps, what) ||
         get_num_key(root, "rope_theta", &c->rope_theta, what))
         goto done;
-    if (c->num_key_value_heads < 0) c->num_key_value_heads = c->num_attention_heads;
+    if (!json_get(root, "num_key_value_heads")) c->num_key_value_heads = c->num_attention_heads;
+    /* newer configs state the head dimension; loqt's is always hidden_size / heads */
+    int head_dim = 0;
+    if (get_int_key(root, "head_dim", &head_dim, 0, what)) goto done;
+    if (json_get(root, "head_dim") && c->num_attention_heads > 0 &&
+        head_dim * c->num_attention_heads != c->hidden_size) {
+        loqt_set_error("%s: 'head_dim' %d is not hidden_size / num_attention_heads = %d / %d (loqt implements only that)",
+                       what, head_dim, c->hidden_size, c->num_attention_heads);
+        goto done;
+    }
     const json_value *tie = json_get(root, "tie_word_embeddings");
     if (tie) {
         if (tie->type != JSON_BOOL) {
@@ -212,21 +217,25 @@ void config_write_json(const llama_config *c, FILE *f) {
             "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n"
             "  \"num_key_value_heads\": %d,\n  \"vocab_size\": %d,\n"
             "  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": %g,\n  \"rope_theta\": %g,\n"
-            "  \"tie_word_embeddings\": false,\n  \"bos_token_id\": 1,\n  \"eos_token_id\": 2,\n"
+            "  \"tie_word_embeddings\": %s,\n  \"bos_token_id\": 1,\n  \"eos_token_id\": 2,\n"
             "  \"torch_dtype\": \"float32\",\n  \"loqt_name\": ",
             c->hidden_size, c->intermediate_size, c->num_hidden_layers, c->num_attention_heads,
             c->num_key_value_heads, c->vocab_size, c->max_position_embeddings, c->rms_norm_eps,
-            c->rope_theta);
+            c->rope_theta, c->tie_word_embeddings ? "true" : "false");
     json_write_string(f, c->name);
     fprintf(f, "\n}\n");
 }
 
+int config_head_dim(const llama_config *c) { return c->hidden_size / c->num_attention_heads; }
+int config_kv_dim(const llama_config *c) { return c->num_key_value_heads * config_head_dim(c); }
+
 long long config_params_linear(const llama_config *c) {
-    long long d = c->hidden_size, F = c->intermediate_size;
-    return (long long)c->num_hidden_layers * (4 * d * d + 3 * d * F);
+    long long d = c->hidden_size, F = c->intermediate_size, kv = config_kv_dim(c);
+    return (long long)c->num_hidden_layers * (2 * d * d + 2 * d * kv + 3 * d * F);
 }
 
 long long config_params_total(const llama_config *c) {
     long long d = c->hidden_size, V = c->vocab_size;
-    return config_params_linear(c) + 2 * V * d + (long long)(2 * c->num_hidden_layers + 1) * d;
+    return config_params_linear(c) + (c->tie_word_embeddings ? 1 : 2) * V * d +
+           (long long)(2 * c->num_hidden_layers + 1) * d;
 }

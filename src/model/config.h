@@ -10,12 +10,13 @@ typedef struct {
     int intermediate_size;   /* F */
     int num_hidden_layers;   /* L */
     int num_attention_heads; /* H */
-    int num_key_value_heads; /* must equal H (no grouped-query attention yet) */
+    int num_key_value_heads; /* Hkv: H, or a divisor of H (grouped-query attention) */
     int vocab_size;          /* V */
     int max_position_embeddings;
     double rms_norm_eps;
     double rope_theta;
-    int tie_word_embeddings; /* must be 0: the paper models have an untied lm_head */
+    int tie_word_embeddings; /* 1: the embedding is the output layer too (no lm_head); the
+                              * paper models are untied */
 } llama_config;
 
 /* The ten sizes of the GaLore/LoQT papers: "9m" ... "13b". */
@@ -31,6 +32,10 @@ int config_parse(llama_config *c, const char *json, size_t len, const char *what
 int config_validate(const llama_config *c);
 /* Writes the HF-style config.json (architectures, model_type, keys above, torch_dtype). */
 void config_write_json(const llama_config *c, FILE *f);
+
+/* The head dimension d / H, and the width of k and v, Hkv * head dimension. */
+int config_head_dim(const llama_config *c);
+int config_kv_dim(const llama_config *c);
 
 /* Parameter counts. */
 long long config_params_total(const llama_config *c);

@@ -82,8 +82,9 @@ int dp_reduce_block(llama_dp *dp, llama_model *m, int l) {
 }
 
 int dp_reduce_all(llama_dp *dp, llama_model *m) {
-    const int D = llama_dense_count(m), head[2] = {D - 1, D - 2}, embed = 0;
-    if (dp_reduce_units(dp, m, head, 2)) return -1;
+    const int lm_head = llama_lm_head_unit(m), embed = 0;
+    int head[2] = {lm_head, llama_final_norm_unit(m)}; /* the head: lm_head (untied), final norm */
+    if (lm_head < 0 ? dp_reduce_units(dp, m, head + 1, 1) : dp_reduce_units(dp, m, head, 2)) return -1;
     for (int l = m->cfg.num_hidden_layers - 1; l >= 0; l--)
         if (dp_reduce_block(dp, m, l)) return -1;
     return dp_reduce_units(dp, m, &embed, 1);

@@ -53,8 +53,49 @@ static void param_free(dense_param *p) {
     optim_state_free(&p->opt);
 }
 
-int llama_create(llama_model *m, const llama_config *cfg, const linear_method *method,
-                 const method_opts *mo, uint64_t seed) {
+/* A dense parameter's values: from the checkpoint, or normal(0, std) (ones for std 0). */
+static int param_values(dense_param *p, const st_file *w, uint64_t seed, float std) {
+    if (w) return st_read_f32(w, p->name, p->w, p->ndim, p->shape);
+    param_fill(p, seed, std);
+    return 0;
+}
+
+/* A linear layer's method state, from its pretrained weight when there is a checkpoint: the
+ * weight is read into a scratch buffer of the layer's size, handed to the method's init, and
+ * freed again, so one layer's fp32 copy exists beside the model at a time. */
+static int linear_from(linear_layer *L, const method_opts *mo, const st_file *w) {
+    linear_init ini = {0};
+    float *W0 = NULL;
+    if (w) {
+        char name[160];
+        const int64_t shape[2] = {L->out, L->in};
+        snprintf(name, sizeof name, "%s.weight", L->name);
+        W0 = mem_alloc(MEM_SCRATCH, llama_init_scratch_bytes(L->out, L->in));
+        if (st_read_f32(w, name, W0, 2, shape)) {
+            mem_free(W0);
+            return -1;
+        }
+        ini.W0 = W0;
+    }
+    int rc = L->m->init(L, mo, &ini);
+    mem_free(W0);
+    if (rc) loqt_set_error("%s: %s", L->name, loqt_last_error());
+    return rc;
+}
+
+/* A tied model's checkpoint may still carry lm_head.weight (some writers keep the copy): it must
+ * then be the embedding, or the checkpoint is not the tied model its config says. */
+static int check_tied_copy(const st_file *w) {
+    const st_tensor *h = st_find(w, "lm_head.weight"), *e = st_find(w, "model.embed_tokens.weight");
+    if (!h || !e) return 0;
+    if (h->dtype != e->dtype || h->nbytes != e->nbytes || memcmp(h->bytes, e->bytes, h->nbytes) != 0)
+        return loqt_set_error("lm_head.weight differs from model.embed_tokens.weight, but config.json says "
+                              "tie_word_embeddings: true (set it to false for an untied model)");
+    return 0;
+}
+
+static int create(llama_model *m, const llama_config *cfg, const linear_method *method,
+                  const method_opts *mo, uint64_t seed, const st_file *w) {
     memset(m, 0, sizeof *m);
     if (config_validate(cfg)) return -1;
     m->cfg = *cfg;
@@ -65,33 +106,33 @@ int llama_create(llama_model *m, const llama_config *cfg, const linear_method *m
     const int hd = d / cfg->num_attention_heads;
     optim_kind ok = mo->optimizer;
     param_init(&m->embed, "model.embed_tokens.weight", 2, V, d, ok, 1);
-    param_fill(&m->embed, seed, 0.02f);
+    if (param_values(&m->embed, w, seed, 0.02f)) return -1;
     m->blocks = calloc((size_t)cfg->num_hidden_layers, sizeof *m->blocks);
     for (int l = 0; l < cfg->num_hidden_layers; l++) {
         llama_block *b = &m->blocks[l];
         char name[96];
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
         param_init(&b->attn_norm, name, 1, d, 0, ok, 0);
-        param_fill(&b->attn_norm, seed, 0);
+        if (param_values(&b->attn_norm, w, seed, 0)) return -1;
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
         param_init(&b->mlp_norm, name, 1, d, 0, ok, 0);
-        param_fill(&b->mlp_norm, seed, 0);
+        if (param_values(&b->mlp_norm, w, seed, 0)) return -1;
         for (int j = 0; j < LIN_PER_BLOCK; j++) {
             linear_layer *L = &b->lin[j];
             L->m = method;
             llama_linear_shape(cfg, j, &L->out, &L->in);
             snprintf(L->name, sizeof L->name, "model.layers.%d.%s", l, lin_names[j]);
-            const linear_init random_init = {0};
-            if (method->init(L, &m->mopts, &random_init)) {
-                loqt_set_error("%s: %s", L->name, loqt_last_error());
-                return -1;
-            }
+            if (linear_from(L, &m->mopts, w)) return -1;
         }
     }
     param_init(&m->final_norm, "model.norm.weight", 1, d, 0, ok, 0);
-    param_fill(&m->final_norm, seed, 0);
-    param_init(&m->lm_head, "lm_head.weight", 2, V, d, ok, 1);
-    param_fill(&m->lm_head, seed, 0.02f);
+    if (param_values(&m->final_norm, w, seed, 0)) return -1;
+    if (!cfg->tie_word_embeddings) { /* tied: the embedding is the output layer too */
+        param_init(&m->lm_head, "lm_head.weight", 2, V, d, ok, 1);
+        if (param_values(&m->lm_head, w, seed, 0.02f)) return -1;
+    } else if (w && check_tied_copy(w)) {
+        return -1;
+    }
     size_t half = llama_rope_floats(cfg);
     m->rope_cos = mem_alloc(MEM_DENSE, half * sizeof(float));
     m->rope_sin = mem_alloc(MEM_DENSE, half * sizeof(float));
@@ -104,11 +145,25 @@ int llama_create(llama_model *m, const llama_config *cfg, const linear_method *m
     return 0;
 }
 
+int llama_create_from(llama_model *m, const llama_config *cfg, const linear_method *method,
+                      const method_opts *mo, uint64_t seed, const st_file *weights) {
+    if (create(m, cfg, method, mo, seed, weights) == 0) return 0;
+    if (m->method) llama_free(m); /* what was created so far */
+    return -1;
+}
+
+int llama_create(llama_model *m, const llama_config *cfg, const linear_method *method,
+                 const method_opts *mo, uint64_t seed) {
+    return llama_create_from(m, cfg, method, mo, seed, NULL);
+}
+
+size_t llama_init_scratch_bytes(int out, int in) { return (size_t)out * in * sizeof(float); }
+
 void llama_block_act_bytes(const llama_config *c, int B, int T, size_t out[BLOCK_ACT_BUFS]) {
     const size_t N = (size_t)B * T, d = c->hidden_size, F = c->intermediate_size;
-    const size_t H = c->num_attention_heads, f = sizeof(float);
-    const size_t b[BLOCK_ACT_BUFS] = {N * d, N, N * d, N * d, N * d, N * d, N * d,
-                                      N * H, N * d, N,     N * d, N * F, N * F, N * F};
+    const size_t H = c->num_attention_heads, kv = config_kv_dim(c), f = sizeof(float);
+    const size_t b[BLOCK_ACT_BUFS] = {N * d, N, N * d, N * d, N * kv, N * kv, N * d,
+                                      N * H, N * d, N,     N * d,  N * F,  N * F, N * F};
     for (int i = 0; i < BLOCK_ACT_BUFS; i++) out[i] = f * b[i];
 }
 
@@ -125,7 +180,9 @@ void llama_batch_bytes(const llama_config *c, int B, int T, int threads, size_t 
 }
 
 void llama_linear_shape(const llama_config *c, int j, int *out, int *in) {
-    *out = j == LIN_GATE || j == LIN_UP ? c->intermediate_size : c->hidden_size;
+    *out = j == LIN_GATE || j == LIN_UP ? c->intermediate_size
+           : j == LIN_K || j == LIN_V   ? config_kv_dim(c)
+                                        : c->hidden_size;
     *in = j == LIN_DOWN ? c->intermediate_size : c->hidden_size;
 }
 
@@ -237,7 +294,7 @@ static void block_forward(llama_model *m, int l, block_acts *a, const float *x, 
                           float *tmp) {
     const llama_config *c = &m->cfg;
     const int B = m->B, T = m->T, N = B * T, d = c->hidden_size, F = c->intermediate_size;
-    const int H = c->num_attention_heads, hd = d / H;
+    const int H = c->num_attention_heads, Hkv = c->num_key_value_heads, hd = d / H;
     const float eps = (float)c->rms_norm_eps;
     llama_block *b = &m->blocks[l];
     const linear_method *M = m->method;
@@ -246,8 +303,8 @@ static void block_forward(llama_model *m, int l, block_acts *a, const float *x, 
     M->forward(&b->lin[LIN_K], a->xn1, a->k, N);
     M->forward(&b->lin[LIN_V], a->xn1, a->v, N);
     rope_forward(a->q, m->rope_cos, m->rope_sin, B, T, H, hd);
-    rope_forward(a->k, m->rope_cos, m->rope_sin, B, T, H, hd);
-    attention_forward(a->att, a->lse, a->q, a->k, a->v, B, T, H, hd, m->attn_scratch);
+    rope_forward(a->k, m->rope_cos, m->rope_sin, B, T, Hkv, hd);
+    attention_forward(a->att, a->lse, a->q, a->k, a->v, B, T, H, Hkv, hd, m->attn_scratch);
     M->forward(&b->lin[LIN_O], a->att, a->x2, N);
     add_inplace(a->x2, x, (size_t)N * d);
     rmsnorm_forward(a->xn2, a->rstd2, a->x2, b->mlp_norm.w, N, d, eps);
@@ -263,7 +320,7 @@ static void block_forward(llama_model *m, int l, block_acts *a, const float *x, 
 static void block_backward(llama_model *m, int l, block_acts *a, const float *x) {
     const llama_config *c = &m->cfg;
     const int B = m->B, T = m->T, N = B * T, d = c->hidden_size, F = c->intermediate_size;
-    const int H = c->num_attention_heads, hd = d / H;
+    const int H = c->num_attention_heads, Hkv = c->num_key_value_heads, hd = d / H;
     const linear_method *M = m->method;
     llama_block *b = &m->blocks[l];
     float *dres = m->d_res, *dxn = m->d_a, *datt = m->d_b, *dq = m->d_c;
@@ -277,10 +334,10 @@ static void block_backward(llama_model *m, int l, block_acts *a, const float *x)
     /* attention: x2 = x + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))) */
     M->backward(&b->lin[LIN_O], a->att, dres, datt, N, 0);
     float *dk = dF1, *dv = dF2; /* the F-sized buffers are free again */
-    attention_backward(dq, dk, dv, datt, a->att, a->lse, a->q, a->k, a->v, B, T, H, hd,
+    attention_backward(dq, dk, dv, datt, a->att, a->lse, a->q, a->k, a->v, B, T, H, Hkv, hd,
                        m->attn_scratch);
     rope_backward(dq, m->rope_cos, m->rope_sin, B, T, H, hd);
-    rope_backward(dk, m->rope_cos, m->rope_sin, B, T, H, hd);
+    rope_backward(dk, m->rope_cos, m->rope_sin, B, T, Hkv, hd);
     M->backward(&b->lin[LIN_Q], a->xn1, dq, dxn, N, 0);
     M->backward(&b->lin[LIN_K], a->xn1, dk, dxn, N, 1);
     M->backward(&b->lin[LIN_V], a->xn1, dv, dxn, N, 1);
@@ -359,18 +416,19 @@ double llama_forward(llama_model *m, const int32_t *inputs, const int32_t *targe
      * [N, V] logits never exist. */
     double loss = 0;
     int train = loss_scale > 0 && targets;
-    float *dlm_head = train ? param_grad(&m->lm_head) : NULL;
+    dense_param *head = llama_output_param(m);
+    float *dlm_head = train ? param_grad(head) : NULL;
     for (int r0 = 0; r0 < N; r0 += LOGIT_CHUNK) {
         int rows = N - r0 < LOGIT_CHUNK ? N - r0 : LOGIT_CHUNK;
         float *lc = m->logits_chunk;
         const float *xr = m->xnf + (size_t)r0 * d;
-        gemm(false, true, rows, V, d, 1.0f, xr, d, m->lm_head.w, d, 0.0f, lc, V);
+        gemm(false, true, rows, V, d, 1.0f, xr, d, head->w, d, 0.0f, lc, V);
         if (logits) memcpy(logits + (size_t)r0 * V, lc, sizeof(float) * (size_t)rows * V);
         if (!targets) continue;
         loss += softmax_xent(train ? lc : NULL, lc, targets + r0, rows, V, loss_scale);
         if (train) {
             gemm(true, false, V, d, rows, 1.0f, lc, V, xr, d, 1.0f, dlm_head, d);
-            gemm(false, false, rows, d, V, 1.0f, lc, V, m->lm_head.w, d, 0.0f,
+            gemm(false, false, rows, d, V, 1.0f, lc, V, head->w, d, 0.0f,
                  m->dxnf + (size_t)r0 * d, d);
         }
     }
@@ -382,10 +440,11 @@ int llama_backward(llama_model *m, const int32_t *inputs) {
     const int N = m->B * m->T, d = c->hidden_size;
     const int step_now = m->per_layer_updates && m->last_microbatch;
 
-    const int D = llama_dense_count(m);
-    if (step_now && dense_step_now(m, D - 1)) return -1; /* lm_head: complete since the fused loss */
+    /* the lm_head's gradient is complete since the forward's fused loss; a tied one is the
+     * embedding's, which the backward below still adds to */
+    if (step_now && !c->tie_word_embeddings && dense_step_now(m, llama_lm_head_unit(m))) return -1;
     rmsnorm_backward(m->d_res, m->final_norm.g, m->dxnf, m->xf, m->final_norm.w, m->rstdf, N, d, 0);
-    if (step_now && dense_step_now(m, D - 2)) return -1; /* the final norm */
+    if (step_now && dense_step_now(m, llama_final_norm_unit(m))) return -1;
     for (int l = c->num_hidden_layers - 1; l >= 0; l--) {
         block_acts *a = &m->acts[l];
         if (m->checkpoint_activations) {
@@ -403,8 +462,17 @@ int llama_backward(llama_model *m, const int32_t *inputs) {
     return 0;
 }
 
-/* embed, (attn_norm, mlp_norm) per block, final norm, lm_head */
-int llama_dense_count(const llama_model *m) { return 2 * m->cfg.num_hidden_layers + 3; }
+/* embed, (attn_norm, mlp_norm) per block, final norm, lm_head (untied only) */
+int llama_dense_count(const llama_model *m) {
+    return 2 * m->cfg.num_hidden_layers + 3 - (m->cfg.tie_word_embeddings ? 1 : 0);
+}
+
+dense_param *llama_output_param(llama_model *m) {
+    return m->cfg.tie_word_embeddings ? &m->embed : &m->lm_head;
+}
+
+int llama_final_norm_unit(const llama_model *m) { return 2 * m->cfg.num_hidden_layers + 1; }
+int llama_lm_head_unit(const llama_model *m) { return m->cfg.tie_word_embeddings ? -1 : 2 * m->cfg.num_hidden_layers + 2; }
 
 dense_param *llama_dense_at(const llama_model *m, int i) {
     const int L = m->cfg.num_hidden_layers;
@@ -412,7 +480,7 @@ dense_param *llama_dense_at(const llama_model *m, int i) {
     if (i == 0) return &mm->embed;
     if (i <= 2 * L) return (i & 1) ? &mm->blocks[(i - 1) / 2].attn_norm : &mm->blocks[(i - 1) / 2].mlp_norm;
     if (i == 2 * L + 1) return &mm->final_norm;
-    return i == 2 * L + 2 ? &mm->lm_head : NULL;
+    return i == 2 * L + 2 && !m->cfg.tie_word_embeddings ? &mm->lm_head : NULL;
 }
 
 #define FOR_DENSE(m, p)                                                   \

@@ -1,5 +1,6 @@
-/* The LLaMA model: embedding, L blocks of (RMSNorm, attention with RoPE, residual, RMSNorm, SwiGLU
- * MLP, residual), final RMSNorm, untied lm_head, mean cross-entropy.
+/* The LLaMA model: embedding, L blocks of (RMSNorm, attention with RoPE (grouped-query when
+ * num_key_value_heads < num_attention_heads), residual, RMSNorm, SwiGLU MLP, residual), final
+ * RMSNorm, lm_head (or the embedding itself with tie_word_embeddings), mean cross-entropy.
  *
  * The seven projections of each block are linear_layer objects of one training method; the model
  * owns the dense parameters (embedding, norms, lm_head), their gradients and optimizer state, and
@@ -48,7 +49,7 @@ typedef struct {
     llama_config cfg;
     const linear_method *method;
     method_opts mopts;
-    dense_param embed, final_norm, lm_head;
+    dense_param embed, final_norm, lm_head; /* lm_head unused (zeroed) when tied */
     llama_block *blocks;
     float *rope_cos, *rope_sin;
 
@@ -96,6 +97,16 @@ size_t llama_rope_floats(const llama_config *c);
  * its own named stream so the init does not depend on thread count or creation order. */
 int llama_create(llama_model *m, const llama_config *cfg, const linear_method *method,
                  const method_opts *mo, uint64_t seed);
+/* The same from pretrained weights (HF tensor names, F32/F16/BF16; NULL: random as above): the
+ * embedding, norms and lm_head are read into place, and each linear layer's weight is read into
+ * a scratch buffer (llama_init_scratch_bytes) and given to its method's init as linear_init.W0,
+ * then freed.  A tied model's checkpoint may hold lm_head.weight only as a copy of the embedding.
+ * Tensors of `weights` that were not read are left for the caller to report (st_first_unused).
+ * -1 with an error naming the tensor (missing, wrong shape or dtype); nothing stays allocated. */
+int llama_create_from(llama_model *m, const llama_config *cfg, const linear_method *method,
+                      const method_opts *mo, uint64_t seed, const st_file *weights);
+/* The scratch buffer that carries one pretrained out x in weight to its layer's init. */
+size_t llama_init_scratch_bytes(int out, int in);
 void llama_free(llama_model *m);
 
 /* (Re)allocates activations for micro-batches of B sequences of T tokens. */
@@ -120,9 +131,12 @@ int llama_end_step(llama_model *m, long step);
 double llama_grad_norm(llama_model *m);
 int llama_optimizer_step(llama_model *m, const optim_hparams *h);
 
-/* The dense parameters (embed, norms, lm_head) in HF order: count, and the i-th. */
+/* The dense parameters (embed, norms, lm_head) in HF order: count, and the i-th.  A tied model
+ * has no lm_head among them (the embedding serves as both). */
 int llama_dense_count(const llama_model *m);
 dense_param *llama_dense_at(const llama_model *m, int i);
+/* The output layer's weight: lm_head, or the embedding when tied. */
+dense_param *llama_output_param(llama_model *m);
 
 /* 1 when every gradient buffer of the step (llama_grad_views) holds finite values. */
 int llama_grads_finite(llama_model *m);
@@ -136,6 +150,9 @@ int llama_grad_views(llama_model *m, grad_view *v, int cap);
  * owning rank, which alone keeps its optimizer state and updates it. */
 int llama_unit_count(const llama_model *m);
 int llama_block_unit(const llama_model *m, int l, int j); /* j = LIN_PER_BLOCK, +1: the norms */
+/* The final norm's unit, and lm_head's (-1 when tied: the embedding, unit 0, is the output). */
+int llama_final_norm_unit(const llama_model *m);
+int llama_lm_head_unit(const llama_model *m);
 /* The gradient views of unit u (a dense parameter's is owner_only). */
 int llama_unit_views(llama_model *m, int u, grad_view *v, int cap);
 /* The trainable values of unit u: count, and a copy into x when x is non-NULL; set writes them. */

@@ -32,7 +32,11 @@ typedef struct {
 } replay;
 
 /* the unit numbers of model/llama.h (llama_unit_count) */
-static int dense_units(const llama_config *c) { return 2 * c->num_hidden_layers + 3; }
+/* the units of llama.c's numbering (llama_dense_at, llama_block_unit): embed, (attn_norm,
+ * mlp_norm) per block, the final norm, lm_head (untied only), then the linear layers */
+static int dense_units(const llama_config *c) { return 2 * c->num_hidden_layers + 3 - (c->tie_word_embeddings ? 1 : 0); }
+static int final_norm_unit(const llama_config *c) { return 2 * c->num_hidden_layers + 1; }
+static int lm_head_unit(const llama_config *c) { return 2 * c->num_hidden_layers + 2; }
 static int norm_unit(int l, int k) { return 1 + 2 * l + k; }
 static int linear_unit(const llama_config *c, int l, int j) { return dense_units(c) + l * LIN_PER_BLOCK + j; }
 static int owned(const replay *r, int u) { return !r->owner || r->owner[u] == r->rank; }
@@ -72,11 +76,16 @@ static void create(replay *r) {
             linear_plan *p = layer(r, l, j);
             llama_linear_shape(c, j, &p->out, &p->in);
             p->o = &r->in->mo;
+            p->init_W0 = r->in->init_from;
+            /* from a pretrained checkpoint: the layer's weight in fp32 while its init runs */
+            const size_t w0 = llama_init_scratch_bytes(p->out, p->in);
+            if (r->in->init_from) mem_sim_alloc(&r->s, MEM_SCRATCH, w0);
             phase(r, l, j, LPHASE_INIT, 0);
+            if (r->in->init_from) mem_sim_free(&r->s, MEM_SCRATCH, w0);
         }
     }
     param_init_replay(r, d, 0);     /* final_norm */
-    param_init_replay(r, V * d, 1); /* lm_head */
+    if (!c->tie_word_embeddings) param_init_replay(r, V * d, 1); /* lm_head */
     mem_sim_alloc(&r->s, MEM_DENSE, fbytes(llama_rope_floats(c))); /* rope cos, sin */
     mem_sim_alloc(&r->s, MEM_DENSE, fbytes(llama_rope_floats(c)));
 }
@@ -120,7 +129,8 @@ static void block_forward(replay *r, int l) {
 
 static void forward(replay *r) {
     for (int l = 0; l < r->in->cfg.num_hidden_layers; l++) block_forward(r, l);
-    need_grad(r, &r->lm_head_g); /* the fused lm_head + loss gradient */
+    /* the fused lm_head + loss gradient (the embedding's when tied) */
+    need_grad(r, r->in->cfg.tie_word_embeddings ? &r->embed_g : &r->lm_head_g);
 }
 
 /* block_step: each layer's refresh and update as soon as its gradient is complete */
@@ -138,9 +148,8 @@ static void block_step(replay *r, int l, long step) {
 static void backward(replay *r, int step_now, long step) {
     const llama_config *c = &r->in->cfg;
     const size_t d = c->hidden_size, Vd = (size_t)c->vocab_size * d;
-    const int D = dense_units(c);
-    if (step_now) dense_update(r, D - 1, Vd, &r->lm_head_g);
-    if (step_now) dense_update(r, D - 2, d, NULL); /* final norm */
+    if (step_now && !c->tie_word_embeddings) dense_update(r, lm_head_unit(c), Vd, &r->lm_head_g);
+    if (step_now) dense_update(r, final_norm_unit(c), d, NULL);
     for (int l = c->num_hidden_layers - 1; l >= 0; l--) {
         if (r->in->activation_checkpointing) block_forward(r, l); /* recomputed */
         for (int jj = 0; jj < LIN_PER_BLOCK; jj++) phase(r, l, bwd_order[jj], LPHASE_BACKWARD, step);
@@ -162,14 +171,13 @@ static void train_step_replay(replay *r, long step) {
     if (!in->per_layer_updates) {
         phase_all(r, LPHASE_END_STEP, step);
         /* llama_optimizer_step: dense parameters in order (embed, norms, final norm, lm_head) */
-        const int D = dense_units(c);
         dense_update(r, 0, Vd, NULL);
         for (int l = 0; l < c->num_hidden_layers; l++) {
             dense_update(r, norm_unit(l, 0), d, NULL);
             dense_update(r, norm_unit(l, 1), d, NULL);
         }
-        dense_update(r, D - 2, d, NULL);
-        dense_update(r, D - 1, Vd, NULL);
+        dense_update(r, final_norm_unit(c), d, NULL);
+        if (!c->tie_word_embeddings) dense_update(r, lm_head_unit(c), Vd, NULL);
         for (int l = 0; l < c->num_hidden_layers; l++)
             for (int j = 0; j < LIN_PER_BLOCK; j++)
                 if (owned(r, linear_unit(c, l, j))) phase(r, l, j, LPHASE_STEP, step);
@@ -326,7 +334,7 @@ static void unit_sizes(const llama_config *c, const linear_method *lm, const met
     const int D = dense_units(c);
     for (int u = 0; u < D; u++) {
         mem_sim s = {0};
-        optim_plan_update(&s, mo->optimizer, u == 0 || u == D - 1 ? Vd : d, 0);
+        optim_plan_update(&s, mo->optimizer, u == 0 || (u == lm_head_unit(c) && !c->tie_word_embeddings) ? Vd : d, 0);
         n[u] = s.peak[MEM_OPTIM];
     }
     size_t per[LIN_PER_BLOCK];

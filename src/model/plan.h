@@ -43,6 +43,8 @@ typedef struct {
     int per_layer_updates;
     int activation_checkpointing;
     int save_original_model;  /* the dense export at the end of `loqt train` */
+    int init_from;            /* the model starts from a pretrained checkpoint (--init-from): each
+                               * layer's weight passes through a scratch buffer to its init */
     plan_split train, val;    /* data held by the loaders (`loqt train`); zero for `loqt bench` */
     int ranks;                /* data-parallel ranks (accum counts the micro-batches of all of
                                * them); 0 or 1: one process */

@@ -193,7 +193,7 @@ double plan_paper_estimate(const llama_config *c, const char *method, const meth
     if (!lm || !lm->paper_bytes) return 0;
     const double d = c->hidden_size, V = c->vocab_size;
     /* embeddings, norms, lm_head: weights and Adam's two moments in 16 bits */
-    double b = 6.0 * (2 * V * d + (2.0 * c->num_hidden_layers + 1) * d);
+    double b = 6.0 * ((c->tie_word_embeddings ? 1 : 2) * V * d + (2.0 * c->num_hidden_layers + 1) * d);
     for (int j = 0; j < LIN_PER_BLOCK; j++) {
         int out, in;
         llama_linear_shape(c, j, &out, &in);
