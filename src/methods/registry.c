@@ -15,6 +15,8 @@
     X(loqt)          \
     X(galore)        \
     X(qgalore)       \
+    X(lora)          \
+    X(relora)        \
     /* end of list */
 
 #define X(n) extern const linear_method method_##n;
