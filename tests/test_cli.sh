@@ -633,7 +633,11 @@ check methods_listed "train --help lists no --method choices" test -n "$methods"
 for meth in $methods; do
     M=(--model "$T/tiny.json" --data "$D" --num-training-steps 4 --batch-size 2 --max-length 16
        --threads 1 --num-eval-tokens 32 --save-every 2 --lr 3e-3 --method "$meth")
-    [ "$meth" != full ] && M+=(--rank 4 --update-proj-gap 2)
+    [ "$meth" != full ] && M+=(--rank 4)
+    # a refresh or merge every 2 steps where the method has one, so the resume below crosses it
+    for opt in update-proj-gap relora-steps; do
+        "$LOQT" memory --model 20m --method "$meth" --"$opt" 2 >/dev/null 2>&1 && M+=(--"$opt" 2)
+    done
     run "$LOQT" train "${M[@]}" --output-dir "$T/m_$meth"
     if [ "$RC" -ne 0 ]; then bad "method_${meth}_trains" "exit $RC: $(tail -n 1 "$T/err")"; continue; fi
     ok "method_${meth}_trains"
@@ -675,6 +679,8 @@ expect_error option_of_other_method_bench 'option of --method loqt' "$LOQT" benc
 expect_error method_option_range 'lora-alpha' "$LOQT" train "${MS[@]}" --method loqt --lora-alpha 0
 expect_error method_option_choice 'merge-optimizer-state' "$LOQT" memory --model 20m --method loqt --merge-optimizer-state sometimes
 expect_error unknown_method 'unknown --method' "$LOQT" memory --model 20m --method nope
+expect_error option_of_relora 'option of --method relora' "$LOQT" memory --model 20m --method lora --relora-steps 5
+expect_error lora_base_bits 'base-bits' "$LOQT" memory --model 20m --method lora --base-bits 3
 
 # ---- tokenize and per-token losses: for checking loqt against other tools ---------------------
 run "$LOQT" tokenize --tokenizer "$TOK" --text "Hello world" --bos
