@@ -231,24 +231,31 @@ static work layer_work(const lora_state *st, int out, int in, int N) {
 
 static int dropout_on(const lora_state *st) { return st->sp.dropout > 0 && st->in_step; }
 
-/* FNV-1a over the bits of X, by fixed chunks combined in order (thread-count independent) */
-static uint64_t hash_floats(const float *x, size_t n) {
-    enum { CHUNK = 1 << 16 };
-    const long nc = (long)((n + CHUNK - 1) / CHUNK);
+enum { HASH_CHUNK = 1 << 16 };
+
+/* FNV-1a over the bits of chunk c of x[0..n) */
+static uint64_t fnv_chunk(const float *x, size_t n, long c) {
+    const size_t e = (size_t)(c + 1) * HASH_CHUNK < n ? (size_t)(c + 1) * HASH_CHUNK : n;
     uint64_t h = 1469598103934665603ull;
-    uint64_t *part = malloc(sizeof(uint64_t) * (size_t)(nc > 0 ? nc : 1));
-#pragma omp parallel for schedule(static) if (nc > 1)
-    for (long c = 0; c < nc; c++) {
-        uint64_t hc = 1469598103934665603ull;
-        const size_t e = (size_t)(c + 1) * CHUNK < n ? (size_t)(c + 1) * CHUNK : n;
-        for (size_t i = (size_t)c * CHUNK; i < e; i++) {
-            uint32_t u;
-            memcpy(&u, &x[i], sizeof u);
-            hc = (hc ^ u) * 1099511628211ull;
-        }
-        part[c] = hc;
+    for (size_t i = (size_t)c * HASH_CHUNK; i < e; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], sizeof u);
+        h = (h ^ u) * 1099511628211ull;
     }
-    for (long c = 0; c < nc; c++) h = (h ^ part[c]) * 1099511628211ull;
+    return h;
+}
+
+/* The chunks' hashes combined in order: the same value whatever the thread count (and on one
+ * thread when there is no room for the chunk hashes). */
+static uint64_t hash_floats(const float *x, size_t n) {
+    const long nc = (long)((n + HASH_CHUNK - 1) / HASH_CHUNK);
+    uint64_t h = 1469598103934665603ull;
+    uint64_t *part = nc > 1 ? malloc(sizeof(uint64_t) * (size_t)nc) : NULL;
+    if (part) {
+#pragma omp parallel for schedule(static)
+        for (long c = 0; c < nc; c++) part[c] = fnv_chunk(x, n, c);
+    }
+    for (long c = 0; c < nc; c++) h = (h ^ (part ? part[c] : fnv_chunk(x, n, c))) * 1099511628211ull;
     free(part);
     return h;
 }
