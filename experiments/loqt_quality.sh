@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The LoQT quality experiment (issue: "LoQT ... trained end to end"): full-rank AdamW, LoQT and
-# LoQT-nq on the same model, tokens, seed and schedule, and the variants below (GaLore, the
-# merge-state A/B, ...; RUNS="galore loqt-keep"); then a table and a loss plot in docs/.
+# LoQT-nq on the same model, tokens, seed and schedule, and the variants below (GaLore, LoRA,
+# ReLoRA, the merge-state A/B, ...; RUNS="galore lora relora"); then a table and a loss plot in docs/.
 #
 #   bash experiments/loqt_quality.sh            # run (or resume) all three, then report
 #   nohup bash experiments/loqt_quality.sh > loqt_quality.log 2>&1 &    # in the background
@@ -57,10 +57,16 @@ declare -A ARGS=(
     # GaLore at the GaLore paper's 60m settings (rank 128, scale 0.25, P every 200 steps, lr 0.01),
     # with the same tokens, schedule and clipping as loqt and full
     [galore]="--method galore --lr 0.01 --rank 128 --galore-scale 0.25 --update-proj-gap 200"
+    # the LoRA and ReLoRA baselines of the LoQT table at the same rank and lr as loqt: a frozen
+    # random bf16 W plus s B A (alpha 32: s = 0.25, the ReLoRA reference's alpha); ReLoRA merges
+    # every 100 steps (a fifth of the run, as the reference's 5000 of 20000 is a quarter) with a
+    # 10-step restarted warmup, pruning 99% of the factors' moments, dropout 0.1 as the reference
+    [lora]="--method lora --lr 0.01 --rank 128 --lora-alpha 32"
+    [relora]="--method relora --lr 0.01 --rank 128 --lora-alpha 32 --relora-steps 100 --restart-warmup-steps 10"
 )
 ORDER=(loqt full loqt-nq)
 # the report lists every run that has results, the variants after the three main ones
-REPORT=("${ORDER[@]}" loqt-gap50-keep full-noclip loqt-plu loqt-keep galore)
+REPORT=("${ORDER[@]}" loqt-gap50-keep full-noclip loqt-plu loqt-keep galore lora relora)
 read -r -a RUN_LIST <<<"${RUNS:-${ORDER[*]}}"
 
 # shellcheck source=experiments/run_or_resume.sh

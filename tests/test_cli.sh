@@ -660,6 +660,7 @@ for meth in $methods; do
     sect=$("$LOQT" train --help | awk -v h="  $meth: " 'index($0, h) == 1 { on = 1; next } on && !NF { exit } on')
     grep -q -- '--rank ' <<<"$sect" && M+=(--rank 4)
     grep -q -- '--update-proj-gap ' <<<"$sect" && M+=(--update-proj-gap 2)
+    grep -q -- '--relora-steps ' <<<"$sect" && M+=(--relora-steps 2)
     run "$LOQT" train "${M[@]}" --output-dir "$T/m_$meth"
     if [ "$RC" -ne 0 ]; then bad "method_${meth}_trains" "exit $RC: $(tail -n 1 "$T/err")"; continue; fi
     ok "method_${meth}_trains"
@@ -701,6 +702,8 @@ expect_error option_of_other_method_bench 'option of --method loqt' "$LOQT" benc
 expect_error method_option_range 'lora-alpha' "$LOQT" train "${MS[@]}" --method loqt --lora-alpha 0
 expect_error method_option_choice 'merge-optimizer-state' "$LOQT" memory --model 20m --method loqt --merge-optimizer-state sometimes
 expect_error unknown_method 'unknown --method' "$LOQT" memory --model 20m --method nope
+expect_error option_of_relora 'option of --method relora' "$LOQT" memory --model 20m --method lora --relora-steps 5
+expect_error lora_base_bits 'base-bits' "$LOQT" memory --model 20m --method lora --base-bits 3
 
 # ---- tokenize and per-token losses: for checking loqt against other tools ---------------------
 run "$LOQT" tokenize --tokenizer "$TOK" --text "Hello world" --bos

@@ -61,6 +61,18 @@ static const method_entry entries[] = {
      * exact with fp32 activations (measured 2e-6); the variant's 8-bit activations as dqt's
      * (4.1e-3).  init: ternary absmean clips as dqt's does, to {-1, 0, 1} * mean|W0| */
     {"bitnet", 1e-2, 0.8, 1e-3, {"act-quant=none", NULL}, {"act-quant=int8", NULL}},
+    /* int8 base (the initial weight within one step of its group, as qgalore's); dropout on, so
+     * finite differences check the masked gradients (the loss is bilinear in A and B, so central
+     * differences are exact but for rounding); variant: the QLoRA base (NF4, double quantization)
+     * from LoftQ, rsLoRA's scale */
+    {"lora", 1e-5, 2.0 / 255, 1e-3, {"base-bits=8", "lora-dropout=0.1", NULL},
+     {"base-bits=4", "use-double-quant=1", "init=loftq", "rslora=1"}},
+    /* bf16 base: the initial weight within half a bf16 step (2^-8 of the power of two at or below
+     * |w|, so at most 2^-8 of max|W0|; 0.0025 to 0.0027 measured); a merge every 2
+     * steps, so the resume and plan checks cross merges (with the default pruning of the moments);
+     * variant: NF4 base re-quantized at each merge, moments zeroed, no dropout */
+    {"relora", 1e-5, 1.0 / 256, 1e-3, {"relora-steps=2", NULL},
+     {"base-bits=4", "optimizer-reset=reset", "lora-dropout=0", "restart-warmup-steps=1"}},
 };
 enum { N_ENTRIES = sizeof entries / sizeof entries[0] };
 

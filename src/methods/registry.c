@@ -17,6 +17,8 @@
     X(qgalore)       \
     X(dqt)           \
     X(bitnet)        \
+    X(lora)          \
+    X(relora)        \
     /* end of list */
 
 #define X(n) extern const linear_method method_##n;
