@@ -121,6 +121,15 @@ check dry_run_ok "exit $rc" test $rc -eq 0
 check dry_run_writes_nothing "the output directory was created" test ! -e "$T/dry"
 check dry_run_prints_plan "no plan printed" grep -q '^total: ' "$T/out"
 
+# in a log (stdout not a terminal) train prints a progress line at most every --progress-every
+# seconds, and the first and last step's; 0 prints every step
+"$LOQT" train "${COMMON[@]}" --num-training-steps 20 --progress-every 1000 --output-dir "$T/log1" >"$T/out" 2>&1
+check progress_sparse "$(grep -c '^step ' "$T/out") step lines, expected the first and the last" \
+    test "$(grep -c '^step ' "$T/out")" = 2 -a "$(grep -c '^step 20/20 ' "$T/out")" = 1
+"$LOQT" train "${COMMON[@]}" --num-training-steps 20 --progress-every 0 --output-dir "$T/log2" >"$T/out" 2>&1
+check progress_every_step "$(grep -c '^step ' "$T/out") step lines, expected 20" test "$(grep -c '^step ' "$T/out")" = 20
+expect_error progress_negative 'progress-every' train "${COMMON[@]}" --progress-every -1 --output-dir "$T/log3"
+
 # bad input: one line each, nothing trained
 expect_error compare_no_methods 'methods is required' compare "${COMMON[@]}" --out "$T/b1"
 expect_error compare_no_out 'out is required' compare --methods full "${COMMON[@]}"

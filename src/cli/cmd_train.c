@@ -34,6 +34,7 @@ typedef struct {
     long num_training_steps, warmup_steps, warmup_given, num_eval_tokens, seed;
     char tokenizer_hash[32]; /* of the data (its manifest), "" when unknown */
     double lr, min_lr_ratio, grad_clipping, weight_decay, beta1, beta2, adam_eps;
+    double progress_every; /* seconds between progress lines in a log (not a terminal) */
 } train_args;
 
 /* Everything a run holds while it trains. */
@@ -46,6 +47,7 @@ typedef struct {
     plan plan; /* the run's memory plan, written to OUTPUT_DIR/plan.json */
     long start_step;
     uint64_t tokens;
+    double last_print; /* when the last progress line was printed */
     FILE *metrics;
     int32_t *inputs, *targets;
     const int32_t **ins, **tgs;
@@ -214,7 +216,7 @@ static void parse_args(train_args *a, int argc, char **argv) {
     *a = (train_args){
         .data = "data/corpus", .scheduler = "cosine", .log_every = 1, .num_training_steps = 1000, .max_bad_steps = 5,
         .warmup_steps = -1, .num_eval_tokens = 100000, .lr = 1e-3, .min_lr_ratio = 0.1,
-        .beta1 = 0.9, .beta2 = 0.999, .adam_eps = 1e-6, .dist_timeout = 300,
+        .beta1 = 0.9, .beta2 = 0.999, .adam_eps = 1e-6, .progress_every = 10, .dist_timeout = 300,
     };
     cli_run_defaults(&a->run);
     const opt_spec specs[] = {
@@ -233,6 +235,7 @@ static void parse_args(train_args *a, int argc, char **argv) {
         {"num-eval-tokens", OPT_LONG, &a->num_eval_tokens, "validation tokens per evaluation", NULL},
         {"save-every", OPT_INT, &a->save_every, "write a checkpoint every N steps (and at the end); 0 = only at the end", NULL},
         {"log-every", OPT_INT, &a->log_every, "write a metrics line every N steps", NULL},
+        {"progress-every", OPT_FLOAT, &a->progress_every, "when stdout is not a terminal (a log file), a progress line at most every this many seconds, and at the first and last step; 0 = every step (on a terminal one line updates in place)", NULL},
         {"output-dir", OPT_STRING, &a->output_dir, "run directory for metrics.jsonl and checkpoints/; default runs/MODEL-METHOD", NULL},
         {"resume", OPT_STRING, &a->resume, "continue from a checkpoint directory, or 'latest' in --output-dir (the method's options come from the checkpoint)", NULL},
         {"seed", OPT_LONG, &a->seed, "seed of the initialization (the data order is fixed)", NULL},
@@ -264,6 +267,7 @@ static void parse_args(train_args *a, int argc, char **argv) {
         loqt_usage_die("--grad-clipping needs the global gradient norm before any update, which --per-layer-updates does not have; use one or the other");
     if (a->log_every <= 0) a->log_every = 1;
     if (a->max_bad_steps < 1) loqt_usage_die("--max-bad-steps must be >= 1");
+    if (!(a->progress_every >= 0) || !isfinite(a->progress_every)) loqt_usage_die("--progress-every must be a number of seconds >= 0");
     if (a->zero != 0 && a->zero != 1) loqt_usage_die("--zero must be 0 or 1 (ZeRO stage 1: the optimizer state sharded)");
     if (a->zero && a->run.m->no_zero1)
         loqt_usage_die("--method %s does not run with --zero 1: its update also writes weights that only the updating rank "
@@ -500,10 +504,15 @@ static void report_step(const train_args *a, train_run *t, long step, const step
     double tps = (double)N * a->run.accum * done / elapsed;
     char eta[32];
     cli_format_duration(elapsed / done * left, eta, sizeof eta);
-    printf("%sstep %ld/%ld | loss %.4f | lr %.2e | %.0f tok/s | ETA %s | mem %.2f GiB%s",
-           tty ? "\r" : "", step + 1, a->num_training_steps, r->loss, r->lr, tps, eta,
-           mem_current_rss() / 1073741824.0, tty ? "   " : "\n");
-    fflush(stdout);
+    const double now = cli_now();
+    if (tty || a->progress_every <= 0 || step == t->start_step || step + 1 == a->num_training_steps ||
+        now - t->last_print >= a->progress_every) {
+        printf("%sstep %ld/%ld | loss %.4f | lr %.2e | %.0f tok/s | ETA %s | mem %.2f GiB%s",
+               tty ? "\r" : "", step + 1, a->num_training_steps, r->loss, r->lr, tps, eta,
+               mem_current_rss() / 1073741824.0, tty ? "   " : "\n");
+        fflush(stdout);
+        t->last_print = now;
+    }
     if (t->metrics && ((step + 1) % a->log_every == 0 || step + 1 == a->num_training_steps)) {
         char gn[32] = "null", loss[32] = "null", dp[160] = ""; /* no global norm with per-layer updates */
         if (t->ranks > 1) /* what this rank sent during the step (docs/data_parallel.md) */
