@@ -153,10 +153,6 @@ struct linear_method {
                                    * derivative with respect to the quantized weights the forward
                                    * uses, applied to latent parameters in which the loss is
                                    * piecewise constant (finite differences cannot see them) */
-    int no_zero1;                 /* its step changes state that params_get does not carry
-                                   * (ReLoRA merges B A into the frozen W), so --zero 1, where only
-                                   * a layer's owner steps it, would leave the other ranks' W
-                                   * behind: refused */
 
     /* 0, or -1 with an error. */
     int (*init)(linear_layer *L, const method_opts *o, const linear_init *ini);
