@@ -162,7 +162,9 @@ struct linear_method {
      * method's gradients from (X, dY). */
     void (*backward)(linear_layer *L, const float *X, const float *dY, float *dX, int N,
                      int accumulate);
-    /* Optional.  Called before the first micro-batch of optimizer step `step` (0-based). */
+    /* Optional.  Called before the first micro-batch of optimizer step `step` (0-based), on
+     * every rank: state outside the trainable values (which --zero 1 broadcasts from the
+     * owner's `step`) changes here, identically everywhere (ReLoRA's merge of step - 1). */
     void (*begin_step)(linear_layer *L, long step);
     /* Optional.  After the last backward of the step, before clipping and the update. */
     int (*end_step)(linear_layer *L, long step);
