@@ -9,7 +9,8 @@
  *     the mask fixed for a step and input and changing with the step, off outside a step;
  *   - ReLoRA: up to the begin_step after a merge step the layer is LoRA's bit for bit; that
  *     begin_step's merge leaves W_eff as it was (fp32 base) or re-quantizes it (NF4), B = 0 and a
- *     new kaiming A after it, once; the learning-rate factor; the trainer applies it;
+ *     new kaiming A after it, once; a non-finite merge fails the step and changes nothing; the
+ *     learning-rate factor; the trainer applies it;
  *   - checkpoint names: the base under the HF name, the adapters under PEFT's suffixes and shapes. */
 #include "test.h"
 
@@ -428,6 +429,37 @@ static void relora_merge_case(int base_bits) {
     free(X), free(dY), free(Wa), free(Wb), free(ABa), free(ABb);
 }
 
+/* A merge whose W + s B A is not finite (B overflowed): the step fails with an error naming the
+ * layer, and the layer keeps its base and adapters (nothing half-merged). */
+static void test_relora_merge_not_finite(void) {
+    const int out = 16, in = 8;
+    const linear_method *m = method_find("relora");
+    method_opts o;
+    method_opts_defaults(&o, m);
+    set_opt(&o, m, "rank", 2);
+    set_opt(&o, m, "relora-steps", 1);
+    set_opt(&o, m, "base-bits", LORA_BASE_4);
+    linear_layer L;
+    make(&L, m, &o, out, in, NULL, "self_attn.q_proj");
+    const size_t np = m->params_get(&L, NULL);
+    float *AB = malloc(sizeof(float) * np), *AB1 = malloc(sizeof(float) * np);
+    float *W0 = malloc(sizeof(float) * out * in), *W1 = malloc(sizeof(float) * out * in);
+    m->params_get(&L, AB);
+    for (size_t i = (size_t)2 * in; i < np; i++) AB[i] = 3e38f; /* B: s B A overflows */
+    m->params_set(&L, AB);
+    lora_get_factors(&L, W0, NULL, NULL);
+    m->begin_step(&L, 1);
+    CHECK(m->end_step(&L, 1) != 0 && strstr(loqt_last_error(), "self_attn.q_proj") &&
+              strstr(loqt_last_error(), "not finite"),
+          "a non-finite merge fails the step with the layer's name (got: %s)", loqt_last_error());
+    lora_get_factors(&L, W1, NULL, NULL);
+    m->params_get(&L, AB1);
+    CHECK(!memcmp(W0, W1, sizeof(float) * out * in) && !memcmp(AB, AB1, sizeof(float) * np),
+          "the failed merge left the base and the adapters as they were");
+    m->free(&L);
+    free(AB), free(AB1), free(W0), free(W1);
+}
+
 static void test_relora_merge(void) {
     relora_merge_case(LORA_BASE_32);
     relora_merge_case(LORA_BASE_4);
@@ -481,6 +513,7 @@ int main(void) {
     RUN(test_magnitude_prune);
     RUN(test_relora_lr_scale);
     RUN(test_relora_merge);
+    RUN(test_relora_merge_not_finite);
     RUN(test_checkpoint_names);
     TEST_END();
 }
