@@ -6,7 +6,7 @@ algorithms' description and the methods' papers, independently of the C code.
   dp_cost_model.py step CONFIG.json METHOD RANK N ZERO STEPKIND
                                              the bytes each rank sends in one optimizer step, as
                                              JSON: [{"grads": .., "params": .., "control": ..}, ..]
-      METHOD: full | loqt | galore; RANK: the methods' --rank; ZERO: 0 | 1;
+      METHOD: full | loqt | galore | relora; RANK: the methods' --rank; ZERO: 0 | 1;
       STEPKIND: ordinary | refresh (LoQT: the dense G is reduced instead of B's gradient; GaLore:
       the dense gradient goes to every rank) | plu (per-layer updates, an ordinary step) |
       plu-refresh.
@@ -16,7 +16,9 @@ What travels (fp32, 4 bytes an element):
   - full: dW of every projection (out x in);
   - LoQT: dB (larger side x r) on ordinary steps; on refresh steps (and step 0) the dense G
     (out x in) instead, from which every rank computes the same SVD and dB;
-  - GaLore: the dense gradient (out x in) on every step (the projection happens after the sum).
+  - GaLore: the dense gradient (out x in) on every step (the projection happens after the sum);
+  - ReLoRA: the adapters' gradients dA (r x in) and dB (out x r), on every step (the merge of
+    W + s B A needs no traffic: every rank merges the same broadcast A and B).
 Algorithms, N ranks, chunk c of n elements = [floor(c n / N), floor((c + 1) n / N)):
   - all-reduce (ring): rank r sends 2 n - |c_r| - |c_(r+1) mod N| elements; n when N = 2;
   - --zero 1: a gradient that only the optimizer step reads goes to its unit's owner over a chain
@@ -70,6 +72,9 @@ def units(cfg, method, r):
                 out.append(dict(g=nb, g_ref=n, p=nb, opt=nb, dense=False))
             elif method in ("galore", "qgalore"):
                 out.append(dict(g=n, g_ref=n, p=n, opt=nb, dense=False))
+            elif method == "relora":
+                na = min(r, o, i) * (o + i)  # A and B, trained by the optimizer
+                out.append(dict(g=na, g_ref=na, p=na, opt=na, dense=False))
             else:
                 raise SystemExit("unknown method " + method)
     return out

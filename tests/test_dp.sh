@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Data-parallel training with `mpirun -np 2` on this machine (shared memory and loopback only):
 #   - the losses of 2 ranks equal those of one process with the same global batch, for full, LoQT
-#     and GaLore, with and without --zero 1 and --per-layer-updates (tolerance below);
+#     and GaLore, with and without --zero 1 and --per-layer-updates, and ReLoRA under --zero 1
+#     across merges (tolerance below);
 #   - the bytes each rank sends in every step equal the cost model of scripts/dp_cost_model.py
 #     (written independently of the C code) exactly;
 #   - under --zero 1 each rank's accounted peak memory equals `loqt memory --ranks 2 --zero 1`;
@@ -150,16 +151,27 @@ ran() { # ran NAME: the run succeeded
 # ---- 1. equivalence and bytes ----------------------------------------------------------------
 LOQT_O=(--method loqt --rank 8 --update-proj-gap $GAP)
 GALORE_O=(--method galore --rank 8 --update-proj-gap $GAP)
+# ReLoRA: a merge at the start of step 3 (after 3 updates; the one after 6 is never run), so
+# the checkpoint after 3 updates holds the unmerged base and the resumed run merges.  The
+# equivalence with one process allows for the ranks' other summation order (1e-7 relative), so
+# nothing in the run may be a step function of the values: an fp32 base (re-quantizing bf16 or
+# NF4 rounds W + s B A), the moments zeroed at the merge (magnitude pruning keeps the entries
+# above a quantile, which that rounding can reorder), no dropout (its mask is keyed by the bits
+# of the layer's input).  With one rank count (resume) every merge is bit for bit anyway.
+RELORA_O=(--method relora --rank 8 --relora-steps 3 --restart-warmup-steps 2 --base-bits 32 --lora-dropout 0
+          --optimizer-reset reset)
 run s_full 1 --method full --total-batch-size 4
 run s_loqt 1 "${LOQT_O[@]}" --total-batch-size 4
 run s_galore 1 "${GALORE_O[@]}" --total-batch-size 4
 run s_loqt_plu 1 "${LOQT_O[@]}" --total-batch-size 8 --per-layer-updates
 run s_full_plu 1 --method full --total-batch-size 4 --per-layer-updates
 run s_galore_plu 1 "${GALORE_O[@]}" --total-batch-size 4 --per-layer-updates
+run s_relora 1 "${RELORA_O[@]}" --total-batch-size 4
 # name  reference  method rank zero plu  options
 while read -r name ref method rank zero plu opts; do
     # shellcheck disable=SC2086
-    case $method in loqt) o=("${LOQT_O[@]}") ;; galore) o=("${GALORE_O[@]}") ;; *) o=(--method full) ;; esac
+    case $method in loqt) o=("${LOQT_O[@]}") ;; galore) o=("${GALORE_O[@]}") ;; relora) o=("${RELORA_O[@]}") ;;
+        *) o=(--method full) ;; esac
     # shellcheck disable=SC2086
     run "$name" 2 "${o[@]}" --zero "$zero" $opts
     if ran "$name" >/dev/null; then
@@ -178,12 +190,14 @@ d_loqt_zero_plu_accum s_loqt_plu loqt 8 1 1 --total-batch-size 8 --per-layer-upd
 d_galore s_galore galore 8 0 0 --total-batch-size 4
 d_galore_zero s_galore galore 8 1 0 --total-batch-size 4
 d_galore_plu s_galore_plu galore 8 0 1 --total-batch-size 4 --per-layer-updates
+d_relora_zero s_relora relora 8 1 0 --total-batch-size 4
 EOF
 
 # ---- 2. per-rank memory under --zero 1 against the planner -----------------------------------
 check full_zero_plan_per_rank plan_matches d_full_zero --method full --zero 1 --total-batch-size 4
 check loqt_zero_plu_plan_per_rank plan_matches d_loqt_zero_plu_accum "${LOQT_O[@]}" --zero 1 --total-batch-size 8 --per-layer-updates
 check galore_zero_plan_per_rank plan_matches d_galore_zero "${GALORE_O[@]}" --zero 1 --total-batch-size 4
+check relora_zero_plan_per_rank plan_matches d_relora_zero "${RELORA_O[@]}" --zero 1 --total-batch-size 4
 
 # ---- 3. resume with the same ranks -----------------------------------------------------------
 # steps 4..6 resumed from the step-3 checkpoint repeat the uninterrupted steps exactly
@@ -197,9 +211,10 @@ for s in b:
     if a[s] != b[s]: sys.exit("step %d: resumed %.6f, uninterrupted %.6f" % (s, b[s], a[s]))
 EOF
 }
-for name in d_loqt_zero d_full d_galore_zero; do
+for name in d_loqt_zero d_full d_galore_zero d_relora_zero; do
     zero=0; case $name in *zero*) zero=1 ;; esac
-    case $name in *loqt*) o=(--method loqt) ;; *galore*) o=(--method galore) ;; *) o=(--method full) ;; esac
+    case $name in *relora*) o=(--method relora) ;; *loqt*) o=(--method loqt) ;; *galore*) o=(--method galore) ;;
+        *) o=(--method full) ;; esac
     run "r_$name" 2 "${o[@]}" --zero "$zero" --total-batch-size 4 --resume "$T/$name/checkpoints/step-00000003"
     if ran "r_$name" >/dev/null; then check "${name}_resume_same_ranks" resumed_equal "$name" "r_$name"
     else bad "${name}_resume_same_ranks" "$(ran "r_$name")"; fi

@@ -7,8 +7,10 @@
  *     layer holds; the scale s is accounted for (the same error whatever alpha);
  *   - dropout: forward and dX against the explicit formula with the layer's mask, the keep rate,
  *     the mask fixed for a step and input and changing with the step, off outside a step;
- *   - ReLoRA: a merge leaves W_eff as it was (fp32 base) or re-quantizes it (NF4), B = 0 and a new
- *     kaiming A after it; the learning-rate factor; the trainer applies it;
+ *   - ReLoRA: up to the begin_step after a merge step the layer is LoRA's bit for bit; that
+ *     begin_step's merge leaves W_eff as it was (fp32 base) or re-quantizes it (NF4), B = 0 and a
+ *     new kaiming A after it, once; a non-finite merge fails the step and changes nothing; the
+ *     learning-rate factor; the trainer applies it;
  *   - checkpoint names: the base under the HF name, the adapters under PEFT's suffixes and shapes. */
 #include "test.h"
 
@@ -117,12 +119,12 @@ static double run_reference(const char *name) {
     memcpy(AB, A0, sizeof(float) * nA); /* the reference's own kaiming draw */
     m->params_set(&L, AB);
     double worst = 0;
+    m->begin_step(&L, 0);
     for (int s = 0; s < steps; s++) {
         const double scale = m->lr_scale ? m->lr_scale(&o, s) : 1.0;
         optim_hparams h = {.kind = OPTIM_ADAMW, .lr = (float)(hf[1] * scale), .beta1 = B1, .beta2 = B2, .eps = EPS,
                            .weight_decay = hf[2], .grad_scale = 1.0f, .t = s + 1};
         m->zero_grad(&L);
-        m->begin_step(&L, s);
         for (int mb = 0; mb < 2; mb++) {
             const float *X = p, *dY = X + (size_t)N * in;
             m->backward(&L, X, dY, NULL, N, 0);
@@ -130,6 +132,9 @@ static double run_reference(const char *name) {
         }
         CHECK(m->end_step(&L, s) == 0, "end_step: %s", loqt_last_error());
         CHECK(m->step(&L, &h) == 0, "step: %s", loqt_last_error());
+        /* the reference merges right after the update of step s = k R - 1, loqt at the start of
+         * step s + 1 (every rank runs begin_step): compared after the next begin_step */
+        m->begin_step(&L, s + 1);
         const float *wA = p, *wB = wA + nA, *wW = wB + nB;
         p = wW + n;
         if (R > 0 && (s + 1) % R == 0) { /* the merge drew its own A: take the reference's */
@@ -327,8 +332,10 @@ static void test_relora_lr_scale(void) {
     set_opt(&o, m, "restart-warmup-steps", 4);
     const double want[25] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0.25, 0.5, 0.75, 1, 1, 1, 1, 1, 1, 1, 0.25, 0.5, 0.75, 1, 1};
     for (int s = 0; s < 25; s++) CHECK(m->lr_scale(&o, s) == want[s], "lr_scale(%d) = %g, want %g", s, m->lr_scale(&o, s), want[s]);
-    CHECK(m->next_refresh(&o, 0) == 9 && m->next_refresh(&o, 9) == 19, "merges at steps 9, 19 (got %ld, %ld)",
-          m->next_refresh(&o, 0), m->next_refresh(&o, 9));
+    /* the merges after steps 9 and 19 happen in begin_step of steps 10 and 20 */
+    CHECK(m->next_refresh(&o, 0) == 10 && m->next_refresh(&o, 9) == 10 && m->next_refresh(&o, 10) == 20,
+          "merges at steps 10, 10, 20 (got %ld, %ld, %ld)", m->next_refresh(&o, 0), m->next_refresh(&o, 9),
+          m->next_refresh(&o, 10));
     /* the trainer multiplies its schedule by the factor */
     llama_config c = {"tiny", 32, 64, 2, 4, 4, 96, 64, 1e-6, 10000.0, 0};
     set_opt(&o, m, "rank", 4);
@@ -387,6 +394,18 @@ static void relora_merge_case(int base_bits) {
             CHECK(Ls[k]->m->step(Ls[k], &h) == 0, "step: %s", loqt_last_error());
         }
     }
+    /* after the update of the merge step (s = 1) and before the next begin_step, which merges:
+     * still the LoRA layer, bit for bit (what a checkpoint holds, and an export at the end) */
+    ml->export_dense(&La, Wa);
+    mr->export_dense(&Lb, Wb);
+    CHECK(max_diff(Wa, Wb, (size_t)out * in) == 0, "base %d: W_eff before the merge equals LoRA's (off by %.3g)",
+          base_bits, max_diff(Wa, Wb, (size_t)out * in));
+    method_stats st = {0};
+    mr->stats(&Lb, &st);
+    CHECK(st.n >= 1 && !strcmp(st.s[0].name, "merges") && method_stats_value(&st, 0) == 0, "no merge before step 2's begin_step");
+    ml->begin_step(&La, 2);
+    mr->begin_step(&Lb, 2);
+    mr->begin_step(&Lb, 2); /* a repeated begin_step does not merge again */
     ml->export_dense(&La, Wa);
     mr->export_dense(&Lb, Wb);
     ml->params_get(&La, ABa);
@@ -402,12 +421,43 @@ static void relora_merge_case(int base_bits) {
     CHECK(max_abs(ABb, nA) <= bound && max_abs(ABb, nA) > 0.5 * bound, "new A within the kaiming bound %g (max %g)",
           bound, max_abs(ABb, nA));
     CHECK(differs == (double)nA, "new A: %.0f of %zu values differ from the trained A", differs, nA);
-    method_stats st = {0};
+    memset(&st, 0, sizeof st);
     mr->stats(&Lb, &st);
     CHECK(st.n >= 1 && !strcmp(st.s[0].name, "merges") && method_stats_value(&st, 0) == 1, "one merge in the statistics");
     ml->free(&La);
     mr->free(&Lb);
     free(X), free(dY), free(Wa), free(Wb), free(ABa), free(ABb);
+}
+
+/* A merge whose W + s B A is not finite (B overflowed): the step fails with an error naming the
+ * layer, and the layer keeps its base and adapters (nothing half-merged). */
+static void test_relora_merge_not_finite(void) {
+    const int out = 16, in = 8;
+    const linear_method *m = method_find("relora");
+    method_opts o;
+    method_opts_defaults(&o, m);
+    set_opt(&o, m, "rank", 2);
+    set_opt(&o, m, "relora-steps", 1);
+    set_opt(&o, m, "base-bits", LORA_BASE_4);
+    linear_layer L;
+    make(&L, m, &o, out, in, NULL, "self_attn.q_proj");
+    const size_t np = m->params_get(&L, NULL);
+    float *AB = malloc(sizeof(float) * np), *AB1 = malloc(sizeof(float) * np);
+    float *W0 = malloc(sizeof(float) * out * in), *W1 = malloc(sizeof(float) * out * in);
+    m->params_get(&L, AB);
+    for (size_t i = (size_t)2 * in; i < np; i++) AB[i] = 3e38f; /* B: s B A overflows */
+    m->params_set(&L, AB);
+    lora_get_factors(&L, W0, NULL, NULL);
+    m->begin_step(&L, 1);
+    CHECK(m->end_step(&L, 1) != 0 && strstr(loqt_last_error(), "self_attn.q_proj") &&
+              strstr(loqt_last_error(), "not finite"),
+          "a non-finite merge fails the step with the layer's name (got: %s)", loqt_last_error());
+    lora_get_factors(&L, W1, NULL, NULL);
+    m->params_get(&L, AB1);
+    CHECK(!memcmp(W0, W1, sizeof(float) * out * in) && !memcmp(AB, AB1, sizeof(float) * np),
+          "the failed merge left the base and the adapters as they were");
+    m->free(&L);
+    free(AB), free(AB1), free(W0), free(W1);
 }
 
 static void test_relora_merge(void) {
@@ -463,6 +513,7 @@ int main(void) {
     RUN(test_magnitude_prune);
     RUN(test_relora_lr_scale);
     RUN(test_relora_merge);
+    RUN(test_relora_merge_not_finite);
     RUN(test_checkpoint_names);
     TEST_END();
 }

@@ -69,10 +69,12 @@ static const method_entry entries[] = {
      {"base-bits=4", "use-double-quant=1", "init=loftq", "rslora=1"}},
     /* bf16 base: the initial weight within half a bf16 step (2^-8 of the power of two at or below
      * |w|, so at most 2^-8 of max|W0|; 0.0025 to 0.0027 measured); a merge every 2
-     * steps, so the resume and plan checks cross merges (with the default pruning of the moments);
-     * variant: NF4 base re-quantized at each merge, moments zeroed, no dropout */
+     * steps (in begin_step of steps 2, 4), so the resume and plan checks cross merges (with the
+     * default pruning of the moments); variant: NF4 base re-quantized at each merge, moments
+     * zeroed, no dropout, a merge every 3 steps: the checkpoint after step 2 holds the unmerged
+     * base and adapters, and the resumed begin_step of step 3 merges them */
     {"relora", 1e-5, 1.0 / 256, 1e-3, {"relora-steps=2", NULL},
-     {"base-bits=4", "optimizer-reset=reset", "lora-dropout=0", "restart-warmup-steps=1"}},
+     {"base-bits=4", "optimizer-reset=reset", "lora-dropout=0", "relora-steps=3"}},
 };
 enum { N_ENTRIES = sizeof entries / sizeof entries[0] };
 

@@ -269,9 +269,6 @@ static void parse_args(train_args *a, int argc, char **argv) {
     if (a->max_bad_steps < 1) loqt_usage_die("--max-bad-steps must be >= 1");
     if (!(a->progress_every >= 0) || !isfinite(a->progress_every)) loqt_usage_die("--progress-every must be a number of seconds >= 0");
     if (a->zero != 0 && a->zero != 1) loqt_usage_die("--zero must be 0 or 1 (ZeRO stage 1: the optimizer state sharded)");
-    if (a->zero && a->run.m->no_zero1)
-        loqt_usage_die("--method %s does not run with --zero 1: its update also writes weights that only the updating rank "
-                       "would have; train it data-parallel without --zero", a->run.m->name);
     if (!(a->dist_timeout > 0) || !isfinite(a->dist_timeout)) loqt_usage_die("--dist-timeout must be a positive number of seconds");
     const int ranks = dist_size();
     if (ranks > 1 && a->run.accum % ranks)

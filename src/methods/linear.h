@@ -153,10 +153,6 @@ struct linear_method {
                                    * derivative with respect to the quantized weights the forward
                                    * uses, applied to latent parameters in which the loss is
                                    * piecewise constant (finite differences cannot see them) */
-    int no_zero1;                 /* its step changes state that params_get does not carry
-                                   * (ReLoRA merges B A into the frozen W), so --zero 1, where only
-                                   * a layer's owner steps it, would leave the other ranks' W
-                                   * behind: refused */
 
     /* 0, or -1 with an error. */
     int (*init)(linear_layer *L, const method_opts *o, const linear_init *ini);
@@ -166,7 +162,9 @@ struct linear_method {
      * method's gradients from (X, dY). */
     void (*backward)(linear_layer *L, const float *X, const float *dY, float *dX, int N,
                      int accumulate);
-    /* Optional.  Called before the first micro-batch of optimizer step `step` (0-based). */
+    /* Optional.  Called before the first micro-batch of optimizer step `step` (0-based), on
+     * every rank: state outside the trainable values (which --zero 1 broadcasts from the
+     * owner's `step`) changes here, identically everywhere (ReLoRA's merge of step - 1). */
     void (*begin_step)(linear_layer *L, long step);
     /* Optional.  After the last backward of the step, before clipping and the update. */
     int (*end_step)(linear_layer *L, long step);

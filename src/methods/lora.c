@@ -83,7 +83,12 @@ static svd_opts loftq_svd_opts(uint64_t seed, uint64_t stream) {
     return so;
 }
 
-static int merge_due(const lora_spec *sp, long t) { return sp->merge_every > 0 && t % sp->merge_every == 0; }
+/* ReLoRA merges the updates of steps (k-1) R .. k R - 1 at the start of step k R (k >= 1): in
+ * begin_step, which every rank runs with the same broadcast A and B, not in step, which under
+ * --zero 1 only the layer's owner runs (see merge_restart) */
+static int merge_due(const lora_spec *sp, long step) {
+    return sp->merge_every > 0 && step > 0 && step % sp->merge_every == 0;
+}
 
 /* ---- the layer --------------------------------------------------------------------------- */
 
@@ -99,7 +104,11 @@ typedef struct {
     long step;
     int in_step;      /* between begin_step and end_step: dropout is on */
     long merges;      /* ReLoRA merges done by this process */
+    long merged_at;   /* the step whose begin_step merged last (0: none), so a repeated
+                       * begin_step of the same step does not merge twice */
     double merge_s;
+    char merge_err[256]; /* a failed merge's error, reported by end_step (begin_step returns
+                          * nothing); non-empty: the layer stays unmerged */
     int n_err;        /* LoftQ: init_err[0..n_err) */
     double init_err[LORA_LOFTQ_MAX + 1], w0_norm;
 } lora_state;
@@ -359,16 +368,22 @@ void lora_backward(linear_layer *L, const float *X, const float *dY, float *dX, 
         if (kept(st, stream, (size_t)i)) dX[i] += sk * w.D[i];
 }
 
+static int merge_restart(linear_layer *L, long t);
+
 void lora_begin_step(linear_layer *L, long step) {
     lora_state *st = L->state;
     st->step = step;
     st->in_step = 1;
+    if (!merge_due(&st->sp, step) || st->merged_at == step || st->merge_err[0]) return;
+    if (merge_restart(L, step)) snprintf(st->merge_err, sizeof st->merge_err, "%s", loqt_last_error());
+    else st->merged_at = step;
 }
 
 int lora_end_step(linear_layer *L, long step) {
+    lora_state *st = L->state;
     (void)step;
-    ((lora_state *)L->state)->in_step = 0;
-    return 0;
+    st->in_step = 0;
+    return st->merge_err[0] ? loqt_set_error("%s", st->merge_err) : 0;
 }
 
 double lora_grad_sqnorm(const linear_layer *L) {
@@ -417,7 +432,15 @@ static void reset_optimizer(lora_state *st) {
 }
 
 /* W <- Q(deq W + s B A); A kaiming-uniform again, B = 0; the factors' optimizer state pruned or
- * reset.  A quantized base is re-quantized from the merged fp32 matrix with fresh block scales. */
+ * reset (a rank that does not own the layer under --zero 1 has none: nothing to prune).  A
+ * quantized base is re-quantized from the merged fp32 matrix with fresh block scales.
+ *
+ * Run by begin_step of step t = k R, not by step of step t - 1: the merge writes W, which the
+ * parameter broadcast of --zero 1 does not carry, so it must run on every rank from the same
+ * (broadcast) A and B.  Merging before the next forward is the same computation as merging after
+ * the update; between the two (a checkpoint, an evaluation, the export after the last step) the
+ * layer holds W and s B A apart, the same effective weight up to the re-quantization.  A
+ * non-finite merged matrix leaves the layer untouched (unmerged) and fails the step. */
 static int merge_restart(linear_layer *L, long t) {
     lora_state *st = L->state;
     const int out = L->out, in = L->in, r = st->g.r;
@@ -425,9 +448,11 @@ static int merge_restart(linear_layer *L, long t) {
     float *Wf = mem_alloc(MEM_SCRATCH, sizeof(float) * st->g.n);
     qmat_get(&st->W, Wf);
     gemm(false, false, out, in, r, st->s, B_of(st), r, A_of(st), in, 1.0f, Wf, in);
-    int rc = qmat_set(&st->W, Wf);
+    /* the sum of squares in double is finite exactly when every value is */
+    int rc = optim_sqnorm(Wf, st->g.n) < INFINITY ? qmat_set(&st->W, Wf)
+                                                   : loqt_set_error("W + s B A is not finite");
     mem_free(Wf);
-    if (rc) return loqt_set_error("%s: ReLoRA merge at step %ld: %s", L->name, t - 1, loqt_last_error());
+    if (rc) return loqt_set_error("%s: ReLoRA merge after step %ld: %s", L->name, t - 1, loqt_last_error());
     kaiming_A(st, in, t);
     memset(B_of(st), 0, sizeof(float) * st->g.nB);
     reset_optimizer(st);
@@ -439,7 +464,7 @@ static int merge_restart(linear_layer *L, long t) {
 int lora_step(linear_layer *L, const optim_hparams *h) {
     lora_state *st = L->state;
     if (st->dAB) optim_update(&st->opt, st->AB, st->dAB, h);
-    return merge_due(&st->sp, h->t) ? merge_restart(L, h->t) : 0;
+    return 0;
 }
 
 void lora_zero_grad(linear_layer *L) {
@@ -447,6 +472,8 @@ void lora_zero_grad(linear_layer *L) {
     if (st->dAB) memset(st->dAB, 0, sizeof(float) * (st->g.nA + st->g.nB));
 }
 
+/* A merge done by this step's begin_step stays: it concludes the previous step's update and
+ * leaves the effective weight as it was (up to a quantized base's re-quantization). */
 void lora_skip_step(linear_layer *L) {
     ((lora_state *)L->state)->in_step = 0;
     lora_zero_grad(L);
@@ -568,18 +595,19 @@ void lora_engine_plan(linear_plan *p, linear_phase phase, mem_sim *s, const lora
         if (!sl[PS_DAB]) mem_sim_alloc(s, MEM_GRADS, f * (g.nA + g.nB));
         sl[PS_DAB] = 1;
         break;
+    case LPHASE_BEGIN_STEP:
+        if (merge_due(sp, p->step)) plan_merge(p, sp, &g, s);
+        break;
     case LPHASE_STEP:
         if (sl[PS_DAB]) {
             optim_plan_update(s, p->o->optimizer, g.nA + g.nB, (int)sl[PS_OPT]);
             sl[PS_OPT] = 1;
         }
-        if (merge_due(sp, p->step + 1)) plan_merge(p, sp, &g, s);
         break;
     case LPHASE_RELEASE_GRADS:
         if (sl[PS_DAB]) mem_sim_free(s, MEM_GRADS, f * (g.nA + g.nB));
         sl[PS_DAB] = 0;
         break;
-    case LPHASE_BEGIN_STEP:
     case LPHASE_END_STEP:
     case LPHASE_EXPORT: break;
     }

@@ -1,7 +1,8 @@
 /* ReLoRA: high-rank training through low-rank updates (Lialin et al. 2023).
  *
  * The layer is LoRA's (methods/lora.c, through methods/lora.h), with one addition: after every
- * --relora-steps optimizer updates (after steps R-1, 2R-1, ...), each layer merges
+ * --relora-steps optimizer updates (after steps R-1, 2R-1, ...; done at the start of steps R, 2R,
+ * ..., by begin_step, which every data-parallel rank runs, so --zero 1 works), each layer merges
  * W <- Q(W + s B A) (a quantized base is re-quantized from the merged fp32 matrix), draws A again
  * (kaiming-uniform), sets B = 0 and magnitude-prunes (default, 99% as the reference) or zeroes
  * the optimizer state of A and B, and the whole model's learning rate restarts with a linear warmup
@@ -54,11 +55,11 @@ static void relora_plan(linear_plan *p, linear_phase phase, mem_sim *s) {
     lora_engine_plan(p, phase, s, &sp);
 }
 
-/* the first merge step after `after` (a merge at the end of step k R - 1) */
+/* the first merge step after `after`: the merge of steps ... k R - 1 is in begin_step of k R */
 static long relora_next_refresh(const method_opts *o, long after) {
     const lora_spec sp = relora_spec_of(o);
     const long R = sp.merge_every;
-    return ((after + 1) / R + 1) * R - 1;
+    return (after / R + 1) * R;
 }
 
 /* the restarted warmup: the j-th step after a merge gets min(1, (j + 1) / W) of the schedule */
@@ -83,7 +84,6 @@ const linear_method method_relora = {
     .n_options = sizeof relora_options / sizeof relora_options[0],
     .config_size = sizeof(relora_config),
     .heap_churn = 1, /* each merge frees and allocates a dense fp32 copy of W */
-    .no_zero1 = 1,   /* the merge writes W, which --zero 1 does not broadcast */
     .init = relora_init,
     .forward = lora_forward,
     .backward = lora_backward,
