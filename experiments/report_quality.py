@@ -34,7 +34,7 @@ NOTES = {
                  "merges, as the reference code does) and nothing else changed: the A/B of the "
                  "merge default.",
     "galore": "GaLore (--method galore) at the GaLore paper's 60m settings: rank 128, scale 0.25, "
-              "P from the gradient's SVD every 200 steps, lr 0.01, --galore-state project; the "
+              "P from the gradient's SVD every 200 steps, lr 0.01, --galore-state reset (the default); the "
               "same tokens, schedule and clipping as loqt and full.",
     "lora": "LoRA (--method lora): a frozen random bf16 W plus s B A, rank 128, alpha 32 (s = 0.25), "
             "lr 0.01; the same tokens, schedule and clipping as loqt and full.",
