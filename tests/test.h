@@ -48,6 +48,32 @@ static int test_passed, test_failed, test_cur_failed;
         fflush(stdout);                                          \
     } while (0)
 
+/* A reference file written by tests/gen_*.py, LOQT_REF_DIR/<printf(fmt, ...)> (default build/ref),
+ * read whole: malloc'd, its size in *bytes; NULL (and 0 bytes) when it is missing. */
+#include <stdarg.h>
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static inline void *test_read_ref(size_t *bytes, const char *fmt, ...) {
+    const char *dir = getenv("LOQT_REF_DIR");
+    char name[512], path[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    snprintf(path, sizeof path, "%s/%s", dir && *dir ? dir : "build/ref", name);
+    *bytes = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *p = malloc(sz > 0 ? (size_t)sz : 1);
+    *bytes = fread(p, 1, sz > 0 ? (size_t)sz : 0, f);
+    fclose(f);
+    return p;
+}
+
 #define TEST_END()                                                           \
     do {                                                                     \
         fprintf(stdout, "%d passed, %d failed\n", test_passed, test_failed); \

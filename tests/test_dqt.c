@@ -13,21 +13,6 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static void *read_ref(const char *name, size_t *bytes) {
-    const char *dir = getenv("LOQT_REF_DIR");
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", dir && *dir ? dir : "build/ref", name);
-    FILE *f = fopen(path, "rb");
-    *bytes = 0;
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *p = malloc(sz > 0 ? (size_t)sz : 1);
-    *bytes = fread(p, 1, (size_t)sz, f);
-    fclose(f);
-    return p;
-}
 
 static double max_abs(const float *x, size_t n) {
     double a = 0;
@@ -209,7 +194,7 @@ static void test_sr_unbiased(void) {
 
 static void test_actq_vs_torch(void) {
     size_t bytes;
-    unsigned char *buf = read_ref("lowbit_actq.bin", &bytes);
+    unsigned char *buf = test_read_ref(&bytes, "lowbit_actq.bin");
     CHECK(buf != NULL, "missing lowbit_actq.bin: run tests/gen_lowbit_ref.py (make test does)");
     if (!buf) return;
     int32_t hd[2];
@@ -235,7 +220,7 @@ static void test_actq_vs_torch(void) {
  * reference's latent weights. */
 static void test_bitnet_vs_torch(void) {
     size_t bytes;
-    unsigned char *buf = read_ref("lowbit_bitnet.bin", &bytes);
+    unsigned char *buf = test_read_ref(&bytes, "lowbit_bitnet.bin");
     CHECK(buf != NULL, "missing lowbit_bitnet.bin: run tests/gen_lowbit_ref.py (make test does)");
     if (!buf) return;
     int32_t hd[3];
@@ -275,7 +260,7 @@ static void test_bitnet_vs_torch(void) {
 /* The low-bit kernels on 3-bit per-row codes, with tiles of 1, 4 and all rows. */
 static void test_kernels_vs_torch(void) {
     size_t bytes;
-    unsigned char *buf = read_ref("lowbit_dqt.bin", &bytes);
+    unsigned char *buf = test_read_ref(&bytes, "lowbit_dqt.bin");
     CHECK(buf != NULL, "missing lowbit_dqt.bin: run tests/gen_lowbit_ref.py (make test does)");
     if (!buf) return;
     int32_t hd[4];

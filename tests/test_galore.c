@@ -14,20 +14,6 @@
 /* the reference's hyperparameters */
 static const float LR = 0.01f, B1 = 0.9f, B2 = 0.999f, EPS = 1e-6f, WD = 0.01f;
 
-static void *read_file(const char *name, size_t *bytes) {
-    const char *dir = getenv("LOQT_REF_DIR");
-    char path[1024];
-    snprintf(path, sizeof path, "%s/galore_%s.bin", dir && *dir ? dir : "build/ref", name);
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *p = malloc(sz > 0 ? (size_t)sz : 1);
-    *bytes = fread(p, 1, (size_t)sz, f);
-    fclose(f);
-    return p;
-}
 
 static void set_opt(method_opts *o, const linear_method *m, const char *name, double v) {
     const method_option *opt = method_option_find(m, name);
@@ -38,7 +24,7 @@ static void set_opt(method_opts *o, const linear_method *m, const char *name, do
 /* Runs one reference case; returns the largest error of W over the steps, relative to max|W|. */
 static double run_case(const char *name, int bf16) {
     size_t bytes = 0;
-    unsigned char *buf = read_file(name, &bytes);
+    unsigned char *buf = test_read_ref(&bytes, "galore_%s.bin", name);
     CHECK(buf != NULL, "missing reference galore_%s.bin: run tests/gen_galore_ref.py (make test does)", name);
     if (!buf) return INFINITY;
     int32_t hd[7];

@@ -56,25 +56,11 @@ static double max_diff(const float *a, const float *b, size_t n) {
 
 /* ---- the PyTorch reference ------------------------------------------------------------------ */
 
-static void *read_ref(const char *name, size_t *bytes) {
-    const char *dir = getenv("LOQT_REF_DIR");
-    char path[1024];
-    snprintf(path, sizeof path, "%s/lora_%s.bin", dir && *dir ? dir : "build/ref", name);
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *p = malloc(sz > 0 ? (size_t)sz : 1);
-    *bytes = fread(p, 1, (size_t)sz, f);
-    fclose(f);
-    return p;
-}
 
 /* the largest error over the steps of A, B and W, each relative to its max |value| */
 static double run_reference(const char *name) {
     size_t bytes = 0;
-    unsigned char *buf = read_ref(name, &bytes);
+    unsigned char *buf = test_read_ref(&bytes, "lora_%s.bin", name);
     CHECK(buf != NULL, "missing reference lora_%s.bin: run tests/gen_lora_ref.py (make test does)", name);
     int32_t hd[8];
     float hf[4];

@@ -327,20 +327,6 @@ static void test_no_fp32_copy_of_W(void) {
 
 /* ---- against PyTorch ----------------------------------------------------------------------- */
 
-static void *read_ref(const char *name, size_t *bytes) {
-    const char *dir = getenv("LOQT_REF_DIR");
-    char path[1024];
-    snprintf(path, sizeof path, "%s/qgalore_%s.bin", dir && *dir ? dir : "build/ref", name);
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *p = malloc(sz > 0 ? (size_t)sz : 1);
-    *bytes = fread(p, 1, (size_t)sz, f);
-    fclose(f);
-    return p;
-}
 
 /* Runs one case.  Both sides compute the same grid from float32 values that differ by rounding
  * (float64 there, float32 here), so a code may land one step apart where a value sits at a
@@ -350,7 +336,7 @@ static void *read_ref(const char *name, size_t *bytes) {
  * the gap after the last step. */
 static long run_reference_case(const char *name) {
     size_t bytes = 0;
-    unsigned char *buf = read_ref(name, &bytes);
+    unsigned char *buf = test_read_ref(&bytes, "qgalore_%s.bin", name);
     CHECK(buf != NULL, "missing reference qgalore_%s.bin: run tests/gen_qgalore_ref.py (make test does)", name);
     if (!buf) return -1;
     int32_t hd[6];

@@ -193,28 +193,10 @@ static void test_nf4_roundtrip(void) {
 
 /* ---- reference files ---------------------------------------------------------------------- */
 
-static void *read_ref(const char *name, size_t *bytes) {
-    const char *dir = getenv("LOQT_REF_DIR");
-    char path[1024];
-    snprintf(path, sizeof path, "%s/quant_%s.bin", dir && *dir ? dir : "build/ref", name);
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        CHECK(0, "missing %s: run python3 tests/gen_quant_ref.py build/ref (make test does)", path);
-        return NULL;
-    }
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *p = malloc(sz > 0 ? (size_t)sz : 1);
-    size_t got = fread(p, 1, (size_t)sz, f);
-    fclose(f);
-    *bytes = got;
-    return p;
-}
 
 static void expect_bytes(const char *name, const void *have, size_t n) {
     size_t sz = 0;
-    unsigned char *want = read_ref(name, &sz);
+    unsigned char *want = test_read_ref(&sz, "quant_%s.bin", name);
     if (!want) return;
     CHECK(sz == n, "%s: reference has %zu bytes, expected %zu", name, sz, n);
     if (sz == n) {
@@ -230,7 +212,7 @@ static void expect_bytes(const char *name, const void *have, size_t n) {
 
 static void test_reference(void) {
     size_t xb = 0;
-    float *x = read_ref("x", &xb);
+    float *x = test_read_ref(&xb, "quant_%s.bin", "x");
     if (!x) return;
     const size_t n = xb / sizeof(float);
     CHECK(n == 300 * 64 + 5, "reference input has %zu elements", n);
