@@ -63,4 +63,25 @@ void galore_stats(const linear_layer *L, method_stats *acc);
 /* For tests: the layer's current gap, refreshes done, and those a fixed gap would have done. */
 void galore_schedule_info(const linear_layer *L, long *gap, long *svds, long *svds_fixed);
 
+/* The hooks every method built on this engine shares, for its linear_method table (the method
+ * adds its name, options, init, plan and whatever else is its own). */
+#define GALORE_ENGINE_HOOKS \
+    .forward = galore_forward, \
+    .backward = galore_backward, \
+    .begin_step = galore_begin_step, \
+    .end_step = galore_end_step, \
+    .grad_sqnorm = galore_grad_sqnorm, \
+    .step = galore_step, \
+    .zero_grad = galore_zero_grad, \
+    .release_grads = galore_release_grads, \
+    .mem_bytes = galore_mem_bytes, \
+    .export_dense = galore_export, \
+    .save = galore_save, \
+    .load = galore_load, \
+    .free = galore_free, \
+    .grad_views = galore_grad_views, \
+    .params_get = galore_params_get, \
+    .params_set = galore_params_set, \
+    .stats = galore_stats
+
 #endif

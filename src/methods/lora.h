@@ -101,4 +101,26 @@ int lora_rank(const linear_layer *L);
  * scratch of n floats. */
 void lora_magnitude_prune(float *x, size_t n, double ratio, float *sorted);
 
+/* The hooks every method built on this engine shares, for its linear_method table (the method
+ * adds its name, options, init, plan and whatever else is its own). */
+#define LORA_ENGINE_HOOKS \
+    .forward = lora_forward, \
+    .backward = lora_backward, \
+    .begin_step = lora_begin_step, \
+    .end_step = lora_end_step, \
+    .grad_sqnorm = lora_grad_sqnorm, \
+    .step = lora_step, \
+    .zero_grad = lora_zero_grad, \
+    .skip_step = lora_skip_step, \
+    .release_grads = lora_release_grads, \
+    .mem_bytes = lora_mem_bytes, \
+    .export_dense = lora_export, \
+    .save = lora_save, \
+    .load = lora_load, \
+    .free = lora_free, \
+    .grad_views = lora_grad_views, \
+    .params_get = lora_params_get, \
+    .params_set = lora_params_set, \
+    .stats = lora_stats
+
 #endif
