@@ -397,6 +397,9 @@ static void resume_options(train_args *a, const train_run *t, trainer_meta *tm) 
                            "they fix the shapes and the schedule of the saved state", t->resume_dir, o->name,
                            method_option_get(&tm->mopts, o), method_option_get(&a->run.mo, o));
     }
+    if (opts_given("freeze-dense") && a->run.mo.freeze_dense != tm->mopts.freeze_dense)
+        loqt_usage_die("--resume %s: the checkpoint was trained %s --freeze-dense; its optimizer state is that run's",
+                       t->resume_dir, tm->mopts.freeze_dense ? "with" : "without");
     a->run.mo = tm->mopts;
     a->seed = (long)tm->seed;
     /* a sharded optimizer state is one file per rank: only the same ranks can continue it */

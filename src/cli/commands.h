@@ -28,6 +28,7 @@ typedef struct {
     const char *model, *method, *optimizer, *max_memory;
     int batch_size, total_batch_size, seq_len, threads;
     int per_layer_updates, activation_checkpointing;
+    int freeze_dense; /* --freeze-dense: into mo.freeze_dense */
     /* after cli_parse_run */
     const linear_method *m;
     method_opts mo; /* the method's options as given (defaults otherwise), optimizer set */
