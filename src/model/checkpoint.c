@@ -436,6 +436,10 @@ int checkpoint_find_latest(const char *root, char *out, size_t cap) {
 }
 
 int llama_export_dense(const llama_model *m, const char *dir) {
+    return llama_export_dense_with(m, dir, m->method->export_dense);
+}
+
+int llama_export_dense_with(const llama_model *m, const char *dir, void (*weight)(const linear_layer *L, float *W)) {
     if (file_mkdir_p(dir) || write_config(&m->cfg, dir, NULL, NULL)) return -1;
     st_writer *w = st_writer_new();
     st_writer_meta(w, "format", "pt");
@@ -450,7 +454,7 @@ int llama_export_dense(const llama_model *m, const char *dir) {
         for (int j = 0; j < LIN_PER_BLOCK; j++, k++) {
             const linear_layer *L = &m->blocks[l].lin[j];
             dense[k] = mem_alloc(MEM_SCRATCH, (size_t)L->out * L->in * sizeof(float));
-            m->method->export_dense(L, dense[k]);
+            weight(L, dense[k]);
             snprintf(names[k], sizeof names[k], "%s.weight", L->name);
             int64_t shape[2] = {L->out, L->in};
             st_writer_add(w, names[k], ST_F32, 2, shape, dense[k]);
