@@ -226,18 +226,17 @@ static int same_scale(const peft_config *a, const peft_config *b) {
     return a->r == b->r && a->use_rslora == b->use_rslora && (float)a->lora_alpha == (float)b->lora_alpha;
 }
 
+/* into the layer's own factors (r is the layer's: checked by the caller) */
 static int read_layer(linear_layer *L, const st_file *f, int r, const char *dir) {
-    const size_t nA = (size_t)r * L->in, nB = (size_t)L->out * r;
-    float *A = mem_alloc(MEM_SCRATCH, sizeof(float) * (nA + nB));
+    float *A, *B;
+    lora_factors(L, &A, &B);
     const int64_t shA[2] = {r, L->in}, shB[2] = {L->out, r};
     char name[2][192];
     snprintf(name[0], sizeof name[0], "%s%s.lora_A.weight", PREFIX, L->name);
     snprintf(name[1], sizeof name[1], "%s%s.lora_B.weight", PREFIX, L->name);
-    int rc = st_read_f32(f, name[0], A, 2, shA) || st_read_f32(f, name[1], A + nA, 2, shB) ? -1 : 0;
-    if (rc) loqt_set_error("--adapter %s: %s (the adapter was made for another model or rank)", dir, loqt_last_error());
-    else lora_set_factors(L, A, A + nA);
-    mem_free(A);
-    return rc;
+    if (st_read_f32(f, name[0], A, 2, shA) || st_read_f32(f, name[1], B, 2, shB))
+        return loqt_set_error("--adapter %s: %s (the adapter was made for another model or rank)", dir, loqt_last_error());
+    return 0;
 }
 
 int peft_load_adapter(llama_model *m, const char *dir) {
