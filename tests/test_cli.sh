@@ -777,6 +777,11 @@ cp "$D"/*.bin "$T/bi_shard"/ && truncate -s -3 "$T/bi_shard/train_000.bin"
 cp -r "$CK" "$T/bi_nocfg" && rm "$T/bi_nocfg/config.json"
 cp -r "$CK" "$T/bi_trunc" && truncate -s 100 "$T/bi_trunc/model.safetensors"
 printf 'this is not a tokenizer file, only some text of 64 bytes......\n' >"$T/bi_notok.tok"
+# a PEFT adapter (rank 8) fine-tuned on the dense export, and a copy without its adapter_config.json
+"$LOQT" finetune --checkpoint "$T/dense" --data "$D" --batch-size 2 --max-length 32 --threads 1 --num-eval-tokens 64 \
+    --num-training-steps 1 --output-dir "$T/bi_ft" >/dev/null 2>&1 &&
+    "$LOQT" export --checkpoint "$T/bi_ft/checkpoints/step-00000001" --format peft --out "$T/bi_peft" >/dev/null 2>&1
+cp -r "$T/bi_peft" "$T/bi_peft_nocfg" && rm -f "$T/bi_peft_nocfg/adapter_config.json"
 "$PY" - docs/bad_input.md >"$T/bi_rows.tsv" <<'PYROWS'
 import re, sys
 for line in open(sys.argv[1]):

@@ -390,6 +390,41 @@ static void test_gqa_tied_exact(void) {
     }
 }
 
+/* --freeze-dense: the plan stays exact for every method (plain, tied with per-layer updates and
+ * accumulation, from pretrained weights), and it holds exactly the dense parameters' gradients
+ * less than the unfrozen run (their optimizer state: adamw's two fp32 moments each). */
+static void test_freeze_dense_exact(void) {
+    for (int k = 0; k < method_count(); k++) {
+        const char *name = method_at(k)->name;
+        char what[3][96];
+        run_case rc[3];
+        for (int v = 0; v < 3; v++) {
+            rc[v] = base(what[v], name);
+            rc[v].in.mo.freeze_dense = 1;
+            set_opt(&rc[v].in, "update-proj-gap", 1);
+            rc[v].what = what[v];
+        }
+        snprintf(what[0], sizeof what[0], "%s, frozen dense", name);
+        snprintf(what[1], sizeof what[1], "%s, frozen dense, GQA + tied, per-layer updates, accum 2", name);
+        rc[1].in.cfg.num_key_value_heads = 2;
+        rc[1].in.cfg.tie_word_embeddings = 1;
+        rc[1].in.per_layer_updates = 1;
+        rc[1].in.accum = 2;
+        snprintf(what[2], sizeof what[2], "%s, frozen dense, from pretrained weights", name);
+        rc[2].in.init_from = 1;
+        for (int v = 0; v < 3; v++) check_exact(&rc[v]);
+    }
+    run_case fr = base("full frozen", "full"), un = base("full", "full");
+    fr.in.mo.freeze_dense = 1;
+    plan pf, pu;
+    CHECK(plan_make(&pf, &fr.in) == 0 && plan_make(&pu, &un.in) == 0, "plans");
+    const size_t d = 64, V = 128, dense = 4 * (2 * V * d + (2 * 2 + 1) * d); /* embed, lm_head, 5 norms */
+    CHECK(pu.peak[MEM_GRADS] - pf.peak[MEM_GRADS] == dense, "frozen gradients: %zu fewer bytes, expected %zu",
+          pu.peak[MEM_GRADS] - pf.peak[MEM_GRADS], dense);
+    CHECK(pu.peak[MEM_OPTIM] - pf.peak[MEM_OPTIM] == 2 * dense, "frozen optimizer state: %zu fewer bytes, expected %zu",
+          pu.peak[MEM_OPTIM] - pf.peak[MEM_OPTIM], 2 * dense);
+}
+
 static plan plan_of(const char *model, const char *method, void (*edit)(plan_input *)) {
     llama_config c;
     plan p;
@@ -514,6 +549,7 @@ int main(void) {
     RUN(test_data_and_export_exact);
     RUN(test_every_method_exact);
     RUN(test_gqa_tied_exact);
+    RUN(test_freeze_dense_exact);
     RUN(test_savings_go_the_right_way);
     RUN(test_paper_estimate_close_to_table);
     RUN(test_parse_bytes);

@@ -47,10 +47,11 @@ static double per_token_losses(llama_model *m, data_loader *L, uint64_t max_toke
 }
 
 int cmd_eval(int argc, char **argv) {
-    const char *ckpt = NULL, *data = "data/corpus", *split = "val", *per_token = NULL;
+    const char *ckpt = NULL, *data = "data/corpus", *split = "val", *per_token = NULL, *adapter = NULL;
     int batch = 8, T = 256, threads = 0;
     long ntok = 1000000;
     const opt_spec specs[] = {
+        {"adapter", OPT_STRING, &adapter, "a LoRA adapter in Hugging Face PEFT's layout (adapter_config.json + adapter_model.safetensors, e.g. from 'loqt export --format peft') to apply to the base model --checkpoint (fp32 base; all seven projections)", NULL},
         {"checkpoint", OPT_STRING, &ckpt, "checkpoint directory (from 'loqt train' or 'loqt export'), or a LLaMA in Hugging Face layout (config.json with model.safetensors or shards and model.safetensors.index.json; F32, F16 or BF16)", NULL},
         {"data", OPT_STRING, &data, "directory of token shards", NULL},
         {"split", OPT_STRING, &split, "which split to evaluate", "val|train"},
@@ -67,7 +68,7 @@ int cmd_eval(int argc, char **argv) {
     if (batch <= 0 || T <= 1 || ntok <= 0) loqt_usage_die("eval: --batch-size, --max-length and --num-eval-tokens must be positive");
     cli_set_threads(threads);
     llama_model m;
-    cli_load_checkpoint(&m, ckpt, 1);
+    cli_load_model(&m, ckpt, adapter);
     if (T > m.cfg.max_position_embeddings)
         loqt_usage_die("--max-length %d exceeds the model's max_position_embeddings %d", T, m.cfg.max_position_embeddings);
     char model_tok[32], data_tok[32];

@@ -11,13 +11,14 @@
 #include "io/fileutil.h"
 #include "model/checkpoint.h"
 #include "model/gguf_export.h"
+#include "model/peft.h"
 
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum { FORMAT_SAFETENSORS, FORMAT_GGUF };
+enum { FORMAT_SAFETENSORS, FORMAT_GGUF, FORMAT_PEFT };
 static const gguf_type gguf_types[] = {GGUF_F32, GGUF_F16, GGUF_Q8_0, GGUF_Q4_0};
 
 static void export_safetensors(const char *ckpt, const char *out) {
@@ -31,6 +32,26 @@ static void export_safetensors(const char *ckpt, const char *out) {
     cli_load_checkpoint(&m, ckpt, 1);
     if (llama_export_dense(&m, out)) loqt_die_last("export");
     printf("wrote %s/config.json and %s/model.safetensors\n", out, out);
+    llama_free(&m);
+}
+
+/* The adapters alone in PEFT's layout, and with --with-base the frozen base they apply to
+ * (OUT/base: the dequantized W of a 4- or 8-bit base). */
+static void export_peft(const char *ckpt, const char *out, const char *base_model, int with_base) {
+    char probe[4200];
+    snprintf(probe, sizeof probe, "%s/trainer_state.safetensors", out);
+    if (access(probe, F_OK) == 0)
+        loqt_usage_die("export: --out %s is a training checkpoint (it has trainer_state.safetensors); write the adapter to another directory", out);
+    llama_model m;
+    cli_load_checkpoint(&m, ckpt, 1);
+    if (peft_write_adapter(&m, out, base_model)) loqt_die_last("export --format peft");
+    printf("wrote %s/adapter_config.json and %s/adapter_model.safetensors\n", out, out);
+    if (with_base) {
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/base", out);
+        if (peft_export_base(&m, dir)) loqt_die_last("export --with-base");
+        printf("wrote the base the adapter applies to: %s/config.json and %s/model.safetensors\n", dir, dir);
+    }
     llama_free(&m);
 }
 
@@ -86,12 +107,14 @@ static void export_gguf(const char *ckpt, const char *out, const char *tok_path,
 }
 
 int cmd_export(int argc, char **argv) {
-    const char *ckpt = NULL, *out = NULL, *tok_path = "data/llama.tok";
-    int format = FORMAT_SAFETENSORS, type = 1, overwrite = 0;
+    const char *ckpt = NULL, *out = NULL, *tok_path = "data/llama.tok", *base_model = NULL;
+    int format = FORMAT_SAFETENSORS, type = 1, overwrite = 0, with_base = 0;
     const opt_spec specs[] = {
         {"checkpoint", OPT_STRING, &ckpt, "checkpoint directory to read", NULL},
         {"out", OPT_STRING, &out, "where to write: a directory (safetensors) or a file (gguf)", NULL},
-        {"format", OPT_CHOICE, &format, "safetensors: config.json + model.safetensors (fp32, HF names); gguf: one llama.cpp file", "safetensors|gguf"},
+        {"format", OPT_CHOICE, &format, "safetensors: config.json + model.safetensors (fp32, HF names); gguf: one llama.cpp file; peft: the LoRA adapters alone (--method lora or relora) as adapter_config.json + adapter_model.safetensors in Hugging Face PEFT's layout", "safetensors|gguf|peft"},
+        {"base-model", OPT_STRING, &base_model, "peft: base_model_name_or_path of adapter_config.json (the Hub name or directory of the base); default null", NULL},
+        {"with-base", OPT_FLAG, &with_base, "peft: also write the frozen base the adapter applies to (the dequantized NF4 or int8 base) to OUT/base", NULL},
         {"type", OPT_CHOICE, &type, "gguf: storage of the matrices (norms stay f32; q4_0 keeps output.weight in q8_0)", "f32|f16|q8_0|q4_0"},
         {"tokenizer", OPT_STRING, &tok_path, "gguf: the tokenizer to embed (from 'make tokenizer')", NULL},
         {"overwrite", OPT_FLAG, &overwrite, "gguf: replace an existing --out file", NULL},
@@ -100,6 +123,14 @@ int cmd_export(int argc, char **argv) {
                "Writes the merged model (every method's effective weights) for other tools: a dense fp32 LLaMA "
                "(HF tensor names) or a llama.cpp GGUF file.");
     if (!ckpt || !out) loqt_usage_die("export: --checkpoint and --out are required");
+    if (format != FORMAT_PEFT && (opts_given("base-model") || opts_given("with-base")))
+        loqt_usage_die("export: --base-model and --with-base apply to --format peft");
+    if (format == FORMAT_PEFT) {
+        if (opts_given("type") || opts_given("tokenizer") || opts_given("overwrite"))
+            loqt_usage_die("export: --type, --tokenizer and --overwrite apply to --format gguf");
+        export_peft(ckpt, out, base_model, with_base);
+        return 0;
+    }
     if (format == FORMAT_SAFETENSORS) {
         if (opts_given("type") || opts_given("tokenizer") || opts_given("overwrite"))
             loqt_usage_die("export: --type, --tokenizer and --overwrite apply to --format gguf");

@@ -54,11 +54,12 @@ static int sample(const float *logits, int V, float temperature, float top_p, rn
 }
 
 int cmd_generate(int argc, char **argv) {
-    const char *ckpt = NULL, *tok_path = "data/llama.tok", *prompt = "The";
+    const char *ckpt = NULL, *tok_path = "data/llama.tok", *prompt = "The", *adapter = NULL;
     int max_new = 64, threads = 0;
     double temperature = 0.8, top_p = 0.9;
     long seed = 0;
     const opt_spec specs[] = {
+        {"adapter", OPT_STRING, &adapter, "a LoRA adapter in Hugging Face PEFT's layout (adapter_config.json + adapter_model.safetensors, e.g. from 'loqt export --format peft') to apply to the base model --checkpoint (fp32 base; all seven projections)", NULL},
         {"checkpoint", OPT_STRING, &ckpt, "checkpoint directory, a dense export, or a LLaMA in Hugging Face layout (config.json with model.safetensors or shards and model.safetensors.index.json)", NULL},
         {"tokenizer", OPT_STRING, &tok_path, "tokenizer file (from 'make tokenizer')", NULL},
         {"prompt", OPT_STRING, &prompt, "text to continue", NULL},
@@ -85,7 +86,7 @@ int cmd_generate(int argc, char **argv) {
         cli_check_same_tokenizer(model_tok, tok, "--tokenizer");
     }
     llama_model m;
-    cli_load_checkpoint(&m, ckpt, 1);
+    cli_load_model(&m, ckpt, adapter);
     const int V = m.cfg.vocab_size, Vt = tokenizer_vocab_size(tk) < V ? tokenizer_vocab_size(tk) : V;
     if (tokenizer_vocab_size(tk) > V) loqt_die("the tokenizer has more pieces than the model's vocab_size");
     int32_t *ids = NULL;

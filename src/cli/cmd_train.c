@@ -11,7 +11,9 @@
 #include "kernels/gemm.h"
 #include "model/checkpoint.h"
 #include "model/dp.h"
+#include "model/peft.h"
 #include "model/plan.h"
+#include "methods/lora.h"
 #include "model/train.h"
 
 #include <errno.h>
@@ -27,7 +29,7 @@
 /* The options of train beyond the shared run description (cli_run). */
 typedef struct {
     cli_run run;
-    const char *data, *scheduler, *output_dir, *resume, *init_from;
+    const char *data, *scheduler, *output_dir, *resume, *init_from, *adapter;
     int eval_every, save_every, log_every, save_original_model, overwrite, max_bad_steps, allow_changes, dry_run;
     int zero;            /* --zero 1: optimizer state sharded across the data-parallel ranks */
     double dist_timeout; /* seconds a rank waits for another */
@@ -240,6 +242,7 @@ static void parse_args(train_args *a, int argc, char **argv) {
         {"resume", OPT_STRING, &a->resume, "continue from a checkpoint directory, or 'latest' in --output-dir (the method's options come from the checkpoint)", NULL},
         {"seed", OPT_LONG, &a->seed, "seed of the initialization (the data order is fixed)", NULL},
         {"init-from", OPT_STRING, &a->init_from, "start from pretrained weights: a LLaMA directory in Hugging Face layout (config.json with model.safetensors, or shards with model.safetensors.index.json; F32, F16 or BF16), a dense export or a full-rank checkpoint. The model is DIR/config.json (no --model); the embedding, norms and lm_head are read as they are, and every linear layer's method starts from its pretrained weight. The data's vocabulary must be the model's", NULL},
+        {"adapter", OPT_STRING, &a->adapter, "with --init-from and --method lora: start the adapters from a LoRA adapter in Hugging Face PEFT's layout (adapter_config.json + adapter_model.safetensors; its r, lora_alpha and use_rslora must be the run's --rank, --lora-alpha, --rslora); the base still comes from --init-from", NULL},
         {"save-original-model", OPT_FLAG, &a->save_original_model, "at the end also write a plain dense LLaMA (W_eff merged) to OUTPUT_DIR/original_model", NULL},
         {"max-bad-steps", OPT_INT, &a->max_bad_steps, "a step with a non-finite loss or gradient is skipped with a warning; this many in a row stop the run", NULL},
         {"allow-changes", OPT_FLAG, &a->allow_changes, "--resume with options that change the run's meaning (lr, schedule, batch, length, Adam, clipping) differing from the checkpoint's", NULL},
@@ -277,6 +280,8 @@ static void parse_args(train_args *a, int argc, char **argv) {
                        a->run.batch_size, ranks);
     if (a->init_from && opts_given("model"))
         loqt_usage_die("--init-from %s: the model is the one in %s/config.json; do not give --model", a->init_from, a->init_from);
+    if (a->adapter && (!a->init_from || !lora_is_engine(a->run.m)))
+        loqt_usage_die("--adapter %s needs --init-from (the base it applies to) and --method lora or relora", a->adapter);
     a->run.mo.seed = (uint64_t)a->seed;
 }
 
@@ -306,6 +311,8 @@ static void locate_run(train_args *a, train_run *t) {
         if (a->init_from) printf("resume: the weights come from %s; --init-from is not read\n", t->resume_dir);
     } else if (a->init_from) {
         if (checkpoint_read_config(a->init_from, &t->cfg)) loqt_die_last("--init-from");
+        peft_config pc; /* the adapter's config now too */
+        if (a->adapter && peft_read_config(a->adapter, &pc)) loqt_die_last(NULL);
         st_file w; /* the weights' headers and shards now, before anything is written */
         if (st_open_dir(&w, a->init_from)) loqt_die_last("--init-from");
         st_close(&w);
@@ -398,6 +405,9 @@ static void resume_options(train_args *a, const train_run *t, trainer_meta *tm) 
                            "they fix the shapes and the schedule of the saved state", t->resume_dir, o->name,
                            method_option_get(&tm->mopts, o), method_option_get(&a->run.mo, o));
     }
+    if (opts_given("freeze-dense") && a->run.mo.freeze_dense != tm->mopts.freeze_dense)
+        loqt_usage_die("--resume %s: the checkpoint was trained %s --freeze-dense; its optimizer state is that run's",
+                       t->resume_dir, tm->mopts.freeze_dense ? "with" : "without");
     a->run.mo = tm->mopts;
     a->seed = (long)tm->seed;
     /* a sharded optimizer state is one file per rank: only the same ranks can continue it */
@@ -442,6 +452,8 @@ static void create_model(const train_args *a, train_run *t, const trainer_meta *
         if (llama_load_pretrained(&t->m, &t->cfg, a->run.m, &a->run.mo, (uint64_t)a->seed, a->init_from))
             loqt_die_last("--init-from");
         printf("initialized from %s (%.1f s)\n", a->init_from, cli_now() - t0);
+        if (a->adapter && peft_load_adapter(&t->m, a->adapter)) loqt_die_last(NULL);
+        if (a->adapter) printf("adapters from %s\n", a->adapter);
     } else if (llama_create(&t->m, &t->cfg, a->run.m, &a->run.mo, (uint64_t)a->seed)) {
         loqt_die_last("model");
     }

@@ -14,6 +14,7 @@ int cmd_export(int argc, char **argv);
 int cmd_memory(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
+int cmd_finetune(int argc, char **argv);
 
 /* The OpenBLAS kernel set chosen at start-up (cli/main.c). */
 const char *loqt_blas_kernels(void);
@@ -28,6 +29,7 @@ typedef struct {
     const char *model, *method, *optimizer, *max_memory;
     int batch_size, total_batch_size, seq_len, threads;
     int per_layer_updates, activation_checkpointing;
+    int freeze_dense; /* --freeze-dense: into mo.freeze_dense */
     /* after cli_parse_run */
     const linear_method *m;
     method_opts mo; /* the method's options as given (defaults otherwise), optimizer set */
@@ -70,6 +72,9 @@ uint64_t cli_evaluate_part(llama_model *m, data_loader *L, uint64_t max_tokens, 
  * trainer state (a dense export, or a LLaMA in Hugging Face layout, sharded or not) loads as a
  * full-rank model, weights only. */
 void cli_load_checkpoint(llama_model *m, const char *dir, int weights_only);
+/* The model of --checkpoint DIR, or with --adapter ADAPTER (non-NULL) the LoRA model of that PEFT
+ * adapter on the pretrained base DIR (model/peft.h); dies with one line on a bad directory. */
+void cli_load_model(llama_model *m, const char *dir, const char *adapter);
 /* 1 when dir has no trainer state: pretrained weights (an export or a Hugging Face directory). */
 int cli_is_pretrained_dir(const char *dir);
 /* Dies unless a pretrained model's vocabulary is the data's (another tokenizer's ids would mean

@@ -7,6 +7,7 @@
 #include "kernels/gemm.h"
 #include "core/mem.h"
 #include "model/checkpoint.h"
+#include "model/peft.h"
 #include "model/plan.h"
 
 #include <stdio.h>
@@ -98,6 +99,18 @@ void cli_load_checkpoint(llama_model *m, const char *dir, int weights_only) {
     if (!meth) loqt_die("%s: checkpoint uses method '%s', which this build does not know", dir, tm.method);
     if (llama_create(m, &cfg, meth, &tm.mopts, tm.seed)) loqt_die_last(dir);
     if (checkpoint_load(m, dir, weights_only)) loqt_die_last(NULL);
+}
+
+void cli_load_model(llama_model *m, const char *dir, const char *adapter) {
+    if (!adapter) {
+        cli_load_checkpoint(m, dir, 1);
+        return;
+    }
+    if (!cli_is_pretrained_dir(dir))
+        loqt_usage_die("--adapter %s: --checkpoint %s is a training checkpoint; an adapter applies to a base model (a "
+                       "Hugging Face directory or an export, e.g. the OUT/base of 'loqt export --format peft --with-base')",
+                       adapter, dir);
+    if (peft_create_model(m, dir, adapter)) loqt_die_last(NULL);
 }
 
 void cli_check_memory(const plan_input *pin, const char *max_memory, plan *out) {

@@ -60,6 +60,7 @@ static void usage(FILE *f) {
             "  bench      time training steps on random tokens (tokens/s, peak memory)\n"
             "  data       fetch real English text and tokenize it into shards\n"
             "  export     write a plain dense LLaMA checkpoint from any checkpoint\n"
+            "  finetune   LoRA / QLoRA fine-tuning of a pretrained model (Hugging Face layout), PEFT adapters\n"
             "  compare    train several methods on the same tokens and report them side by side\n"
             "  memory     plan a training run's memory without allocating (peak by category, total)\n"
             "  tokenize   text to token ids, or ids to text (--decode)\n"
@@ -80,6 +81,7 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "generate")) return cmd_generate(n, a);
     if (!strcmp(c, "bench")) return cmd_bench(n, a);
     if (!strcmp(c, "compare")) return cmd_compare(n, a);
+    if (!strcmp(c, "finetune")) return cmd_finetune(n, a);
     if (!strcmp(c, "data")) return cmd_data(n, a);
     if (!strcmp(c, "export")) return cmd_export(n, a);
     if (!strcmp(c, "memory")) return cmd_memory(n, a);

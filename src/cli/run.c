@@ -125,6 +125,7 @@ void cli_parse_run(cli_run *r, const opt_spec *extra, int n_extra, int argc, cha
         {"threads", OPT_INT, &r->threads, "CPU threads; 0 = all cores", NULL},
         {"per-layer-updates", OPT_FLAG, &r->per_layer_updates, "update each layer inside backward as soon as its gradient is complete (accumulation stays exact; no global clipping)", NULL},
         {"activation-checkpointing", OPT_FLAG, &r->activation_checkpointing, "keep only each block's input and recompute the block in backward (less memory, ~1/3 more compute)", NULL},
+        {"freeze-dense", OPT_FLAG, &r->freeze_dense, "do not train the embedding, the norms and lm_head (fine-tuning, as QLoRA does): they get no gradient and no optimizer state; only the linear layers' method trains", NULL},
         {"max-memory", OPT_STRING, &r->max_memory, "refuse to start when the planned peak memory exceeds this (e.g. 20GiB); default: the machine's physical memory", NULL},
     };
     const int ns = (int)(sizeof shared / sizeof shared[0]), nm = r->m->n_options;
@@ -152,6 +153,7 @@ void cli_parse_run(cli_run *r, const opt_spec *extra, int n_extra, int argc, cha
     if (method_config_validate(r->m, &r->mo)) usage_error(command, loqt_last_error());
     int ok;
     r->mo.optimizer = optim_kind_parse(r->optimizer, &ok);
+    r->mo.freeze_dense = r->freeze_dense;
     if (r->batch_size <= 0 || r->seq_len <= 1) usage_error(command, "--batch-size must be >= 1 and --max-length >= 2");
     if (r->threads < 0) usage_error(command, "--threads must be >= 0");
     if (r->total_batch_size == 0) r->total_batch_size = r->batch_size;

@@ -100,7 +100,7 @@ void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, con
                 for (int j = 0; j < d; j++) o[j] = g[j] * w[j] * r - xr[j] * c;
         }
     }
-    for (int blk = 0; blk < nblk; blk++)
+    for (int blk = 0; blk < nblk && dw; blk++) /* dw NULL: a frozen norm */
         for (int j = 0; j < d; j++) dw[j] += part[(size_t)blk * d + j];
     free(part);
 }

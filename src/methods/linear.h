@@ -62,6 +62,9 @@ typedef struct {
 typedef struct {
     optim_kind optimizer;
     uint64_t seed;
+    int freeze_dense; /* the embedding, norms and lm_head are not trained (fine-tuning, as
+                       * QLoRA): no gradient, no optimizer state; the gradient still flows
+                       * through them to the layers below */
     unsigned char config[METHOD_CONFIG_BYTES];
 } method_opts;
 

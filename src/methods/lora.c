@@ -670,6 +670,16 @@ void lora_get_factors(const linear_layer *L, float *W, float *A, float *B) {
     if (B) memcpy(B, B_of(st), sizeof(float) * st->g.nB);
 }
 
+void lora_factors(linear_layer *L, float **A, float **B) {
+    lora_state *st = L->state;
+    *A = A_of(st);
+    *B = B_of(st);
+}
+
+int lora_is_engine(const linear_method *m) { return m && m->forward == lora_forward; }
+
+void lora_base_export(const linear_layer *L, float *W) { lora_get_factors(L, W, NULL, NULL); }
+
 int lora_rank(const linear_layer *L) { return ((const lora_state *)L->state)->g.r; }
 
 /* ---- --method lora ------------------------------------------------------------------------- */

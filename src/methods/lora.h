@@ -96,6 +96,13 @@ void lora_dropout_mask(const linear_layer *L, const float *X, int N, unsigned ch
 /* The base W (dequantized, out x in), A (r x in), B (out x r); any may be NULL. */
 void lora_get_factors(const linear_layer *L, float *W, float *A, float *B);
 int lora_rank(const linear_layer *L);
+/* The layer's own A (r x in) and B (out x r), to be written in place (a PEFT adapter loaded
+ * onto the layer, model/peft.h: no copy, so nothing for the memory planner to add). */
+void lora_factors(linear_layer *L, float **A, float **B);
+/* The frozen base alone, dequantized ([out, in] fp32): what a PEFT adapter is added to. */
+void lora_base_export(const linear_layer *L, float *W);
+/* 1 when the layer's method is the LoRA engine (--method lora, relora). */
+int lora_is_engine(const linear_method *m);
 /* Magnitude pruning as the ReLoRA reference does it: entries with |x| <= the `ratio` quantile of
  * |x| (linear interpolation between order statistics, as torch.quantile) become 0.  `sorted` is
  * scratch of n floats. */

@@ -154,6 +154,8 @@ static int save_via(const llama_model *m, const trainer_meta *tm, const char *di
     char zr[16];
     snprintf(zr, sizeof zr, "%d", tm->zero_ranks);
     if (tm->zero_ranks) st_writer_meta(ws, "zero_ranks", zr);
+    /* the model's shape of state: frozen dense parameters have no optimizer state to load */
+    if (m->mopts.freeze_dense) st_writer_meta(ws, "freeze_dense", "1");
     char *mo_json = NULL;
     size_t mo_len = 0;
     FILE *mf = open_memstream(&mo_json, &mo_len);
@@ -187,6 +189,7 @@ static int save_via(const llama_model *m, const trainer_meta *tm, const char *di
     method_config_write_json(m->method, &m->mopts, f);
     if (tm->run_options[0]) fprintf(f, ",\n  \"run_options\": %s", tm->run_options);
     if (tm->zero_ranks) fprintf(f, ",\n  \"zero_ranks\": %d", tm->zero_ranks);
+    if (m->mopts.freeze_dense) fprintf(f, ",\n  \"freeze_dense\": 1");
     fprintf(f, "\n}\n");
     fclose(f);
     rc = join(path, sizeof path, tmp, "trainer_state.json");
@@ -336,6 +339,8 @@ int checkpoint_read_meta(const char *dir, trainer_meta *tm) {
         tm->mopts.seed = tm->seed;
         int known;
         tm->mopts.optimizer = optim_kind_parse(tm->optimizer, &known);
+        v = st_meta(&f, "freeze_dense");
+        tm->mopts.freeze_dense = v && !strcmp(v, "1");
         v = st_meta(&f, "method_opts");
         if (!lm)
             rc = loqt_set_error("%s: checkpoint uses method '%s', which this build does not know (%s)",
@@ -431,6 +436,10 @@ int checkpoint_find_latest(const char *root, char *out, size_t cap) {
 }
 
 int llama_export_dense(const llama_model *m, const char *dir) {
+    return llama_export_dense_with(m, dir, m->method->export_dense);
+}
+
+int llama_export_dense_with(const llama_model *m, const char *dir, void (*weight)(const linear_layer *L, float *W)) {
     if (file_mkdir_p(dir) || write_config(&m->cfg, dir, NULL, NULL)) return -1;
     st_writer *w = st_writer_new();
     st_writer_meta(w, "format", "pt");
@@ -445,7 +454,7 @@ int llama_export_dense(const llama_model *m, const char *dir) {
         for (int j = 0; j < LIN_PER_BLOCK; j++, k++) {
             const linear_layer *L = &m->blocks[l].lin[j];
             dense[k] = mem_alloc(MEM_SCRATCH, (size_t)L->out * L->in * sizeof(float));
-            m->method->export_dense(L, dense[k]);
+            weight(L, dense[k]);
             snprintf(names[k], sizeof names[k], "%s.weight", L->name);
             int64_t shape[2] = {L->out, L->in};
             st_writer_add(w, names[k], ST_F32, 2, shape, dense[k]);

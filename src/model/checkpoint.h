@@ -70,5 +70,8 @@ int llama_load_pretrained(llama_model *m, const llama_config *cfg, const linear_
 /* Writes a plain dense LLaMA (config.json + model.safetensors with W_eff of every linear layer),
  * whatever the training method. */
 int llama_export_dense(const llama_model *m, const char *dir);
+/* The same with each linear layer's weight from weight(L, W) ([out, in] fp32) instead of its
+ * method's export_dense (the dequantized base of a LoRA model, model/peft.h). */
+int llama_export_dense_with(const llama_model *m, const char *dir, void (*weight)(const linear_layer *L, float *W));
 
 #endif

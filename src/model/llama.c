@@ -23,7 +23,8 @@ static const char *lin_names[LIN_PER_BLOCK] = {
 };
 
 static void param_init(dense_param *p, const char *name, int ndim, int64_t d0, int64_t d1,
-                       optim_kind opt, int grad_on_demand) {
+                       const method_opts *mo, int grad_on_demand) {
+    const optim_kind opt = mo->optimizer;
     snprintf(p->name, sizeof p->name, "%s", name);
     p->ndim = ndim;
     p->shape[0] = d0;
@@ -31,13 +32,14 @@ static void param_init(dense_param *p, const char *name, int ndim, int64_t d0, i
     p->n = (size_t)d0 * (ndim == 2 ? (size_t)d1 : 1);
     p->w = mem_alloc(MEM_DENSE, p->n * sizeof(float));
     p->grad_on_demand = grad_on_demand;
-    p->g = grad_on_demand ? NULL : mem_alloc(MEM_GRADS, p->n * sizeof(float));
+    p->frozen = mo->freeze_dense;
+    p->g = grad_on_demand || p->frozen ? NULL : mem_alloc(MEM_GRADS, p->n * sizeof(float));
     optim_state_init(&p->opt, p->n, opt);
 }
 
-/* The gradient buffer of p, zeroed when it is created here (see dense_param). */
+/* The gradient buffer of p, zeroed when it is created here (see dense_param); NULL when frozen. */
 static float *param_grad(dense_param *p) {
-    if (!p->g) p->g = mem_alloc(MEM_GRADS, p->n * sizeof(float));
+    if (!p->g && !p->frozen) p->g = mem_alloc(MEM_GRADS, p->n * sizeof(float));
     return p->g;
 }
 
@@ -104,18 +106,17 @@ static int create(llama_model *m, const llama_config *cfg, const linear_method *
     m->mopts.seed = seed;
     const int d = cfg->hidden_size, V = cfg->vocab_size;
     const int hd = d / cfg->num_attention_heads;
-    optim_kind ok = mo->optimizer;
-    param_init(&m->embed, "model.embed_tokens.weight", 2, V, d, ok, 1);
+    param_init(&m->embed, "model.embed_tokens.weight", 2, V, d, &m->mopts, 1);
     if (param_values(&m->embed, w, seed, 0.02f)) return -1;
     m->blocks = calloc((size_t)cfg->num_hidden_layers, sizeof *m->blocks);
     for (int l = 0; l < cfg->num_hidden_layers; l++) {
         llama_block *b = &m->blocks[l];
         char name[96];
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-        param_init(&b->attn_norm, name, 1, d, 0, ok, 0);
+        param_init(&b->attn_norm, name, 1, d, 0, &m->mopts, 0);
         if (param_values(&b->attn_norm, w, seed, 0)) return -1;
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-        param_init(&b->mlp_norm, name, 1, d, 0, ok, 0);
+        param_init(&b->mlp_norm, name, 1, d, 0, &m->mopts, 0);
         if (param_values(&b->mlp_norm, w, seed, 0)) return -1;
         for (int j = 0; j < LIN_PER_BLOCK; j++) {
             linear_layer *L = &b->lin[j];
@@ -125,10 +126,10 @@ static int create(llama_model *m, const llama_config *cfg, const linear_method *
             if (linear_from(L, &m->mopts, w)) return -1;
         }
     }
-    param_init(&m->final_norm, "model.norm.weight", 1, d, 0, ok, 0);
+    param_init(&m->final_norm, "model.norm.weight", 1, d, 0, &m->mopts, 0);
     if (param_values(&m->final_norm, w, seed, 0)) return -1;
     if (!cfg->tie_word_embeddings) { /* tied: the embedding is the output layer too */
-        param_init(&m->lm_head, "lm_head.weight", 2, V, d, ok, 1);
+        param_init(&m->lm_head, "lm_head.weight", 2, V, d, &m->mopts, 1);
         if (param_values(&m->lm_head, w, seed, 0.02f)) return -1;
     } else if (w && check_tied_copy(w)) {
         return -1;
@@ -348,6 +349,7 @@ static void block_backward(llama_model *m, int l, block_acts *a, const float *x)
  * zeroed, or freed when it is created on demand and gradients are transient */
 static void param_step(llama_model *m, int i) {
     dense_param *p = llama_dense_at(m, i);
+    if (p->frozen) return;
     if (llama_unit_owned(m, i)) optim_update(&p->opt, p->w, param_grad(p), &m->layer_step);
     else param_grad(p);
     if (m->transient_grads && p->grad_on_demand) {
@@ -427,7 +429,7 @@ double llama_forward(llama_model *m, const int32_t *inputs, const int32_t *targe
         if (!targets) continue;
         loss += softmax_xent(train ? lc : NULL, lc, targets + r0, rows, V, loss_scale);
         if (train) {
-            gemm(true, false, V, d, rows, 1.0f, lc, V, xr, d, 1.0f, dlm_head, d);
+            if (dlm_head) gemm(true, false, V, d, rows, 1.0f, lc, V, xr, d, 1.0f, dlm_head, d);
             gemm(false, false, rows, d, V, 1.0f, lc, V, head->w, d, 0.0f,
                  m->dxnf + (size_t)r0 * d, d);
         }
@@ -457,7 +459,7 @@ int llama_backward(llama_model *m, const int32_t *inputs) {
         block_backward(m, l, a, m->acts[l].x);
         if (step_now && block_step(m, l)) return -1;
     }
-    embedding_backward(param_grad(&m->embed), inputs, m->d_res, N, d);
+    if (!m->embed.frozen) embedding_backward(param_grad(&m->embed), inputs, m->d_res, N, d);
     if (step_now && dense_step_now(m, 0)) return -1;
     return 0;
 }
@@ -570,7 +572,7 @@ double llama_grad_norm(llama_model *m) {
 }
 
 int llama_optimizer_step(llama_model *m, const optim_hparams *h) {
-    FOR_DENSE(m, p) if (llama_unit_owned(m, p_i)) optim_update(&p->opt, p->w, param_grad(p), h);
+    FOR_DENSE(m, p) if (!p->frozen && llama_unit_owned(m, p_i)) optim_update(&p->opt, p->w, param_grad(p), h);
     FOR_LINEAR(m, L) if (llama_unit_owned(m, llama_block_unit(m, L_l, L_j)) && m->method->step(L, h)) return -1;
     return 0;
 }

@@ -23,6 +23,7 @@ typedef struct {
     char name[96];
     float *w, *g;
     int grad_on_demand;
+    int frozen; /* method_opts.freeze_dense: never a gradient or optimizer state */
     size_t n;
     int ndim;
     int64_t shape[2];

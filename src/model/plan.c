@@ -59,10 +59,10 @@ static void phase_all(replay *r, linear_phase ph, long step) {
 
 /* ---- model creation and batch buffers (llama_create, llama_set_batch) ---------------------- */
 
-/* param_init: the weight, and the gradient unless it is created on demand */
+/* param_init: the weight, and the gradient unless it is created on demand or frozen */
 static void param_init_replay(replay *r, size_t n, int on_demand) {
     mem_sim_alloc(&r->s, MEM_DENSE, fbytes(n));
-    if (!on_demand) mem_sim_alloc(&r->s, MEM_GRADS, fbytes(n));
+    if (!on_demand && !r->in->mo.freeze_dense) mem_sim_alloc(&r->s, MEM_GRADS, fbytes(n));
 }
 
 static void create(replay *r) {
@@ -106,9 +106,10 @@ static void set_batch(replay *r, int threads) {
 
 /* ---- one optimizer step (train_step, llama_forward, llama_backward) ------------------------ */
 
-/* an on-demand gradient buffer (param_grad) */
+/* an on-demand gradient buffer (param_grad; none when frozen) */
 static void need_grad(replay *r, int *exists) {
     const size_t n = (size_t)r->in->cfg.vocab_size * r->in->cfg.hidden_size;
+    if (r->in->mo.freeze_dense) return;
     if (!*exists) mem_sim_alloc(&r->s, MEM_GRADS, fbytes(n));
     *exists = 1;
 }
@@ -116,6 +117,7 @@ static void need_grad(replay *r, int *exists) {
 /* a dense parameter's update by its owner (its optimizer state at the first); under per-layer
  * updates an on-demand gradient is freed right after (param_step) */
 static void dense_update(replay *r, int unit, size_t n, int *on_demand) {
+    if (r->in->mo.freeze_dense) return; /* param_step: a frozen parameter is not updated */
     if (owned(r, unit)) optim_plan_update(&r->s, r->in->mo.optimizer, n, r->optim_ready);
     if (on_demand && r->transient) {
         mem_sim_free(&r->s, MEM_GRADS, fbytes(n));
@@ -334,7 +336,7 @@ static void unit_sizes(const llama_config *c, const linear_method *lm, const met
     const int D = dense_units(c);
     for (int u = 0; u < D; u++) {
         mem_sim s = {0};
-        optim_plan_update(&s, mo->optimizer, u == 0 || (u == lm_head_unit(c) && !c->tie_word_embeddings) ? Vd : d, 0);
+        if (!mo->freeze_dense) optim_plan_update(&s, mo->optimizer, u == 0 || (u == lm_head_unit(c) && !c->tie_word_embeddings) ? Vd : d, 0);
         n[u] = s.peak[MEM_OPTIM];
     }
     size_t per[LIN_PER_BLOCK];
