@@ -7,16 +7,7 @@
 # Ends with "N passed, N failed".   BUILD=build bash tests/test_checkpoint_files.sh
 set -u
 cd "$(dirname "$0")/.." || exit 1
-BUILD=${BUILD:-build}
-LOQT=${LOQT:-$BUILD/loqt}
-PY=${PYTHON:-python3}
-LOQT=$(cd "$(dirname "$LOQT")" && pwd)/$(basename "$LOQT")
-T=$(mktemp -d) || exit 1
-trap 'rm -rf "$T"' EXIT
-passed=0
-failed=0
-ok() { echo "ok $1"; passed=$((passed + 1)); }
-bad() { echo "FAIL $1: $2"; failed=$((failed + 1)); }
+. tests/lib.sh
 
 "$PY" tests/tiny_fixture.py "$T" || { echo "FAIL setup"; echo "0 passed, 1 failed"; exit 1; }
 COMMON=(--model "$T/tiny.json" --data "$T/data" --batch-size 2 --max-length 32 --threads 1 --num-eval-tokens 128
@@ -86,5 +77,4 @@ EOF
     fi
 done
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

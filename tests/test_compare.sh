@@ -6,22 +6,8 @@
 #   BUILD=build bash tests/test_compare.sh
 set -u
 cd "$(dirname "$0")/.." || exit 1
-BUILD=${BUILD:-build}
-LOQT=${LOQT:-$BUILD/loqt}
-PY=${PYTHON:-python3}
-LOQT=$(cd "$(dirname "$LOQT")" && pwd)/$(basename "$LOQT")
-T=$(mktemp -d) || exit 1
-trap 'rm -rf "$T"' EXIT
+. tests/lib.sh
 
-passed=0
-failed=0
-ok() { echo "ok $1"; passed=$((passed + 1)); }
-bad() { echo "FAIL $1: $2"; failed=$((failed + 1)); }
-check() { # check NAME WHY-IF-FALSE COMMAND...
-    local name=$1 why=$2
-    shift 2
-    if "$@"; then ok "$name"; else bad "$name" "$why"; fi
-}
 # expect_error NAME REGEX ARGS...: exit 1 or 2, one stderr line "loqt: error: ..." matching REGEX
 expect_error() {
     local name=$1 re=$2
@@ -144,5 +130,4 @@ expect_error compare_tokens_junk 'tokens' compare --methods full --tokens lots "
 expect_error compare_foreign_option "run 'full'.*--rank" compare --methods loqt:rank=4,full:rank=4 "${COMMON[@]}" --out "$T/b9"
 check compare_refusal_trains_nothing "a refused comparison trained" test ! -e "$T/b9/runs/loqt/metrics.jsonl"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

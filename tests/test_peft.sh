@@ -7,26 +7,7 @@
 #   BUILD=build bash tests/test_peft.sh   (KEEP=1 keeps the scratch directory)
 set -u
 cd "$(dirname "$0")/.." || exit 1
-BUILD=${BUILD:-build}
-LOQT=${LOQT:-$BUILD/loqt}
-PY=${PYTHON:-/usr/bin/python3}
-passed=0
-failed=0
-ok() { echo "ok $1"; passed=$((passed + 1)); }
-bad() { echo "FAIL $1: $2"; failed=$((failed + 1)); }
-check() { # check NAME WHY-IF-FALSE COMMAND...
-    local name=$1 why=$2
-    shift 2
-    if "$@"; then ok "$name"; else bad "$name" "$why"; fi
-}
-if [ ! -x "$LOQT" ]; then
-    echo "FAIL setup: $LOQT not found (run make first)"
-    echo "0 passed, 1 failed"
-    exit 1
-fi
-LOQT=$(cd "$(dirname "$LOQT")" && pwd)/$(basename "$LOQT")
-T=$(mktemp -d) || exit 1
-if [ "${KEEP:-0}" = 1 ]; then echo "# scratch directory: $T"; else trap 'rm -rf "$T"' EXIT; fi
+. tests/lib.sh
 
 # ---- fixtures: two token streams (pretraining, fine-tuning), a tiny config --------------------
 "$PY" - "$T" <<'EOF' || { echo "FAIL setup: fixtures"; echo "0 passed, 1 failed"; exit 1; }
@@ -118,5 +99,4 @@ l_c=$(sed -n 's/.*"step": 0, "tokens": 0, "eval_loss": \([0-9.]*\).*/\1/p' "$T/f
 check finetune_continues_from_adapter "step-0 loss ${l_c:-none} ($(tail -n 1 "$T/cont.out")), the fine-tune ended at $l_ft (tolerance 2e-5)" \
     "$PY" -c "import sys; sys.exit(not abs(float('${l_c:-nan}') - float('${l_ft:-0}')) <= 2e-5)"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish
