@@ -18,18 +18,11 @@ import sys
 import numpy as np
 import torch
 
+from ref_linalg import svd_signed
+
 LR, B1, B2, EPS, WD, SCALE = 0.01, 0.9, 0.999, 1e-6, 0.01, 0.25
 STATES = {"keep": 0, "project": 1, "reset": 2}
 
-
-def svd_signed(G):
-    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
-    for i in range(U.shape[1]):
-        j = int(torch.argmax(U[:, i].abs()))
-        if U[j, i] < 0:
-            U[:, i] = -U[:, i]
-            Vh[i, :] = -Vh[i, :]
-    return U, S, Vh
 
 
 def run(out, inn, N, steps, rank, gap, state, seed):

@@ -28,6 +28,8 @@ import sys
 import numpy as np
 import torch
 
+from ref_linalg import svd_signed
+
 LR, B1, B2, EPS, WD, SCALE = 0.01, 0.9, 0.95, 1e-6, 0.01, 0.25
 THRESHOLD, GAMMA, GROUP = 0.4, 2, 256
 
@@ -48,15 +50,6 @@ def quantize(x, qmax):
         out[g0:g0 + GROUP] = (q - z) * s
     return out.reshape(x.shape)
 
-
-def svd_signed(G):
-    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
-    for i in range(U.shape[1]):
-        j = int(torch.argmax(U[:, i].abs()))
-        if U[j, i] < 0:
-            U[:, i] = -U[:, i]
-            Vh[i, :] = -Vh[i, :]
-    return U, S, Vh
 
 
 def run(out, inn, N, steps, rank, queue_size, drift, seed):
