@@ -5,24 +5,31 @@
 #   3. train a small LLaMA with LoQT (held-out perplexity printed before, during and after)
 #   4. the measured memory beside the plan, the merged dense export, its evaluation and a sample
 #   5. the same two plans at 7B, where the saving is the point
-# Everything it writes goes under data/ and runs/demo/.  Override with DEMO_MODEL, DEMO_STEPS.
+# Everything it writes goes under data/ and runs/demo/.  The settings below were chosen by
+# experiments/demo_settings.sh (docs/demo.md); override them with DEMO_MODEL, DEMO_STEPS,
+# DEMO_RANK, DEMO_LR, DEMO_GAP (steps to the first merge), DEMO_THREADS and DEMO_OUT.
 set -euo pipefail
 BUILD=${BUILD:-build}
 LOQT="$BUILD/loqt"
 PY=${PYTHON:-python3}
 MODEL=${DEMO_MODEL:-20m}
 STEPS=${DEMO_STEPS:-300}
-OUT=runs/demo
+RANK=${DEMO_RANK:-128}
+LR=${DEMO_LR:-0.01}
+GAP=${DEMO_GAP:-100}
+THREADS=${DEMO_THREADS:-0}
+OUT=${DEMO_OUT:-runs/demo}
 
 bash scripts/fetch_tokenizer.sh data
 if [ ! -f data/corpus/manifest.json ]; then
     "$LOQT" data --out data/corpus --tokenizer data/llama.tok
 fi
 
-# LoQT at the paper's settings (rank 128, alpha 0.4, lr 0.01, P refreshed and merged at step 100,
-# then gaps growing by 1.2, with error compensation), on the demo's batch of 16 x 128 tokens
-SHAPE=(--model "$MODEL" --batch-size 8 --total-batch-size 16 --max-length 128 --num-training-steps "$STEPS")
-LOQT_OPTS=(--method loqt --rank 128 --lora-alpha 0.4 --update-proj-gap 100 --proj-gap-progression exponential
+# LoQT (alpha 0.4, P refreshed at step 0 and merged after GAP steps, then gaps growing by 1.2,
+# with error compensation), on the demo's batch of 16 x 128 tokens
+SHAPE=(--model "$MODEL" --batch-size 8 --total-batch-size 16 --max-length 128 --num-training-steps "$STEPS"
+       --threads "$THREADS")
+LOQT_OPTS=(--method loqt --rank "$RANK" --lora-alpha 0.4 --update-proj-gap "$GAP" --proj-gap-progression exponential
            --increment-size 1.2 --compensate-quant-error-iterations 5)
 
 # "accounted peak" and "total" of a `loqt memory` plan, in MiB
@@ -48,8 +55,8 @@ echo "    the linear layers it quantizes are a small part: see the 7B plans at t
 echo "== training a $MODEL LLaMA with LoQT for $STEPS steps (progress: step, loss, lr, tokens/s, ETA, memory)"
 rm -rf "$OUT"
 "$LOQT" train "${SHAPE[@]}" "${LOQT_OPTS[@]}" --data data/corpus --output-dir "$OUT" \
-    --lr 0.01 --warmup-steps $((STEPS / 10)) --min-lr-ratio 0.1 --grad-clipping 1.0 \
-    --eval-every $((STEPS / 3 > 0 ? STEPS / 3 : 1)) --num-eval-tokens 65536 --seed 0
+    --lr "$LR" --warmup-steps $((STEPS / 10)) --min-lr-ratio 0.1 --grad-clipping 1.0 \
+    --eval-every $((STEPS / 2 > 0 ? STEPS / 2 : 1)) --num-eval-tokens 16384 --seed 0
 
 echo "== measured memory of the run beside its plan"
 "$PY" - "$OUT" <<'EOF'
@@ -65,7 +72,7 @@ CKPT=$(ls -d "$OUT"/checkpoints/step-* | sort | tail -n 1)
 echo "== the merged dense model (W = deq(W) + s B P of every layer) exported to $OUT/merged"
 "$LOQT" export --checkpoint "$CKPT" --out "$OUT/merged"
 echo "== held-out evaluation of the merged model"
-"$LOQT" eval --checkpoint "$OUT/merged" --data data/corpus --max-length 128 --num-eval-tokens 262144
+"$LOQT" eval --checkpoint "$OUT/merged" --data data/corpus --max-length 128 --num-eval-tokens 262144 --threads "$THREADS"
 echo "== a sample from it (temperature 0.8, top-p 0.9)"
 "$LOQT" generate --checkpoint "$OUT/merged" --tokenizer data/llama.tok \
     --prompt "The President said that" --max-new-tokens 60 --seed 1
