@@ -448,7 +448,7 @@ static int quailora_init(linear_layer *L, lora_state *st, const float *W0, const
     mem_free(work);
     mem_free(cur);
     mem_free(E);
-    return rc ? loqt_set_error("%s: QuAILoRA: %s", L->name, loqt_last_error()) : 0;
+    return rc ? loqt_set_error("QuAILoRA: %s", loqt_last_error()) : 0; /* the caller names the layer */
 }
 
 int lora_engine_init(linear_layer *L, const method_opts *o, const linear_init *ini, const lora_spec *sp) {
