@@ -99,4 +99,52 @@ l_c=$(sed -n 's/.*"step": 0, "tokens": 0, "eval_loss": \([0-9.]*\).*/\1/p' "$T/f
 check finetune_continues_from_adapter "step-0 loss ${l_c:-none} ($(tail -n 1 "$T/cont.out")), the fine-tune ended at $l_ft (tolerance 2e-5)" \
     "$PY" -c "import sys; sys.exit(not abs(float('${l_c:-nan}') - float('${l_ft:-0}')) <= 2e-5)"
 
+# ---- QuAILoRA: calibrated init from the fine-tuning data, resumed exactly, exported -----------
+QA=(--checkpoint "$T/base0" --data "$T/ft" "${C[@]}" --lr 1e-2 --num-training-steps 4 --save-every 2
+    --lora-r 4 --lora-alpha 8 --calibration-sequences 8)
+"$LOQT" finetune "${QA[@]}" --init quailora --output-dir "$T/qa_run" >"$T/qa.out" 2>"$T/qa.err"
+QK=$T/qa_run/checkpoints/step-00000004
+check quailora_finetune_runs "exit status $?: $(tail -n 2 "$T/qa.err" | tr '\n' '|')" test -d "$QK"
+check quailora_calibration_progress "no calibration progress lines on stderr" grep -q "calibration and init: block 2 of 2" "$T/qa.err"
+"$LOQT" finetune "${QA[@]}" --init quailora --output-dir "$T/qa_resumed" --resume "$T/qa_run/checkpoints/step-00000002" >/dev/null 2>&1
+check quailora_resumes_exactly "the resumed run's steps 3-4 or its step-4 weights differ from the uninterrupted run's (tolerance: none)" \
+    "$PY" -c "
+import json, sys
+def steps(p): return [(d['step'], d['loss'], d['grad_norm']) for d in map(json.loads, open(p)) if 'loss' in d and d['step'] > 2]
+a, b = steps('$T/qa_run/metrics.jsonl'), steps('$T/qa_resumed/metrics.jsonl')
+sys.exit(not (len(a) == 2 and a == b))" &&
+    cmp -s "$QK/lora_model.safetensors" "$T/qa_resumed/checkpoints/step-00000004/lora_model.safetensors"
+"$LOQT" export --checkpoint "$QK" --format peft --with-base --base-model tiny-base --out "$T/qa_adapter" >/dev/null 2>&1
+why=$("$PY" tests/peft_check.py check "$T/qa_adapter" "$T/base0/config.json" tiny-base 2>&1)
+check quailora_peft_layout "${why:-export failed}" test -z "$why"
+# the calibrated inits start nearer the dense model than zero init: per-token losses of the
+# initial model (one step at lr 1e-30, which moves no weight measurably) against the dense base's, on the fine-tuning data's val split
+for init in zero quailora quailora-closed; do
+    "$LOQT" finetune "${QA[@]}" --init $init --lr 1e-30 --num-training-steps 1 --save-every 1 --output-dir "$T/i_$init" >/dev/null 2>&1
+    "$LOQT" eval --checkpoint "$T/i_$init/checkpoints/step-00000001" "${EV[@]}" --per-token "$T/tok_$init.tsv" >/dev/null 2>&1
+done
+"$LOQT" eval --checkpoint "$T/base0" "${EV[@]}" --per-token "$T/tok_dense.tsv" >/dev/null 2>&1
+cat >"$T/dist.py" <<'EOF'
+import sys
+def rows(p):
+    try: return [float(l.split("\t")[2]) for l in open(p).read().split("\n")[1:] if l]
+    except OSError: return []
+d = rows(sys.argv[1])
+dist = [sum(abs(x - y) for x, y in zip(d, rows(p))) / max(len(d), 1) if len(rows(p)) == len(d) == 256 else float("nan") for p in sys.argv[2:]]
+print("mean |per-token loss - the dense base's|: zero init %.3g, quailora %.3g, quailora-closed %.3g" % tuple(dist))
+sys.exit(not (dist[1] < 0.9 * dist[0] and dist[2] < 0.9 * dist[0]))
+EOF
+msg=$("$PY" "$T/dist.py" "$T/tok_dense.tsv" "$T/tok_zero.tsv" "$T/tok_quailora.tsv" "$T/tok_quailora-closed.tsv")
+echo "    $msg"
+check quailora_starts_nearer_dense "$msg (want both 10% below zero init)" \
+    "$PY" "$T/dist.py" "$T/tok_dense.tsv" "$T/tok_zero.tsv" "$T/tok_quailora.tsv" "$T/tok_quailora-closed.tsv"
+# bad input: no calibration sequences, more than the data holds, no pretrained model
+out=$("$LOQT" finetune "${QA[@]}" --init quailora --calibration-sequences 0 --output-dir "$T/qa_bad" 2>&1)
+check quailora_zero_sequences "exit 0 or no message: $out" test $? -ne 0 -a -n "$(echo "$out" | grep -- '--calibration-sequences')"
+out=$("$LOQT" finetune "${QA[@]}" --init quailora --calibration-sequences 1000 --output-dir "$T/qa_bad" 2>&1)
+check quailora_too_many_sequences "exit 0 or no message: $out" test $? -ne 0 -a -n "$(echo "$out" | grep 'training split holds 4000')"
+out=$("$LOQT" train --model "$T/tiny.json" --data "$T/ft" "${C[@]}" --method lora --init quailora --num-training-steps 1 \
+    --output-dir "$T/qa_bad" 2>&1)
+check quailora_needs_init_from "exit 0 or no message: $out" test $? -ne 0 -a -n "$(echo "$out" | grep -- '--init-from')"
+
 finish

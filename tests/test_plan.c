@@ -122,10 +122,18 @@ static int measure(const run_case *rc) {
         printf("    pretrained weights: %s\n", loqt_last_error());
         return 1;
     }
-    if (llama_create_from(&m, &in->cfg, method_find(in->method), &in->mo, 11, in->init_from ? &weights : NULL)) {
+    /* a calibrating init (QuAILoRA) gets its sequences as the trainer gives them: a MEM_DATA
+     * buffer held while the model is created */
+    const int n_cal = in->init_from ? llama_calibrates(method_find(in->method), &in->mo) : 0;
+    int32_t *cal_tok = n_cal ? mem_alloc(MEM_DATA, sizeof(int32_t) * (size_t)n_cal * in->seq) : NULL;
+    for (size_t i = 0; i < (size_t)n_cal * in->seq; i++) cal_tok[i] = (int32_t)(rng_u64(4, 0, i) % (uint64_t)in->cfg.vocab_size);
+    const llama_calib cal = {cal_tok, n_cal, in->seq, in->batch};
+    if (llama_create_calibrated(&m, &in->cfg, method_find(in->method), &in->mo, 11, in->init_from ? &weights : NULL,
+                                n_cal ? &cal : NULL)) {
         printf("    create: %s\n", loqt_last_error());
         return 1;
     }
+    mem_free(cal_tok);
     if (in->init_from) st_close(&weights);
     m.checkpoint_activations = in->activation_checkpointing;
     m.per_layer_updates = in->per_layer_updates;
@@ -425,6 +433,41 @@ static void test_freeze_dense_exact(void) {
           pu.peak[MEM_OPTIM] - pf.peak[MEM_OPTIM], 2 * dense);
 }
 
+/* QuAILoRA's calibration from pretrained weights: the tokens, the residual stream, one block's
+ * weights and Grams and the inits' scratch, for both inits, with a last micro-batch of fewer
+ * sequences (5 in batches of 2), GQA, per-layer updates and an exact and a randomized SVD. */
+static void test_quailora_calibration_exact(void) {
+    const char *inits[2] = {"quailora", "quailora-closed"};
+    for (int k = 0; k < 2; k++)
+        for (int v = 0; v < 2; v++) {
+            char what[128];
+            snprintf(what, sizeof what, "lora --init %s from pretrained weights%s", inits[k],
+                     v ? ", NF4, GQA, per-layer updates, exact SVD" : "");
+            run_case rc = base(what, "lora");
+            rc.in.init_from = 1;
+            set_opt(&rc.in, "init", k ? 3 : 2);
+            set_opt(&rc.in, "calibration-sequences", 5);
+            set_opt(&rc.in, "quailora-iterations", 3);
+            set_opt(&rc.in, "base-bits", v ? 0 : 2);
+            if (v) {
+                rc.in.cfg.num_key_value_heads = 2;
+                rc.in.per_layer_updates = 1;
+                set_opt(&rc.in, "svd", 1);
+            }
+            check_exact(&rc);
+        }
+    /* the calibration is in the plan: more sequences, a larger accounted peak */
+    run_case a = base("a", "lora"), b = base("b", "lora");
+    a.in.init_from = b.in.init_from = 1;
+    set_opt(&a.in, "init", 2);
+    set_opt(&b.in, "init", 2);
+    set_opt(&b.in, "calibration-sequences", 500);
+    plan pa, pb;
+    CHECK(plan_make(&pa, &a.in) == 0 && plan_make(&pb, &b.in) == 0, "plans");
+    CHECK(pb.peak[MEM_ACTS] > pa.peak[MEM_ACTS] && pb.peak[MEM_DATA] > pa.peak[MEM_DATA],
+          "500 calibration sequences plan more activations and data than 64");
+}
+
 static plan plan_of(const char *model, const char *method, void (*edit)(plan_input *)) {
     llama_config c;
     plan p;
@@ -550,6 +593,7 @@ int main(void) {
     RUN(test_every_method_exact);
     RUN(test_gqa_tied_exact);
     RUN(test_freeze_dense_exact);
+    RUN(test_quailora_calibration_exact);
     RUN(test_savings_go_the_right_way);
     RUN(test_paper_estimate_close_to_table);
     RUN(test_parse_bytes);

@@ -18,8 +18,10 @@ static const char *SUMMARY =
     "embedding, norms and lm_head stay frozen too. It runs 'loqt train --init-from DIR --method lora\n"
     "--freeze-dense' with the options below; every other option of 'loqt train' (--data, --lr,\n"
     "--num-training-steps, --output-dir, --resume, ...) and of --method lora (--lora-alpha, --rslora,\n"
-    "--lora-dropout, --init zero|loftq, --loftq-iterations, ...) is passed on. Write the adapters for\n"
-    "PEFT with 'loqt export --format peft'.";
+    "--lora-dropout, --init zero|loftq|quailora|quailora-closed, --loftq-iterations,\n"
+    "--calibration-sequences, --quailora-iterations, ...) is passed on. --init quailora calibrates the\n"
+    "adapters on --calibration-sequences sequences of the training data run through the dense model.\n"
+    "Write the adapters for PEFT with 'loqt export --format peft'.";
 
 static void usage(void) {
     printf("usage: loqt finetune --checkpoint DIR --data DIR [options]\n\n%s\n\noptions of finetune:\n", SUMMARY);

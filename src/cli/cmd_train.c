@@ -280,6 +280,11 @@ static void parse_args(train_args *a, int argc, char **argv) {
                        a->run.batch_size, ranks);
     if (a->init_from && opts_given("model"))
         loqt_usage_die("--init-from %s: the model is the one in %s/config.json; do not give --model", a->init_from, a->init_from);
+    /* a calibrated init (QuAILoRA) runs the pretrained model over the data; a run resumed from
+     * a checkpoint keeps the adapters it trained */
+    if (llama_calibrates(a->run.m, &a->run.mo) > 0 && !a->init_from && !a->resume)
+        loqt_usage_die("--init quailora and quailora-closed calibrate a pretrained model's activations: give the model "
+                       "with --init-from DIR (loqt finetune --checkpoint DIR)");
     if (a->adapter && (!a->init_from || !lora_is_engine(a->run.m)))
         loqt_usage_die("--adapter %s needs --init-from (the base it applies to) and --method lora or relora", a->adapter);
     a->run.mo.seed = (uint64_t)a->seed;
@@ -364,6 +369,13 @@ static void open_data(train_args *a, train_run *t) {
     if (loader_vocab_size(&t->train) > (uint32_t)t->cfg.vocab_size)
         loqt_die("the data's vocabulary (%u) is larger than the model's vocab_size %d", loader_vocab_size(&t->train), t->cfg.vocab_size);
     if (loader_check_batch(&t->train, a->run.batch_size, a->run.seq_len)) loqt_die_last("--data");
+    /* the calibration sequences must fit in the training split (refused before anything large) */
+    const int n_cal = a->init_from && !a->resume ? llama_calibrates(a->run.m, &a->run.mo) : 0;
+    if (n_cal > 0 && (uint64_t)n_cal * (uint64_t)a->run.seq_len > loader_tokens(&t->train))
+        loqt_usage_die("--calibration-sequences %d: %d sequences of %d tokens (--max-length) need %llu tokens, the "
+                       "training split holds %llu", n_cal, n_cal, a->run.seq_len,
+                       (unsigned long long)n_cal * (unsigned long long)a->run.seq_len,
+                       (unsigned long long)loader_tokens(&t->train));
     if (a->init_from && !a->resume) {
         char model_tok[32];
         cli_checkpoint_tokenizer_hash(a->init_from, model_tok, sizeof model_tok);
@@ -449,8 +461,16 @@ static void write_plan(const train_args *a, const train_run *t) {
 static void create_model(const train_args *a, train_run *t, const trainer_meta *tm) {
     if (a->init_from && !*t->resume_dir) {
         double t0 = cli_now();
-        if (llama_load_pretrained(&t->m, &t->cfg, a->run.m, &a->run.mo, (uint64_t)a->seed, a->init_from))
+        /* a calibrated init's sequences: spread over the training split, the batch position untouched */
+        const int n_cal = llama_calibrates(a->run.m, &a->run.mo);
+        llama_calib cal = {NULL, n_cal, a->run.seq_len, a->run.batch_size};
+        int32_t *tok = n_cal > 0 ? mem_alloc(MEM_DATA, sizeof(int32_t) * (size_t)n_cal * a->run.seq_len) : NULL;
+        if (tok && loader_sample_sequences(&t->train, n_cal, a->run.seq_len, tok)) loqt_die_last(NULL);
+        cal.tokens = tok;
+        if (llama_load_pretrained_calib(&t->m, &t->cfg, a->run.m, &a->run.mo, (uint64_t)a->seed, a->init_from,
+                                        tok ? &cal : NULL))
             loqt_die_last("--init-from");
+        mem_free(tok);
         printf("initialized from %s (%.1f s)\n", a->init_from, cli_now() - t0);
         if (a->adapter && peft_load_adapter(&t->m, a->adapter)) loqt_die_last(NULL);
         if (a->adapter) printf("adapters from %s\n", a->adapter);

@@ -210,3 +210,22 @@ void loader_next_batch(data_loader *L, int B, int T, int32_t *inputs, int32_t *t
         L->pos = (L->pos + step % N) % N;
     }
 }
+
+int loader_sample_sequences(const data_loader *L, int n, int T, int32_t *out) {
+    const uint64_t N = L->n_tokens, need = (uint64_t)n * (uint64_t)T;
+    if (n <= 0 || T <= 0) return loqt_set_error("calibration: %d sequences of %d tokens", n, T);
+    if (need > N)
+        return loqt_set_error("--calibration-sequences %d: %d sequences of %d tokens need %llu tokens, the training split "
+                              "holds %llu (at most %llu sequences)", n, n, T, (unsigned long long)need,
+                              (unsigned long long)N, (unsigned long long)(N / (uint64_t)T));
+    /* sequence i starts at floor(i (N - T) / (n - 1)): they spread over the whole split, and as
+     * N >= n T the starts are at least T apart, so no two overlap */
+    const uint64_t span = N - (uint64_t)T;
+    for (int i = 0; i < n; i++) {
+        const long double at = n > 1 ? (long double)span * i / (n - 1) : 0.0L;
+        uint64_t start = (uint64_t)at;
+        if (start + T > N) start = N - T;
+        for (int t = 0; t < T; t++) out[(size_t)i * T + t] = L->tokens[start + t];
+    }
+    return 0;
+}

@@ -50,6 +50,11 @@ void loader_next_batch(data_loader *L, int B, int T, int32_t *inputs, int32_t *t
  * skip the other ranks' micro-batches of a global batch). */
 void loader_skip_batch(data_loader *L, int B, int T);
 
+/* n sequences of T tokens spread evenly over the split (the first at its start, the last at its
+ * end), for calibration: they do not move the batch position.  n * T must fit in the split:
+ * -1 with an error naming --calibration-sequences otherwise. */
+int loader_sample_sequences(const data_loader *L, int n, int T, int32_t *out);
+
 uint64_t loader_position(const data_loader *L);
 /* pos is taken modulo the token count, so any saved value lands inside the stream. */
 void loader_seek(data_loader *L, uint64_t pos);

@@ -150,6 +150,13 @@ static int cholesky(int n, double *W, double tol) {
 
 size_t linalg_spd_inverse_scratch(int n) { return (size_t)n * n * sizeof(double); }
 
+int linalg_cholesky_d(int n, double *A) {
+    if (n <= 0 || !A) return loqt_set_error("cholesky: bad arguments (n = %d)", n);
+    if (cholesky(n, A, 0.0)) return loqt_set_error("cholesky: the %d x %d matrix is not positive definite", n, n);
+    for (int i = 0; i < n; i++) memset(A + (size_t)i * n + i + 1, 0, sizeof(double) * (size_t)(n - 1 - i));
+    return 0;
+}
+
 int linalg_spd_inverse_d(int n, double *H, double *ridge) {
     if (n <= 0 || !H) return loqt_set_error("spd_inverse: bad arguments (n = %d)", n);
     const size_t nn = (size_t)n * n;

@@ -29,6 +29,10 @@ int linalg_gram_d(const float *A, int rows, int cols, int lda, bool of_rows, dou
  * with (H + lambda I)^{-1} (full, symmetric).  Fails on non-finite input or an all-zero H. */
 int linalg_spd_inverse_d(int n, double *H, double *ridge);
 
+/* In-place lower Cholesky factor L (A = L L^T) of a symmetric positive definite n x n matrix
+ * (only the lower triangle is read; the upper one is set to 0).  No ridge: -1 with an error when
+ * a pivot is not positive. */
+int linalg_cholesky_d(int n, double *A);
 /* Orthonormalizes the k rows (each of length m, leading dimension m) of Q in place, in order
  * (row i ends up in the span of rows 0..i as far as they are independent): block Gram-Schmidt in
  * panels of 64 rows with two projection passes ("twice is enough") through gemm, and modified

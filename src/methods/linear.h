@@ -85,8 +85,10 @@ typedef struct {
 
 /* What a layer starts from.  W0 ([out, in], row-major): a dense initial or pretrained weight, or
  * NULL for normal(0, 0.02) drawn from (o->seed, rng_stream_id(L->name)).  Data-aware methods
- * (QuAILoRA, LoftQ) may also get the Gram matrix of the layer's calibration inputs,
- * gram = X^T X ([in, in], summed over gram_rows rows of X), streamed in by the caller. */
+ * (QuAILoRA: a method whose `calibration` hook asks for it) may also get the Gram matrix of the
+ * layer's calibration inputs, gram = X^T X ([in, in], full, summed over gram_rows rows of X),
+ * streamed in by the caller (model/llama.c: the dense model's activations); NULL when there is
+ * no calibration data (the method then uses the identity, the uncalibrated objective). */
 typedef struct {
     const float *W0;
     const float *gram;
@@ -141,6 +143,7 @@ typedef struct {
     int N;     /* FORWARD, BACKWARD */
     int init_W0; /* INIT: the layer starts from a dense W0 (linear_init.W0, held by the caller),
                   * not from a random draw the method makes itself */
+    int init_gram; /* INIT: linear_init.gram is given (held by the caller) */
     long slot[8];
 } linear_plan;
 
@@ -159,6 +162,9 @@ struct linear_method {
 
     /* 0, or -1 with an error. */
     int (*init)(linear_layer *L, const method_opts *o, const linear_init *ini);
+    /* Optional.  How many calibration sequences the init wants (linear_init.gram), 0 for none:
+     * a model created from pretrained weights then runs them through the dense model first. */
+    int (*calibration)(const method_opts *o);
     /* Y[N, out] = X[N, in] W_eff^T */
     void (*forward)(linear_layer *L, const float *X, float *Y, int N);
     /* dX[N, in] (= or += if accumulate; dX may be NULL) dY[N, out] W_eff, and accumulate the

@@ -26,6 +26,7 @@
 #include "core/progress.h"
 #include "core/rng.h"
 #include "kernels/gemm.h"
+#include "linalg/dense.h"
 #include "linalg/svd.h"
 
 #include <math.h>
@@ -43,8 +44,14 @@ lora_spec lora_spec_of(const lora_config *c) {
     return (lora_spec){.rank = c->rank, .scale = c->rslora ? c->lora_alpha / sqrt(r) : c->lora_alpha / r,
                        .dropout = c->lora_dropout, .base = base_kind(c->base_bits),
                        .double_quant = c->use_double_quant, .init = c->init,
-                       .loftq_iters = c->loftq_iterations, .svd = c->svd};
+                       .loftq_iters = c->loftq_iterations, .svd = c->svd,
+                       .calib_seqs = c->calibration_sequences, .quailora_iters = c->quailora_iterations,
+                       .ridge = c->quailora_ridge};
 }
+
+static int is_quailora(int init) { return init == LORA_INIT_QUAILORA || init == LORA_INIT_QUAILORA_CLOSED; }
+
+int lora_spec_calibration(const lora_spec *sp) { return is_quailora(sp->init) ? sp->calib_seqs : 0; }
 
 /* ---- shapes and sizes, shared by the code and its planning twin -------------------------- */
 
@@ -109,9 +116,11 @@ typedef struct {
     double merge_s;
     char merge_err[256]; /* a failed merge's error, reported by end_step (begin_step returns
                           * nothing); non-empty: the layer stays unmerged */
-    int n_err;        /* LoftQ: init_err[0..n_err) */
-    double init_err[LORA_LOFTQ_MAX + 1], w0_norm;
+    int n_err;        /* LoftQ, QuAILoRA: init_err[0..n_err) */
+    double init_err[LORA_QUAILORA_MAX + 2], w0_norm; /* (LORA_QUAILORA_MAX >= LORA_LOFTQ_MAX) */
 } lora_state;
+
+_Static_assert((int)LORA_QUAILORA_MAX >= (int)LORA_LOFTQ_MAX, "init_err holds LoftQ's rounds too");
 
 static float *A_of(const lora_state *st) { return st->AB; }
 static float *B_of(const lora_state *st) { return st->AB + st->g.nA; }
@@ -197,6 +206,251 @@ static int loftq_init(linear_layer *L, lora_state *st, const float *W0) {
     return rc;
 }
 
+/* ---- QuAILoRA ------------------------------------------------------------------------------
+ * "QuAILoRA: Quantization-Aware Initialization for LoRA" (Lawton et al. 2024).  The base is Q(W0),
+ * as with zero init (QuAILoRA changes only the adapters, so fine-tuning costs no extra memory);
+ * with E = W0 - deq Q(W0) and X the layer's calibration inputs (rows: tokens), the adapters
+ * minimize the error of the layer's output on the calibration data,
+ *   f(B, A) = ||X (E - s B A)^T||_F^2 = tr((E - s B A) H (E - s B A)^T),   H = X^T X + lambda I,
+ * lambda = --quailora-ridge x trace(X^T X) / in (GPTQ's relative dampening): it keeps the solves
+ * well posed when X does not span every input direction (few tokens, dead features) and pulls the
+ * solution slightly towards the uncalibrated one there.  Without a Gram (no calibration data) H
+ * is the identity and f is LoftQ's first-round objective.
+ *
+ * --init quailora: from the uncalibrated optimum (the truncated SVD of E, LoftQ's first round),
+ * alternating least squares.  f is quadratic in each factor:
+ *   df/dB = -2 s (E - s B A) H A^T = 0  =>  s B (A H A^T) = E H A^T
+ *           =>  B = (1/s) (E (A H)^T) (A H A^T)^-1      (an r x r system; H symmetric)
+ *   df/dA = -2 s B^T (E - s B A) H = 0  <=  s (B^T B) A = B^T E
+ *           =>  A = (1/s) (B^T B)^-1 (B^T E)            (r x r; H drops out: any A with
+ *               B^T (E - s B A) = 0 zeroes the gradient, and f is convex in A)
+ * Each half step minimizes f exactly over one factor, so f never increases (but for rounding;
+ * the round with the smallest f is kept).  f itself needs no out x in x in product:
+ *   f = c0 - 2 s <B^T E, A H> + s^2 <B^T B, A H A^T>,   c0 = tr(E H E^T) = f(0, A) (zero init),
+ * from the r x in products the solves use anyway (<X, Y> = sum of X o Y).  The r x r systems
+ * are solved by Cholesky in double with a ridge of 1e-12 of their largest diagonal entry growing
+ * 100x until it factors (a factor of rank below r, e.g. E of small rank: its extra directions get
+ * ~0 weight, as with a pseudo-inverse).
+ *
+ * --init quailora-closed (CLoQ, arXiv 2501.18475; QERA, arXiv 2410.06040): H = L L^T, so
+ * f = ||(E - s B A) L||_F^2 and, L being invertible, s B A L is the best rank-r approximation of
+ * E L (Eckart-Young): s B A = trunc_r(E L) L^-1.  With E L ~ U S V^T: B = U sqrt(S / s) and
+ * A = sqrt(S / s) V^T L^-1, the square root of the singular values on each side as loqt's LoftQ
+ * splits them (PEFT's LoftQ too, for s = 1).  ALS converges to it (tested).
+ *
+ * A base that holds W0 exactly (32 bits) leaves nothing to compensate: the adapters are zero
+ * init's then (A kaiming, B = 0), and so whenever E is exactly 0 (a bf16 checkpoint on a 16-bit
+ * base), since A = B = 0 would give neither factor a gradient. */
+
+/* the r x r products in double: AHA = (A H) A^T, BtB = B^T B */
+static void r_grams(const float *AH, const float *A, const float *B, int r, int in, int out, double *AHA, double *BtB) {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < r; i++)
+        for (int j = 0; j < r; j++) {
+            double a = 0, b = 0;
+            for (int k = 0; k < in; k++) a += (double)AH[(size_t)i * in + k] * A[(size_t)j * in + k];
+            for (int o = 0; o < out; o++) b += (double)B[(size_t)o * r + i] * B[(size_t)o * r + j];
+            AHA[(size_t)i * r + j] = a;
+            BtB[(size_t)i * r + j] = b;
+        }
+}
+
+/* AH = A (G + lambda I), G the caller's Gram (symmetric) or NULL for the identity */
+static void times_h(const float *G, double lambda, const float *A, int r, int in, float *AH) {
+    const size_t n = (size_t)r * in;
+    if (G) gemm(false, false, r, in, in, 1.0f, A, in, G, in, 0.0f, AH, in);
+    for (size_t i = 0; i < n; i++) AH[i] = (G ? AH[i] : 0.0f) + (float)((G ? lambda : 1.0 + lambda) * A[i]);
+}
+
+/* c0 = tr(E (G + lambda I) E^T), E by row tiles of `tile` (rows x in floats) */
+static double quailora_c0(const float *E, const float *G, double lambda, int out, int in, float *tile) {
+    const double e2 = sqnorm_d(E, (size_t)out * in);
+    if (!G) return (1.0 + lambda) * e2;
+    double c = lambda * e2;
+    const int tr = tile_rows(out, in);
+    for (int r0 = 0; r0 < out; r0 += tr) {
+        const int r1 = r0 + tr < out ? r0 + tr : out;
+        gemm(false, false, r1 - r0, in, in, 1.0f, E + (size_t)r0 * in, in, G, in, 0.0f, tile, in);
+        for (size_t i = 0; i < (size_t)(r1 - r0) * in; i++) c += (double)tile[i] * E[(size_t)r0 * in + i];
+    }
+    return c;
+}
+
+/* Lower Cholesky factor Lm of M + delta I (r x r), delta from 1e-12 of M's largest diagonal entry
+ * up by 100x until it factors; 1 when M is 0 (the factor it came from is 0), -1 on failure. */
+static int small_chol(int r, const double *M, double *Lm) {
+    double maxd = 0;
+    for (int i = 0; i < r; i++) maxd = fmax(maxd, M[(size_t)i * r + i]);
+    if (!(maxd > 0)) return isfinite(maxd) ? 1 : -1;
+    for (double delta = 1e-12 * maxd; delta <= maxd; delta *= 100) {
+        memcpy(Lm, M, sizeof(double) * (size_t)r * r);
+        for (int i = 0; i < r; i++) Lm[(size_t)i * r + i] += delta;
+        if (linalg_cholesky_d(r, Lm) == 0) return 0;
+    }
+    return -1;
+}
+
+/* x <- (Lm Lm^T)^-1 x */
+static void chol_solve(int r, const double *Lm, double *x) {
+    for (int i = 0; i < r; i++) {
+        double v = x[i];
+        for (int k = 0; k < i; k++) v -= Lm[(size_t)i * r + k] * x[k];
+        x[i] = v / Lm[(size_t)i * r + i];
+    }
+    for (int i = r - 1; i >= 0; i--) {
+        double v = x[i];
+        for (int k = i + 1; k < r; k++) v -= Lm[(size_t)k * r + i] * x[k];
+        x[i] = v / Lm[(size_t)i * r + i];
+    }
+}
+
+/* The double scratch of the solves: AHA, BtB, a Cholesky factor (r x r each), one r-vector */
+static size_t quailora_doubles(const lora_geom *g) { return 3 * (size_t)g->r * g->r + (size_t)g->r; }
+/* AH, B^T E (r x in each) and E (A H)^T (out x r) */
+static size_t quailora_work_floats(const lora_geom *g, int out, int in) {
+    return 2 * (size_t)g->r * in + (size_t)out * g->r;
+}
+
+typedef struct {
+    const float *E, *G;
+    double lambda, c0, s;
+    int out, in, r;
+    float *AH, *BtE, *EAH;
+    double *AHA, *BtB, *Lm, *vec;
+} als_ctx;
+
+/* f(B, A) from the products it refreshes: AH = A H, BtE = B^T E, AHA, BtB */
+static double als_objective(als_ctx *c, const float *A, const float *B) {
+    times_h(c->G, c->lambda, A, c->r, c->in, c->AH);
+    gemm(true, false, c->r, c->in, c->out, 1.0f, B, c->r, c->E, c->in, 0.0f, c->BtE, c->in);
+    r_grams(c->AH, A, B, c->r, c->in, c->out, c->AHA, c->BtB);
+    double cross = 0, quad = 0;
+    for (size_t i = 0; i < (size_t)c->r * c->in; i++) cross += (double)c->BtE[i] * c->AH[i];
+    for (size_t i = 0; i < (size_t)c->r * c->r; i++) quad += c->BtB[i] * c->AHA[i];
+    return fmax(0.0, c->c0 - 2 * c->s * cross + c->s * c->s * quad);
+}
+
+/* One round: B given A (needs AH, AHA of A), then A given B. */
+static int als_round(als_ctx *c, float *A, float *B) {
+    const int r = c->r, in = c->in, out = c->out;
+    gemm(false, true, out, r, in, 1.0f, c->E, in, c->AH, in, 0.0f, c->EAH, r); /* E (A H)^T */
+    int rc = small_chol(r, c->AHA, c->Lm);
+    if (rc < 0) return loqt_set_error("the r x r system of A H A^T does not factor");
+    for (int o = 0; o < out; o++) { /* B (A H A^T) = E (A H)^T / s, row by row (AHA symmetric) */
+        double *x = c->vec;
+        for (int k = 0; k < r; k++) x[k] = rc ? 0.0 : c->EAH[(size_t)o * r + k] / c->s;
+        if (!rc) chol_solve(r, c->Lm, x);
+        for (int k = 0; k < r; k++) B[(size_t)o * r + k] = (float)x[k];
+    }
+    gemm(true, false, r, in, out, 1.0f, B, r, c->E, in, 0.0f, c->BtE, in); /* B^T E */
+    r_grams(c->AH, A, B, r, in, out, c->AHA, c->BtB);
+    rc = small_chol(r, c->BtB, c->Lm);
+    if (rc < 0) return loqt_set_error("the r x r system of B^T B does not factor");
+    for (int j = 0; j < in; j++) { /* (B^T B) A = B^T E / s, column by column */
+        double *x = c->vec;
+        for (int k = 0; k < r; k++) x[k] = rc ? 0.0 : c->BtE[(size_t)k * in + j] / c->s;
+        if (!rc) chol_solve(r, c->Lm, x);
+        for (int k = 0; k < r; k++) A[(size_t)k * in + j] = (float)x[k];
+    }
+    return 0;
+}
+
+/* quailora-closed's factors into B (out x r) and A (r x in), given E */
+static int quailora_closed(linear_layer *L, lora_state *st, als_ctx *c, float *B, float *A, float *S) {
+    const int out = L->out, in = L->in;
+    const size_t ii = (size_t)in * in;
+    double *Hd = mem_alloc(MEM_SCRATCH, sizeof(double) * ii);
+    for (size_t i = 0; i < ii; i++) Hd[i] = c->G ? c->G[i] : 0.0;
+    for (int i = 0; i < in; i++) Hd[(size_t)i * in + i] += (c->G ? 0.0 : 1.0) + c->lambda;
+    if (linalg_cholesky_d(in, Hd)) {
+        mem_free(Hd);
+        return loqt_set_error("the calibration Gram X^T X + lambda I is not positive definite (raise --quailora-ridge)");
+    }
+    float *Lt = mem_alloc(MEM_SCRATCH, sizeof(float) * ii); /* L^T: row j holds column j of L */
+    for (int i = 0; i < in; i++)
+        for (int j = 0; j < in; j++) Lt[(size_t)j * in + i] = (float)Hd[(size_t)i * in + j];
+    mem_free(Hd);
+    float *M = mem_alloc(MEM_SCRATCH, sizeof(float) * st->g.n);
+    gemm(false, true, out, in, in, 1.0f, c->E, in, Lt, in, 0.0f, M, in); /* E L */
+    int rc = residual_svd(st, M, out, in, B, A, S); /* B = U sqrt(S/s), A = sqrt(S/s) V^T */
+    mem_free(M);
+    if (rc) {
+        mem_free(Lt);
+        return loqt_set_error("SVD of E L failed: %s", loqt_last_error());
+    }
+    /* A <- A L^-1: each row a solves a L = y, i.e. L^T a^T = y^T, by back substitution */
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < c->r; k++) {
+        float *a = A + (size_t)k * in;
+        for (int j = in - 1; j >= 0; j--) {
+            const float *lj = Lt + (size_t)j * in;
+            double v = a[j];
+            for (int q = j + 1; q < in; q++) v -= (double)a[q] * lj[q];
+            a[j] = (float)(v / lj[j]);
+        }
+    }
+    mem_free(Lt);
+    return 0;
+}
+
+static int quailora_init(linear_layer *L, lora_state *st, const float *W0, const linear_init *ini) {
+    const int out = L->out, in = L->in, r = st->g.r;
+    const size_t n = st->g.n, f = sizeof(float);
+    if (qmat_set(&st->W, W0)) return loqt_set_error("%s: cannot store the base weight: %s", L->name, loqt_last_error());
+    if (st->sp.base == QMAT_F32) { /* nothing to compensate */
+        kaiming_A(st, in, 0);
+        return 0;
+    }
+    const float *G = ini ? ini->gram : NULL;
+    float *E = mem_alloc(MEM_SCRATCH, f * n);
+    qmat_get(&st->W, E);
+    for (size_t i = 0; i < n; i++) E[i] = W0[i] - E[i];
+    double trace = 0;
+    for (int i = 0; i < in; i++) trace += G ? G[(size_t)i * in + i] : 1.0;
+    als_ctx c = {.E = E, .G = G, .lambda = st->sp.ridge * trace / in, .s = st->s, .out = out, .in = in, .r = r};
+    float *tile = mem_alloc(MEM_SCRATCH, f * (size_t)tile_rows(out, in) * in);
+    c.c0 = quailora_c0(E, G, c.lambda, out, in, tile);
+    mem_free(tile);
+    float *cur = mem_alloc(MEM_SCRATCH, f * loftq_cur_floats(&st->g));
+    float *cA = cur, *cB = cur + st->g.nA, *S = cB + st->g.nB;
+    float *work = mem_alloc(MEM_SCRATCH, f * quailora_work_floats(&st->g, out, in));
+    c.AH = work;
+    c.BtE = work + (size_t)r * in;
+    c.EAH = c.BtE + (size_t)r * in;
+    double *small = mem_alloc(MEM_SCRATCH, sizeof(double) * quailora_doubles(&st->g));
+    c.AHA = small;
+    c.BtB = small + (size_t)r * r;
+    c.Lm = c.BtB + (size_t)r * r;
+    c.vec = c.Lm + (size_t)r * r;
+    st->init_err[st->n_err++] = sqrt(c.c0);
+    int rc = 0;
+    if (st->sp.init == LORA_INIT_QUAILORA_CLOSED) {
+        rc = quailora_closed(L, st, &c, cB, cA, S);
+    } else if (residual_svd(st, E, out, in, cB, cA, S)) {
+        rc = loqt_set_error("SVD of the residual failed: %s", loqt_last_error());
+    }
+    double best = INFINITY;
+    for (int t = 0; !rc; t++) {
+        const double fv = als_objective(&c, cA, cB);
+        st->init_err[st->n_err++] = sqrt(fv);
+        if (fv < best) {
+            best = fv;
+            memcpy(st->AB, cur, f * (st->g.nA + st->g.nB));
+        }
+        if (st->sp.init == LORA_INIT_QUAILORA_CLOSED || t == st->sp.quailora_iters) break;
+        rc = als_round(&c, cA, cB);
+    }
+    if (!rc && !(c.c0 > 0)) { /* E = 0: zero init (see above) */
+        kaiming_A(st, in, 0);
+        memset(B_of(st), 0, f * st->g.nB);
+    }
+    mem_free(small);
+    mem_free(work);
+    mem_free(cur);
+    mem_free(E);
+    return rc ? loqt_set_error("QuAILoRA: %s", loqt_last_error()) : 0; /* the caller names the layer */
+}
+
 int lora_engine_init(linear_layer *L, const method_opts *o, const linear_init *ini, const lora_spec *sp) {
     lora_state *st = calloc(1, sizeof *st);
     L->state = st;
@@ -214,6 +468,8 @@ int lora_engine_init(linear_layer *L, const method_opts *o, const linear_init *i
     int rc;
     if (sp->init == LORA_INIT_LOFTQ) {
         rc = loftq_init(L, st, W0);
+    } else if (is_quailora(sp->init)) {
+        rc = quailora_init(L, st, W0, ini);
     } else {
         kaiming_A(st, L->in, 0);
         rc = qmat_set(&st->W, W0);
@@ -547,6 +803,32 @@ void lora_free(linear_layer *L) {
 /* planning state: the gradient exists, the optimizer state exists */
 enum { PS_DAB, PS_OPT };
 
+/* quailora_init's allocations (the caller's Gram is not the layer's) */
+static void plan_quailora(const linear_plan *p, const lora_spec *sp, const lora_geom *g, mem_sim *s) {
+    const size_t f = sizeof(float), n = g->n, ii = (size_t)p->in * p->in;
+    qmat_plan_set(s, sp->base, n, sp->double_quant);
+    if (sp->base == QMAT_F32) return;
+    const size_t held[] = {f * n, f * loftq_cur_floats(g), f * quailora_work_floats(g, p->out, p->in),
+                           sizeof(double) * quailora_doubles(g)}; /* E, cur, work, small */
+    mem_sim_alloc(s, MEM_SCRATCH, held[0]);
+    mem_sim_temp(s, MEM_SCRATCH, f * (size_t)tile_rows(p->out, p->in) * p->in);
+    for (int i = 1; i < 4; i++) mem_sim_alloc(s, MEM_SCRATCH, held[i]);
+    const svd_opts so = loftq_svd_opts(0, 0);
+    if (sp->init == LORA_INIT_QUAILORA_CLOSED) {
+        mem_sim_alloc(s, MEM_SCRATCH, sizeof(double) * ii); /* H, then L, in double */
+        mem_sim_alloc(s, MEM_SCRATCH, f * ii);              /* L^T in fp32 */
+        mem_sim_free(s, MEM_SCRATCH, sizeof(double) * ii);
+        mem_sim_alloc(s, MEM_SCRATCH, f * n);               /* E L */
+    }
+    if (sp->svd == LORA_SVD_EXACT) svd_exact_plan(s, p->out, p->in, g->r);
+    else svd_randomized_plan(s, p->out, p->in, g->r, &so);
+    if (sp->init == LORA_INIT_QUAILORA_CLOSED) {
+        mem_sim_free(s, MEM_SCRATCH, f * n);
+        mem_sim_free(s, MEM_SCRATCH, f * ii);
+    }
+    for (int i = 3; i >= 0; i--) mem_sim_free(s, MEM_SCRATCH, held[i]);
+}
+
 static void plan_init(const linear_plan *p, const lora_spec *sp, const lora_geom *g, mem_sim *s) {
     const size_t f = sizeof(float), n = g->n;
     qmat_plan_init(s, sp->base, n, sp->double_quant, MEM_DENSE);
@@ -566,6 +848,8 @@ static void plan_init(const linear_plan *p, const lora_spec *sp, const lora_geom
         qmat_plan_free(s, sp->base, n, sp->double_quant, MEM_DENSE);
         mem_sim_free(s, MEM_SCRATCH, f * loftq_cur_floats(g));
         mem_sim_free(s, MEM_SCRATCH, 2 * f * n);
+    } else if (is_quailora(sp->init)) {
+        plan_quailora(p, sp, g, s);
     } else {
         qmat_plan_set(s, sp->base, n, sp->double_quant);
     }
@@ -648,11 +932,12 @@ void lora_stats(const linear_layer *L, method_stats *acc) {
         method_stats_add(acc, "merges", STAT_SUM, (double)st->merges);
         method_stats_add(acc, "merge_s", STAT_SUM, st->merge_s);
     }
-    if (st->n_err > 1 && st->w0_norm > 0) {
-        /* LoftQ: the kept round's ||W0 - deq Q - s B A|| relative to ||W0||, and to zero init's */
+    if (st->n_err > 1) {
+        /* LoftQ: the kept round's ||W0 - deq Q - s B A|| relative to ||W0||, and to zero init's;
+         * QuAILoRA: its calibrated error relative to zero init's (no w0_norm) */
         double best = st->init_err[1];
         for (int i = 2; i < st->n_err; i++) best = fmin(best, st->init_err[i]);
-        method_stats_add(acc, "init_rel_error", STAT_MEAN, best / st->w0_norm);
+        if (st->w0_norm > 0) method_stats_add(acc, "init_rel_error", STAT_MEAN, best / st->w0_norm);
         if (st->init_err[0] > 0) method_stats_add(acc, "init_error_vs_zero", STAT_MEAN, best / st->init_err[0]);
     }
 }
@@ -708,9 +993,15 @@ static double lora_paper_bytes(int out, int in, const method_opts *o) {
     return lora_engine_paper_bytes(out, in, &sp);
 }
 
+static int lora_calibration(const method_opts *o) {
+    const lora_spec sp = method_spec(o);
+    return lora_spec_calibration(&sp);
+}
+
 const linear_method method_lora = {
     .name = "lora",
-    .summary = "LoRA / QLoRA: frozen base W (NF4, int8, bf16 or fp32) plus s*B*A, A and B trained; zero (PEFT) or LoftQ initialization",
+    .calibration = lora_calibration,
+    .summary = "LoRA / QLoRA: frozen base W (NF4, int8, bf16 or fp32) plus s*B*A, A and B trained; zero (PEFT), LoftQ or QuAILoRA (calibrated) initialization",
     .options = lora_options,
     .n_options = sizeof lora_options / sizeof lora_options[0],
     .config_size = sizeof(lora_config),

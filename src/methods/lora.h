@@ -12,10 +12,11 @@
 #include "quant/qmat.h"
 
 enum { LORA_BASE_4, LORA_BASE_8, LORA_BASE_16, LORA_BASE_32 }; /* --base-bits 4|8|16|32 */
-enum { LORA_INIT_ZERO, LORA_INIT_LOFTQ };                     /* --init */
+enum { LORA_INIT_ZERO, LORA_INIT_LOFTQ, LORA_INIT_QUAILORA, LORA_INIT_QUAILORA_CLOSED }; /* --init */
 enum { LORA_SVD_RANDOMIZED, LORA_SVD_EXACT };                 /* --svd */
 enum { LORA_RESET_PRUNE, LORA_RESET_ZERO };                   /* --optimizer-reset prune|reset */
 enum { LORA_LOFTQ_MAX = 100 };                                /* --loftq-iterations' limit */
+enum { LORA_QUAILORA_MAX = 1000 };                            /* --quailora-iterations' limit */
 
 /* The options both methods share (the tables are LORA_OPTIONS below). */
 typedef struct {
@@ -24,6 +25,8 @@ typedef struct {
     int rslora;
     double lora_dropout;
     int base_bits, use_double_quant, init, loftq_iterations, svd;
+    int calibration_sequences, quailora_iterations;
+    double quailora_ridge;
 } lora_config;
 
 /* One table line per shared option, over the struct T whose lora_config is reached by the member
@@ -35,9 +38,12 @@ typedef struct {
     MOPT_F(T, P lora_dropout, "lora-dropout", DROPOUT, 0, 0.9, "dropout on the adapters' input during training steps (kept values scaled by 1 / (1 - p), as PEFT)"), \
     MOPT_C(T, P base_bits, "base-bits", LORA_BASE_16, "4|8|16|32", "storage of the frozen base W: NF4 (block 64, QLoRA), int8 (asymmetric, group 256), bf16 or fp32"), \
     MOPT_B(T, P use_double_quant, "use-double-quant", 0, "4-bit base: NF4 absmax values stored in 8 bits (QLoRA's double quantization)"), \
-    MOPT_C(T, P init, "init", LORA_INIT_ZERO, "zero|loftq", "adapters at the start: zero (A kaiming-uniform, B = 0, PEFT's default) or loftq (base and adapters from alternating quantization and SVD of the residual)"), \
+    MOPT_C(T, P init, "init", LORA_INIT_ZERO, "zero|loftq|quailora|quailora-closed", "adapters at the start: zero (A kaiming-uniform, B = 0, PEFT's default), loftq (base and adapters from alternating quantization and SVD of the residual), quailora (adapters minimizing the quantization error on calibration activations, alternating least squares) or quailora-closed (its closed-form optimum); the quailora inits need --init-from"), \
     MOPT_I(T, P loftq_iterations, "loftq-iterations", 5, 1, LORA_LOFTQ_MAX, "LoftQ: rounds of quantize / SVD of the residual (the reference's 5)"), \
-    MOPT_C(T, P svd, "svd", LORA_SVD_RANDOMIZED, "randomized|exact", "LoftQ's truncated SVD: randomized range finder, or exact one-sided Jacobi (slow; small layers, tests)")
+    MOPT_C(T, P svd, "svd", LORA_SVD_RANDOMIZED, "randomized|exact", "the truncated SVD of LoftQ and QuAILoRA: randomized range finder, or exact one-sided Jacobi (slow; small layers, tests)"), \
+    MOPT_I(T, P calibration_sequences, "calibration-sequences", 64, 1, 1 << 20, "QuAILoRA: training sequences (of --max-length tokens, evenly spaced over the training split) whose activations in the dense model calibrate the init"), \
+    MOPT_I(T, P quailora_iterations, "quailora-iterations", 10, 0, LORA_QUAILORA_MAX, "--init quailora: alternating least-squares rounds (each solves B, then A) from the uncalibrated SVD start"), \
+    MOPT_F(T, P quailora_ridge, "quailora-ridge", 0.01, 0, 1e3, "QuAILoRA: ridge lambda added to the calibration Gram X^T X, relative to the Gram's mean diagonal entry trace(H) / in (GPTQ's dampening)")
 
 typedef struct {
     int rank;          /* as given; a layer uses min(rank, its smaller side) */
@@ -48,6 +54,9 @@ typedef struct {
     int init;          /* LORA_INIT_* */
     int loftq_iters;
     int svd;           /* LORA_SVD_* */
+    int calib_seqs;    /* QuAILoRA: calibration sequences */
+    int quailora_iters;
+    double ridge;      /* QuAILoRA: lambda / (trace(H) / in) */
     /* ReLoRA: merge and restart every merge_every steps (0: never, plain LoRA) */
     int merge_every;
     int opt_reset;     /* LORA_RESET_* */
@@ -55,6 +64,9 @@ typedef struct {
 } lora_spec;
 
 lora_spec lora_spec_of(const lora_config *c);
+/* The calibration sequences the spec's init needs (QuAILoRA), 0 when it needs none: the
+ * engine's `calibration` hook. */
+int lora_spec_calibration(const lora_spec *sp);
 
 /* Shapes and sizes, shared by the code and its planning twin. */
 typedef struct {
@@ -89,7 +101,10 @@ void lora_stats(const linear_layer *L, method_stats *acc);
 
 /* For tests and tools. */
 /* LoftQ's objective ||W0 - deq Q - s B A||_F after each round: err[0] is that of zero init
- * (||W0 - deq Q(W0)||), err[k] that of round k; returns the number of values (0 without LoftQ). */
+ * (||W0 - deq Q(W0)||), err[k] that of round k; returns the number of values (0 without LoftQ).
+ * QuAILoRA: the calibrated objective sqrt(tr((W0 - W_eff) (H + lambda I) (W0 - W_eff)^T)), i.e.
+ * ||X (W0 - W_eff)^T||_F with the ridge: err[0] zero init, err[1] the uncalibrated SVD start
+ * (quailora) or the closed form (quailora-closed), err[1 + k] after alternating round k. */
 int lora_init_errors(const linear_layer *L, double *err, int cap);
 /* The dropout mask the layer applies to X (N x in) in a training step: keep[i] = 1 or 0. */
 void lora_dropout_mask(const linear_layer *L, const float *X, int N, unsigned char *keep);

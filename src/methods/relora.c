@@ -50,6 +50,11 @@ static int relora_init(linear_layer *L, const method_opts *o, const linear_init 
     return lora_engine_init(L, o, ini, &sp);
 }
 
+static int relora_calibration(const method_opts *o) {
+    const lora_spec sp = relora_spec_of(o);
+    return lora_spec_calibration(&sp);
+}
+
 static void relora_plan(linear_plan *p, linear_phase phase, mem_sim *s) {
     const lora_spec sp = relora_spec_of(p->o);
     lora_engine_plan(p, phase, s, &sp);
@@ -85,6 +90,7 @@ const linear_method method_relora = {
     .config_size = sizeof(relora_config),
     .heap_churn = 1, /* each merge frees and allocates a dense fp32 copy of W */
     .init = relora_init,
+    .calibration = relora_calibration,
     LORA_ENGINE_HOOKS,
     .plan = relora_plan,
     .next_refresh = relora_next_refresh,

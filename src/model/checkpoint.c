@@ -486,13 +486,18 @@ static int check_dense_checkpoint(const char *dir) {
 
 int llama_load_pretrained(llama_model *m, const llama_config *cfg, const linear_method *method,
                           const method_opts *mo, uint64_t seed, const char *dir) {
+    return llama_load_pretrained_calib(m, cfg, method, mo, seed, dir, NULL);
+}
+
+int llama_load_pretrained_calib(llama_model *m, const llama_config *cfg, const linear_method *method,
+                                const method_opts *mo, uint64_t seed, const char *dir, const llama_calib *cal) {
     memset(m, 0, sizeof *m);
     if (check_dense_checkpoint(dir)) return -1;
     st_file w;
     if (st_open_dir(&w, dir)) return -1;
     int rc = st_check_finite(&w);
     if (rc) loqt_set_error("%s: %s", dir, loqt_last_error());
-    if (!rc) rc = llama_create_from(m, cfg, method, mo, seed, &w); /* its messages name the file */
+    if (!rc) rc = llama_create_calibrated(m, cfg, method, mo, seed, &w, cal); /* its messages name the file */
     /* older Hugging Face checkpoints also saved RoPE's inverse frequencies, a buffer computed from
      * rope_theta (as loqt computes it), not a weight */
     for (int i = 0; !rc && i < w.n_tensors; i++) {

@@ -66,6 +66,9 @@ int checkpoint_find_latest(const char *root, char *out, size_t cap);
  * have is an error.  -1 with a one-line error naming the directory; nothing stays allocated. */
 int llama_load_pretrained(llama_model *m, const llama_config *cfg, const linear_method *method,
                           const method_opts *mo, uint64_t seed, const char *dir);
+/* The same with calibration data for a method whose init wants it (llama_create_calibrated). */
+int llama_load_pretrained_calib(llama_model *m, const llama_config *cfg, const linear_method *method,
+                                const method_opts *mo, uint64_t seed, const char *dir, const llama_calib *cal);
 
 /* Writes a plain dense LLaMA (config.json + model.safetensors with W_eff of every linear layer),
  * whatever the training method. */

@@ -1,8 +1,10 @@
 #include "model/llama.h"
 
 #include "core/error.h"
+#include "core/progress.h"
 #include "core/rng.h"
 #include "kernels/gemm.h"
+#include "linalg/dense.h"
 #include "kernels/ops.h"
 #include "model/dp.h"
 
@@ -65,23 +67,150 @@ static int param_values(dense_param *p, const st_file *w, uint64_t seed, float s
 /* A linear layer's method state, from its pretrained weight when there is a checkpoint: the
  * weight is read into a scratch buffer of the layer's size, handed to the method's init, and
  * freed again, so one layer's fp32 copy exists beside the model at a time. */
-static int linear_from(linear_layer *L, const method_opts *mo, const st_file *w) {
-    linear_init ini = {0};
-    float *W0 = NULL;
-    if (w) {
-        char name[160];
-        const int64_t shape[2] = {L->out, L->in};
-        snprintf(name, sizeof name, "%s.weight", L->name);
-        W0 = mem_alloc(MEM_SCRATCH, llama_init_scratch_bytes(L->out, L->in));
-        if (st_read_f32(w, name, W0, 2, shape)) {
-            mem_free(W0);
-            return -1;
-        }
-        ini.W0 = W0;
+static float *read_W0(const linear_layer *L, const st_file *w) {
+    char name[160];
+    const int64_t shape[2] = {L->out, L->in};
+    snprintf(name, sizeof name, "%s.weight", L->name);
+    float *W0 = mem_alloc(MEM_SCRATCH, llama_init_scratch_bytes(L->out, L->in));
+    if (st_read_f32(w, name, W0, 2, shape)) {
+        mem_free(W0);
+        return NULL;
     }
+    return W0;
+}
+
+/* The layer's init from W0 (NULL: random), with a calibration Gram or none; frees W0. */
+static int linear_init_with(linear_layer *L, const method_opts *mo, float *W0, const float *gram, long rows) {
+    const linear_init ini = {.W0 = W0, .gram = gram, .gram_rows = rows};
     int rc = L->m->init(L, mo, &ini);
     mem_free(W0);
     if (rc) loqt_set_error("%s: %s", L->name, loqt_last_error());
+    return rc;
+}
+
+static int linear_from(linear_layer *L, const method_opts *mo, const st_file *w) {
+    float *W0 = w ? read_W0(L, w) : NULL;
+    if (w && !W0) return -1;
+    return linear_init_with(L, mo, W0, NULL, 0);
+}
+
+/* ---- calibration (methods whose init wants the Gram of each layer's inputs: QuAILoRA) ------
+ * The calibration sequences run through the dense pretrained model, block by block: the residual
+ * stream of all of them ([tokens, d], the only activation held across blocks) enters block l,
+ * whose seven dense weights W0 are read once; the block's forward (block_forward itself, through
+ * the pass-through method below) runs micro-batch by micro-batch, and each projection's input is
+ * added into its Gram X^T X as it goes, so no layer's inputs over all tokens are ever held.
+ * q, k and v read the same input (the attention norm's output), as do gate and up (the MLP
+ * norm's): four Grams per block (d x d three times, intermediate x intermediate for down).  Then
+ * the block's layers are initialized from their W0 and Gram, and the stream, now the block's
+ * output in the dense model, goes on to the next block.  So every layer's X is what the dense
+ * model feeds it, the X of QuAILoRA's objective (the dense model's outputs are what the
+ * quantized model with adapters should reproduce), and block l's inputs do not depend on how the
+ * blocks below it were quantized. */
+
+static void alloc_block(block_acts *a, const size_t bytes[BLOCK_ACT_BUFS], int x_too);
+static void free_block(block_acts *a, int x_too);
+static void block_forward(llama_model *m, int l, block_acts *a, const float *x, float *x_next, float *tmp);
+
+typedef struct {
+    const float *W0;
+    float *gram; /* NULL: another layer of the block accumulates this input's Gram */
+} calib_layer;
+
+static void calib_forward(linear_layer *L, const float *X, float *Y, int N) {
+    calib_layer *c = L->state;
+    if (c->gram) linalg_gemm_det(true, false, L->in, L->in, N, 1.0f, X, L->in, X, L->in, 1.0f, c->gram, L->in);
+    gemm(false, true, N, L->out, L->in, 1.0f, X, L->in, c->W0, L->in, 0.0f, Y, L->out);
+}
+
+static const linear_method calib_method = {.name = "calibration", .forward = calib_forward};
+
+/* which Gram of the block projection j accumulates into, and whether it is the one that adds */
+static int calib_gram_of(int j) { return j <= LIN_V ? 0 : j == LIN_O ? 1 : j <= LIN_UP ? 2 : 3; }
+static int calib_adds(int j) { return j == LIN_Q || j == LIN_O || j == LIN_GATE || j == LIN_DOWN; }
+
+void llama_calib_gram_dims(const llama_config *c, int dims[LLAMA_CALIB_GRAMS]) {
+    dims[0] = dims[1] = dims[2] = c->hidden_size;
+    dims[3] = c->intermediate_size;
+}
+
+void llama_calib_bytes(const llama_config *c, const llama_calib *cal, int threads, size_t out[LLAMA_CALIB_BUFS]) {
+    const int B = cal->batch < cal->n_seqs ? cal->batch : cal->n_seqs;
+    const size_t N = (size_t)B * cal->seq, f = sizeof(float);
+    out[0] = f * (size_t)cal->n_seqs * cal->seq * c->hidden_size; /* the residual stream */
+    out[1] = f * N * c->hidden_size;                              /* the down projection's output */
+    out[2] = f * (size_t)threads * attention_scratch_floats(cal->seq);
+}
+
+typedef struct {
+    float *x, *tmp, *scratch;
+    block_acts a;
+} calib_bufs;
+
+static void calib_begin(llama_model *m, const llama_calib *cal, calib_bufs *cb) {
+    size_t b[LLAMA_CALIB_BUFS], act[BLOCK_ACT_BUFS];
+    llama_calib_bytes(&m->cfg, cal, m->n_threads, b);
+    cb->x = mem_alloc(MEM_ACTS, b[0]);
+    llama_block_act_bytes(&m->cfg, cal->batch < cal->n_seqs ? cal->batch : cal->n_seqs, cal->seq, act);
+    memset(&cb->a, 0, sizeof cb->a);
+    alloc_block(&cb->a, act, 0);
+    cb->tmp = mem_alloc(MEM_SCRATCH, b[1]);
+    cb->scratch = mem_alloc(MEM_SCRATCH, b[2]);
+    embedding_forward(cb->x, cal->tokens, m->embed.w, cal->n_seqs * cal->seq, m->cfg.hidden_size);
+}
+
+static void calib_end(calib_bufs *cb) {
+    mem_free(cb->scratch);
+    mem_free(cb->tmp);
+    free_block(&cb->a, 0);
+    mem_free(cb->x);
+}
+
+/* Block l's layers from their weights and calibration Grams; the stream moves on past the block. */
+static int calib_block(llama_model *m, int l, const st_file *w, const llama_calib *cal, calib_bufs *cb,
+                       const linear_method *method) {
+    llama_block *b = &m->blocks[l];
+    const double t0 = loqt_now();
+    float *W0[LIN_PER_BLOCK] = {0}, *gram[LLAMA_CALIB_GRAMS];
+    int dims[LLAMA_CALIB_GRAMS];
+    for (int j = 0; j < LIN_PER_BLOCK; j++)
+        if (!(W0[j] = read_W0(&b->lin[j], w))) {
+            for (int k = 0; k < j; k++) mem_free(W0[k]);
+            return -1;
+        }
+    llama_calib_gram_dims(&m->cfg, dims);
+    for (int g = 0; g < LLAMA_CALIB_GRAMS; g++) gram[g] = mem_alloc(MEM_SCRATCH, sizeof(float) * (size_t)dims[g] * dims[g]);
+    calib_layer cl[LIN_PER_BLOCK];
+    for (int j = 0; j < LIN_PER_BLOCK; j++) {
+        cl[j] = (calib_layer){W0[j], calib_adds(j) ? gram[calib_gram_of(j)] : NULL};
+        b->lin[j].m = &calib_method;
+        b->lin[j].state = &cl[j];
+    }
+    m->method = &calib_method;
+    m->attn_scratch = cb->scratch;
+    const int d = m->cfg.hidden_size;
+    for (int s0 = 0; s0 < cal->n_seqs; s0 += cal->batch) {
+        m->B = cal->n_seqs - s0 < cal->batch ? cal->n_seqs - s0 : cal->batch;
+        m->T = cal->seq;
+        float *x = cb->x + (size_t)s0 * cal->seq * d;
+        block_forward(m, l, &cb->a, x, x, cb->tmp); /* the block's output replaces its input */
+    }
+    m->method = method;
+    m->attn_scratch = NULL;
+    m->B = m->T = 0;
+    for (int j = 0; j < LIN_PER_BLOCK; j++) {
+        b->lin[j].m = method;
+        b->lin[j].state = NULL;
+    }
+    int rc = 0;
+    const long rows = (long)cal->n_seqs * cal->seq;
+    for (int j = 0; j < LIN_PER_BLOCK; j++) {
+        if (!rc) rc = linear_init_with(&b->lin[j], &m->mopts, W0[j], gram[calib_gram_of(j)], rows);
+        else mem_free(W0[j]);
+    }
+    for (int g = LLAMA_CALIB_GRAMS - 1; g >= 0; g--) mem_free(gram[g]);
+    loqt_progress("calibration and init: block %d of %d (%d sequences of %d tokens, %.1f s)", l + 1,
+                  m->cfg.num_hidden_layers, cal->n_seqs, cal->seq, loqt_now() - t0);
     return rc;
 }
 
@@ -96,36 +225,65 @@ static int check_tied_copy(const st_file *w) {
     return 0;
 }
 
+int llama_calibrates(const linear_method *method, const method_opts *mo) {
+    return method->calibration ? method->calibration(mo) : 0;
+}
+
 static int create(llama_model *m, const llama_config *cfg, const linear_method *method,
-                  const method_opts *mo, uint64_t seed, const st_file *w) {
+                  const method_opts *mo, uint64_t seed, const st_file *w, const llama_calib *cal) {
     memset(m, 0, sizeof *m);
     if (config_validate(cfg)) return -1;
     m->cfg = *cfg;
     m->method = method;
     m->mopts = *mo;
     m->mopts.seed = seed;
+#ifdef _OPENMP
+    m->n_threads = omp_get_max_threads();
+#else
+    m->n_threads = 1;
+#endif
     const int d = cfg->hidden_size, V = cfg->vocab_size;
     const int hd = d / cfg->num_attention_heads;
+    /* the RoPE tables first: the calibration's forward needs them */
+    size_t half = llama_rope_floats(cfg);
+    m->rope_cos = mem_alloc(MEM_DENSE, half * sizeof(float));
+    m->rope_sin = mem_alloc(MEM_DENSE, half * sizeof(float));
+    rope_tables(m->rope_cos, m->rope_sin, cfg->max_position_embeddings, hd, cfg->rope_theta);
     param_init(&m->embed, "model.embed_tokens.weight", 2, V, d, &m->mopts, 1);
     if (param_values(&m->embed, w, seed, 0.02f)) return -1;
+    const int calibrate = w && cal && llama_calibrates(method, mo) > 0;
+    if (calibrate && (cal->n_seqs < 1 || cal->seq < 1 || cal->batch < 1 || cal->seq > cfg->max_position_embeddings))
+        return loqt_set_error("calibration: %d sequences of %d tokens in batches of %d", cal->n_seqs, cal->seq, cal->batch);
+    calib_bufs cb;
+    if (calibrate) {
+        calib_begin(m, cal, &cb);
+        loqt_progress("calibration: %d sequences of %d tokens through the dense model, block by block", cal->n_seqs,
+                      cal->seq);
+    }
     m->blocks = calloc((size_t)cfg->num_hidden_layers, sizeof *m->blocks);
     for (int l = 0; l < cfg->num_hidden_layers; l++) {
         llama_block *b = &m->blocks[l];
         char name[96];
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
         param_init(&b->attn_norm, name, 1, d, 0, &m->mopts, 0);
-        if (param_values(&b->attn_norm, w, seed, 0)) return -1;
+        int bad = param_values(&b->attn_norm, w, seed, 0);
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
         param_init(&b->mlp_norm, name, 1, d, 0, &m->mopts, 0);
-        if (param_values(&b->mlp_norm, w, seed, 0)) return -1;
+        bad = bad || param_values(&b->mlp_norm, w, seed, 0);
         for (int j = 0; j < LIN_PER_BLOCK; j++) {
             linear_layer *L = &b->lin[j];
             L->m = method;
             llama_linear_shape(cfg, j, &L->out, &L->in);
             snprintf(L->name, sizeof L->name, "model.layers.%d.%s", l, lin_names[j]);
-            if (linear_from(L, &m->mopts, w)) return -1;
+            if (!bad && !calibrate) bad = linear_from(L, &m->mopts, w);
+        }
+        if (!bad && calibrate) bad = calib_block(m, l, w, cal, &cb, method);
+        if (bad) {
+            if (calibrate) calib_end(&cb);
+            return -1;
         }
     }
+    if (calibrate) calib_end(&cb);
     param_init(&m->final_norm, "model.norm.weight", 1, d, 0, &m->mopts, 0);
     if (param_values(&m->final_norm, w, seed, 0)) return -1;
     if (!cfg->tie_word_embeddings) { /* tied: the embedding is the output layer too */
@@ -134,23 +292,19 @@ static int create(llama_model *m, const llama_config *cfg, const linear_method *
     } else if (w && check_tied_copy(w)) {
         return -1;
     }
-    size_t half = llama_rope_floats(cfg);
-    m->rope_cos = mem_alloc(MEM_DENSE, half * sizeof(float));
-    m->rope_sin = mem_alloc(MEM_DENSE, half * sizeof(float));
-    rope_tables(m->rope_cos, m->rope_sin, cfg->max_position_embeddings, hd, cfg->rope_theta);
-#ifdef _OPENMP
-    m->n_threads = omp_get_max_threads();
-#else
-    m->n_threads = 1;
-#endif
     return 0;
+}
+
+int llama_create_calibrated(llama_model *m, const llama_config *cfg, const linear_method *method,
+                            const method_opts *mo, uint64_t seed, const st_file *weights, const llama_calib *cal) {
+    if (create(m, cfg, method, mo, seed, weights, cal) == 0) return 0;
+    if (m->method) llama_free(m); /* what was created so far */
+    return -1;
 }
 
 int llama_create_from(llama_model *m, const llama_config *cfg, const linear_method *method,
                       const method_opts *mo, uint64_t seed, const st_file *weights) {
-    if (create(m, cfg, method, mo, seed, weights) == 0) return 0;
-    if (m->method) llama_free(m); /* what was created so far */
-    return -1;
+    return llama_create_calibrated(m, cfg, method, mo, seed, weights, NULL);
 }
 
 int llama_create(llama_model *m, const llama_config *cfg, const linear_method *method,

@@ -106,6 +106,28 @@ int llama_create(llama_model *m, const llama_config *cfg, const linear_method *m
  * -1 with an error naming the tensor (missing, wrong shape or dtype); nothing stays allocated. */
 int llama_create_from(llama_model *m, const llama_config *cfg, const linear_method *method,
                       const method_opts *mo, uint64_t seed, const st_file *weights);
+/* Calibration data for a method whose init wants each layer's input Gram (linear_method's
+ * `calibration` hook, QuAILoRA): n_seqs sequences of seq tokens, run batch sequences at a time. */
+typedef struct {
+    const int32_t *tokens; /* n_seqs x seq */
+    int n_seqs, seq, batch;
+} llama_calib;
+/* The calibration sequences the method's init wants (0: none). */
+int llama_calibrates(const linear_method *method, const method_opts *mo);
+/* llama_create_from, and when `weights` and `cal` are given and the method wants calibration, the
+ * dense model's activations over cal's tokens give each layer's init its Gram (llama.c explains
+ * the pass).  Memory beyond llama_create_from: the buffers of llama_calib_bytes (the residual
+ * stream of all calibration tokens, MEM_ACTS; one micro-batch's block activations, MEM_ACTS; an
+ * [N, d] output and the attention scratch, MEM_SCRATCH) while the model is created, and per block
+ * its seven W0 and the Grams of llama_calib_gram_dims (MEM_SCRATCH) until its layers are made. */
+int llama_create_calibrated(llama_model *m, const llama_config *cfg, const linear_method *method,
+                            const method_opts *mo, uint64_t seed, const st_file *weights, const llama_calib *cal);
+enum { LLAMA_CALIB_GRAMS = 4, LLAMA_CALIB_BUFS = 3 };
+/* the Grams of a block: the inputs of q/k/v, o, gate/up (hidden) and down (intermediate) */
+void llama_calib_gram_dims(const llama_config *c, int dims[LLAMA_CALIB_GRAMS]);
+/* residual stream, down output, attention scratch (the block activations: llama_block_act_bytes
+ * of min(batch, n_seqs) sequences, without x) */
+void llama_calib_bytes(const llama_config *c, const llama_calib *cal, int threads, size_t out[LLAMA_CALIB_BUFS]);
 /* The scratch buffer that carries one pretrained out x in weight to its layer's init. */
 size_t llama_init_scratch_bytes(int out, int in);
 void llama_free(llama_model *m);

@@ -65,10 +65,36 @@ static void param_init_replay(replay *r, size_t n, int on_demand) {
     if (!on_demand && !r->in->mo.freeze_dense) mem_sim_alloc(&r->s, MEM_GRADS, fbytes(n));
 }
 
+/* the calibration of a run from pretrained weights whose method's init wants it (llama.c):
+ * n_seqs sequences of the run's length, in micro-batches of its batch size */
+static int calibration(const replay *r, llama_calib *cal) {
+    const int n = r->in->init_from ? llama_calibrates(r->m, &r->in->mo) : 0;
+    *cal = (llama_calib){NULL, n, r->in->seq, r->in->batch};
+    return n > 0;
+}
+
+/* calib_begin / calib_end: the residual stream, one micro-batch's block activations (no x), the
+ * down output and the attention scratch */
+static void calib_buffers(replay *r, const llama_calib *cal, int alloc) {
+    size_t b[LLAMA_CALIB_BUFS], act[BLOCK_ACT_BUFS];
+    llama_calib_bytes(&r->in->cfg, cal, r->in->threads, b);
+    llama_block_act_bytes(&r->in->cfg, cal->batch < cal->n_seqs ? cal->batch : cal->n_seqs, cal->seq, act);
+    void (*op)(mem_sim *, mem_cat, size_t) = alloc ? mem_sim_alloc : mem_sim_free;
+    op(&r->s, MEM_ACTS, b[0]);
+    for (int i = 1; i < BLOCK_ACT_BUFS; i++) op(&r->s, MEM_ACTS, act[i]);
+    op(&r->s, MEM_SCRATCH, b[1]);
+    op(&r->s, MEM_SCRATCH, b[2]);
+}
+
 static void create(replay *r) {
     const llama_config *c = &r->in->cfg;
     const size_t d = c->hidden_size, V = c->vocab_size;
+    mem_sim_alloc(&r->s, MEM_DENSE, fbytes(llama_rope_floats(c))); /* rope cos, sin */
+    mem_sim_alloc(&r->s, MEM_DENSE, fbytes(llama_rope_floats(c)));
     param_init_replay(r, V * d, 1); /* embed */
+    llama_calib cal;
+    const int calib = calibration(r, &cal);
+    if (calib) calib_buffers(r, &cal, 1);
     for (int l = 0; l < c->num_hidden_layers; l++) {
         param_init_replay(r, d, 0); /* attn_norm */
         param_init_replay(r, d, 0); /* mlp_norm */
@@ -77,6 +103,23 @@ static void create(replay *r) {
             llama_linear_shape(c, j, &p->out, &p->in);
             p->o = &r->in->mo;
             p->init_W0 = r->in->init_from;
+            p->init_gram = calib;
+        }
+        if (calib) { /* calib_block: the block's seven W0 and four Grams, then the inits */
+            int dims[LLAMA_CALIB_GRAMS];
+            llama_calib_gram_dims(c, dims);
+            for (int j = 0; j < LIN_PER_BLOCK; j++)
+                mem_sim_alloc(&r->s, MEM_SCRATCH, llama_init_scratch_bytes(layer(r, l, j)->out, layer(r, l, j)->in));
+            for (int g = 0; g < LLAMA_CALIB_GRAMS; g++) mem_sim_alloc(&r->s, MEM_SCRATCH, fbytes((size_t)dims[g] * dims[g]));
+            for (int j = 0; j < LIN_PER_BLOCK; j++) {
+                phase(r, l, j, LPHASE_INIT, 0);
+                mem_sim_free(&r->s, MEM_SCRATCH, llama_init_scratch_bytes(layer(r, l, j)->out, layer(r, l, j)->in));
+            }
+            for (int g = 0; g < LLAMA_CALIB_GRAMS; g++) mem_sim_free(&r->s, MEM_SCRATCH, fbytes((size_t)dims[g] * dims[g]));
+            continue;
+        }
+        for (int j = 0; j < LIN_PER_BLOCK; j++) {
+            const linear_plan *p = layer(r, l, j);
             /* from a pretrained checkpoint: the layer's weight in fp32 while its init runs */
             const size_t w0 = llama_init_scratch_bytes(p->out, p->in);
             if (r->in->init_from) mem_sim_alloc(&r->s, MEM_SCRATCH, w0);
@@ -84,10 +127,9 @@ static void create(replay *r) {
             if (r->in->init_from) mem_sim_free(&r->s, MEM_SCRATCH, w0);
         }
     }
+    if (calib) calib_buffers(r, &cal, 0);
     param_init_replay(r, d, 0);     /* final_norm */
     if (!c->tie_word_embeddings) param_init_replay(r, V * d, 1); /* lm_head */
-    mem_sim_alloc(&r->s, MEM_DENSE, fbytes(llama_rope_floats(c))); /* rope cos, sin */
-    mem_sim_alloc(&r->s, MEM_DENSE, fbytes(llama_rope_floats(c)));
 }
 
 static void set_batch(replay *r, int threads) {
@@ -260,7 +302,11 @@ static int replay_rank(plan *p, const linear_method *lm, const int *owner, int r
     if (!r.lin) return loqt_set_error("plan: out of memory");
     if (ranks > 1) mem_sim_alloc(&r.s, MEM_SCRATCH, dist_staging_bytes(ranks)); /* dist_init */
     data_buffers(&r);
+    llama_calib cal;
+    const size_t calib_tokens = calibration(&r, &cal) ? sizeof(int32_t) * (size_t)cal.n_seqs * cal.seq : 0;
+    if (calib_tokens) mem_sim_alloc(&r.s, MEM_DATA, calib_tokens); /* the trainer's calibration tokens */
     create(&r);
+    if (calib_tokens) mem_sim_free(&r.s, MEM_DATA, calib_tokens);
     set_batch(&r, in->threads);
     if (owner) /* dp_init: the staging buffer of the parameter broadcasts */
         mem_sim_alloc(&r.s, MEM_SCRATCH, fbytes(plan_dp_stage_floats(&in->cfg)));
