@@ -6,7 +6,7 @@
 # Run it on an otherwise idle machine with at least 2 cores: the second rank needs a core of its
 # own, or this measures the machine's load, not the method.
 #   usage: scripts/dp_speedup.sh            (after make and make MPI=1 BUILD=build-mpi)
-# Prints one line per run and the two ratios.
+# Prints one line per run and the two ratios, and the seconds rank 0 spent in transfers per step.
 set -eu
 cd "$(dirname "$0")/.."
 LOQT=${LOQT:-build/loqt}
@@ -36,11 +36,11 @@ COMMON=(--model configs/llama_20m.json --data "$T/data" --batch-size 2 --total-b
         --max-length 256 --num-training-steps 6 --warmup-steps 0 --threads 1 --eval-every 0)
 LOQT_O=(--method loqt --rank 64 --update-proj-gap 3)
 
-mean_step_s() {  # mean step_s of steps 2..5 in a metrics file
+mean_step_s() {  # mean of a key (step_s) over steps 2..5 in a metrics file
     "$PY" -c 'import json,sys
 r=[json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-s=[x["step_s"] for x in r if "step_s" in x and 2<=x["step"]<=5]
-print("%.3f" % (sum(s)/len(s)))' "$1"
+s=[x[sys.argv[2]] for x in r if sys.argv[2] in x and 2<=x["step"]<=5]
+print("%.3f" % (sum(s)/len(s)))' "$1" "${2:-step_s}"
 }
 steps_s() {  # step_s of steps 0..5, for the log
     "$PY" -c 'import json,sys
@@ -58,6 +58,7 @@ for method in full loqt; do
     secs[$method-2]=$(mean_step_s "$T/$method-2/metrics.jsonl")
     echo "$method: 1 process x 1 thread ${secs[$method-1]} s/step, 2 ranks x 1 thread ${secs[$method-2]} s/step," \
          "speedup $("$PY" -c "print('%.2fx' % (${secs[$method-1]} / ${secs[$method-2]}))")"
+    echo "  of which in transfers (rank 0, waiting for the other rank included): $(mean_step_s "$T/$method-2/metrics.jsonl" comm_s) s/step"
     echo "  steps 0-5, s: 1 process $(steps_s "$T/$method-1/metrics.jsonl"); 2 ranks $(steps_s "$T/$method-2/metrics.jsonl")"
 done
 echo "load average during the runs: $(cut -d' ' -f1-3 /proc/loadavg)"

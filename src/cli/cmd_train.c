@@ -526,7 +526,7 @@ static void alloc_batches(const train_args *a, train_run *t) {
 
 /* The progress line (one updating line on a terminal) and the metrics line of a step. */
 static void report_step(const train_args *a, train_run *t, long step, const step_result *r,
-                        double dt, double t_start, int tty, const uint64_t sent[DIST_NCHAN]) {
+                        double dt, double t_start, int tty, const uint64_t sent[DIST_NCHAN], double comm_s) {
     const int N = a->run.batch_size * a->run.seq_len;
     double elapsed = cli_now() - t_start;
     long done = step + 1 - t->start_step, left = a->num_training_steps - step - 1;
@@ -544,10 +544,10 @@ static void report_step(const train_args *a, train_run *t, long step, const step
     }
     if (t->metrics && ((step + 1) % a->log_every == 0 || step + 1 == a->num_training_steps)) {
         char gn[32] = "null", loss[32] = "null", dp[160] = ""; /* no global norm with per-layer updates */
-        if (t->ranks > 1) /* what this rank sent during the step (docs/data_parallel.md) */
-            snprintf(dp, sizeof dp, ", \"dp_bytes\": {\"grads\": %llu, \"params\": %llu, \"control\": %llu}",
+        if (t->ranks > 1) /* what this rank sent during the step, and its seconds in transfers (docs/data_parallel.md) */
+            snprintf(dp, sizeof dp, ", \"dp_bytes\": {\"grads\": %llu, \"params\": %llu, \"control\": %llu}, \"comm_s\": %.4f",
                      (unsigned long long)sent[DIST_GRADS], (unsigned long long)sent[DIST_PARAMS],
-                     (unsigned long long)sent[DIST_CONTROL]);
+                     (unsigned long long)sent[DIST_CONTROL], comm_s);
         if (isfinite(r->grad_norm)) snprintf(gn, sizeof gn, "%.6g", r->grad_norm);
         if (isfinite(r->loss)) snprintf(loss, sizeof loss, "%.6f", r->loss);
         fprintf(t->metrics,
@@ -626,13 +626,14 @@ static double train_loop(const train_args *a, train_run *t) {
         double t0 = cli_now();
         uint64_t sent[DIST_NCHAN];
         for (int c = 0; c < DIST_NCHAN; c++) sent[c] = dist_bytes_sent((dist_channel)c);
+        const double comm0 = dist_comm_seconds();
         read_batches(a, t);
         step_result r;
         if (train_step(&t->m, step, t->ins, t->tgs, accum, &t->h, &r)) loqt_die_last(NULL);
         t->tokens += (uint64_t)N * a->run.accum;
         const int stop = stop_agreed(t);
         for (int c = 0; c < DIST_NCHAN; c++) sent[c] = dist_bytes_sent((dist_channel)c) - sent[c];
-        report_step(a, t, step, &r, cli_now() - t0, t_start, tty, sent);
+        report_step(a, t, step, &r, cli_now() - t0, t_start, tty, sent, dist_comm_seconds() - comm0);
         check_step_health(a, t, step, &r, &bad);
         if (!r.skipped) last_loss = r.loss;
         int last = step + 1 == a->num_training_steps;

@@ -17,11 +17,13 @@
 static int world_rank = 0, world_size = 1;
 static double timeout_s = 300.0;
 static uint64_t sent[DIST_NCHAN];
+static double comm_s; /* wall seconds inside transfers, waiting for the other ranks included */
 
 int dist_rank(void) { return world_rank; }
 int dist_size(void) { return world_size; }
 void dist_set_timeout(double seconds) { timeout_s = seconds > 0 ? seconds : timeout_s; }
 uint64_t dist_bytes_sent(dist_channel ch) { return ch < DIST_NCHAN ? sent[ch] : 0; }
+double dist_comm_seconds(void) { return comm_s; }
 size_t dist_staging_bytes(int ranks) { return ranks > 1 ? 2 * (size_t)DIST_PIECE_BYTES : 0; }
 
 /* the number of ranks mpirun (or another PMI launcher) started, 0 if none did */
@@ -102,6 +104,7 @@ static int xfer(const void *sbuf, size_t sbytes, int to, void *rbuf, size_t rbyt
                 dist_channel ch, const char *what) {
     MPI_Request req[2];
     int nreq = 0, rc;
+    const double t0 = loqt_now();
     if (rbytes) {
         rc = MPI_Irecv(rbuf, (int)rbytes, MPI_BYTE, from, 0, MPI_COMM_WORLD, &req[nreq++]);
         if (rc != MPI_SUCCESS) return mpi_error(rc, what);
@@ -111,12 +114,14 @@ static int xfer(const void *sbuf, size_t sbytes, int to, void *rbuf, size_t rbyt
         if (rc != MPI_SUCCESS) return mpi_error(rc, what);
         sent[ch] += sbytes;
     }
-    const double t0 = loqt_now();
     for (int round = 0;; round++) {
         int done = 0;
         rc = MPI_Testall(nreq, req, &done, MPI_STATUSES_IGNORE);
         if (rc != MPI_SUCCESS) return mpi_error(rc, what);
-        if (done) return 0;
+        if (done) {
+            comm_s += loqt_now() - t0;
+            return 0;
+        }
         if (loqt_now() - t0 > timeout_s)
             return loqt_set_error("rank %d: rank %d did not answer for %.0f s during %s: a rank died or hangs "
                                   "(--dist-timeout; the last complete checkpoint is intact)",

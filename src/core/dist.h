@@ -68,6 +68,9 @@ int dist_barrier(void);
 
 /* Bytes this rank has sent so far on a channel. */
 uint64_t dist_bytes_sent(dist_channel ch);
+/* Wall seconds this rank has spent in transfers so far, waiting for slower ranks included: what
+ * overlapping the reductions with backward could hide at most. */
+double dist_comm_seconds(void);
 /* The planner's twin of dist_init's staging buffers (bytes, MEM_SCRATCH), for `ranks` ranks. */
 size_t dist_staging_bytes(int ranks);
 
