@@ -118,20 +118,9 @@ const char *gemm_kernels(void) {
     const char *name = openblas_get_corename(); /* what it loaded, after OPENBLAS_CORETYPE */
     return name && *name ? name : "unknown";
 #elif defined(LOQT_DNNL)
-    /* the widest instruction set oneDNN's kernels use on this CPU */
-    switch (dnnl_get_effective_cpu_isa()) {
-    case dnnl_cpu_isa_sse41: return "sse41";
-    case dnnl_cpu_isa_avx: return "avx";
-    case dnnl_cpu_isa_avx2: return "avx2";
-    case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni";
-    case dnnl_cpu_isa_avx512_mic: return "avx512_mic";
-    case dnnl_cpu_isa_avx512_mic_4ops: return "avx512_mic_4ops";
-    case dnnl_cpu_isa_avx512_core: return "avx512_core";
-    case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni";
-    case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16";
-    case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx";
-    default: return "unknown";
-    }
+    /* the widest instruction set oneDNN's kernels use on this CPU ("avx2", ...) */
+    const char *isa = dnnl_cpu_isa2str(dnnl_get_effective_cpu_isa());
+    return strncmp(isa, "cpu_isa_", 8) ? isa : isa + 8;
 #else
     return "c";
 #endif
