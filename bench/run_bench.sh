@@ -150,7 +150,7 @@ gemm=$(sed -n 's/^gemm\(_backend\)\{0,1\}:[[:space:]]*//p' "$logdir"/loqt-*.log 
 # `loqt bench` names it in its first line ("..., gemm openblas").
 [ -z "$gemm" ] && gemm=$(sed -n '1s/.*[ ,]gemm \([A-Za-z0-9_-]*\).*/\1/p' "$logdir"/loqt-*.log 2>/dev/null | head -n 1)
 if [ -z "$gemm" ] && [ -x "$LOQT" ]; then
-    if ldd "$LOQT" 2>/dev/null | grep -q openblas; then gemm=openblas; else gemm=portable; fi
+    case "$(ldd "$LOQT" 2>/dev/null)" in *libdnnl*) gemm=dnnl ;; *openblas*) gemm=openblas ;; *) gemm=portable ;; esac
 fi
 
 out=bench/results/bench-$stamp.json
