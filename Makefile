@@ -58,6 +58,7 @@ endif
 # OpenBLAS's OpenMP build, which inside our own parallel regions runs on the calling thread
 # instead of starting a second thread pool (Debian: libopenblas-openmp-dev); loqt re-selects its
 # kernel set at start-up (src/kernels/openblas_kernels.h).  none: the portable C kernel.
+# (With OMP=0 oneDNN still threads, on its own OpenMP runtime: OMP_NUM_THREADS sets it.)
 MULTIARCH    := $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -dumpmachine 2>/dev/null || echo $$(uname -m)-linux-gnu)
 OPENBLAS_DIR ?= /usr/lib/$(MULTIARCH)/openblas-openmp
 OPENBLAS_CFLAGS = $(shell PKG_CONFIG_PATH=$(OPENBLAS_DIR)/pkgconfig pkg-config --cflags openblas 2>/dev/null)

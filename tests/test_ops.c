@@ -12,7 +12,8 @@ static void fill(float *x, int n, uint64_t stream, float scale) {
     for (int i = 0; i < n; i++) x[i] = scale * rng_normal(11, stream, (uint64_t)i);
 }
 
-/* Threads of this process, from /proc/self/task (-1 where that cannot be read). */
+#ifdef _OPENMP
+/* Threads of this process, from /proc/self/status (-1 where that cannot be read). */
 static int os_threads(void) {
     FILE *f = fopen("/proc/self/status", "r");
     if (!f) return -1;
@@ -23,6 +24,7 @@ static int os_threads(void) {
     fclose(f);
     return n;
 }
+#endif
 
 static float *filled(size_t n, uint64_t stream) {
     float *x = malloc(sizeof(float) * (n ? n : 1));

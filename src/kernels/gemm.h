@@ -24,7 +24,9 @@ const char *gemm_backend(void);
 /* The kernels the backend runs: OpenBLAS's core name ("SkylakeX", "Haswell", ...), oneDNN's
  * instruction set ("avx2", "avx512_core_bf16", ...), or "c" for the portable kernel. */
 const char *gemm_kernels(void);
-/* Sets the threads used by the backend (OpenMP's, which oneDNN follows; OpenBLAS's too). */
+/* Sets the threads used by the backend (OpenMP's, which oneDNN follows; OpenBLAS's too).  In a
+ * build without OpenMP (OMP=0) it does nothing: oneDNN still runs on its own OpenMP runtime
+ * then, with OMP_NUM_THREADS threads. */
 void gemm_set_threads(int n);
 
 #endif
