@@ -1,7 +1,13 @@
-"""PyTorch baseline for the speed benchmark: full fp32 training of the same LLaMA with AdamW.
+"""PyTorch baseline for the speed benchmark: full training of the same LLaMA with AdamW.
 
 usage: torch_baseline.py --model 20m --batch-size 8 --seq-len 256 --steps 10 [--warmup-steps 2]
-                         [--threads 2] [--lr 1e-3] [--seed 0]
+                         [--threads 2] [--dtype fp32|bf16] [--lr 1e-3] [--seed 0]
+
+--dtype bf16 runs the forward pass and the loss under torch.autocast("cpu", dtype=torch.bfloat16)
+(mixed precision as the papers train: bf16 matmuls, fp32 weights, gradients and AdamW state);
+fp32 is plain fp32.  PyTorch's fp32 matmuls run on the system OpenBLAS, whose kernel set follows
+OPENBLAS_CORETYPE: bench/run_bench.sh sets the one loqt's choice makes (the first output line
+names it).
 
 Each step = forward + backward + AdamW step + zero_grad on random tokens.  The first
 --warmup-steps steps are not timed (allocator and thread-pool warm-up).  Ends with
@@ -44,6 +50,8 @@ def main():
     ap.add_argument("--steps", type=int, default=10, help="timed steps")
     ap.add_argument("--warmup-steps", type=int, default=2, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: forward and loss under CPU bf16 autocast")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
@@ -61,13 +69,17 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.999), eps=1e-6,
                             weight_decay=0.0)
     V, B, T = cfg.vocab_size, a.batch_size, a.seq_len
-    print("model %s: %.2fM params, batch %d x %d, torch %s, %d threads, blas %s" % (
-        a.model, tl.param_count(model) / 1e6, B, T, torch.__version__, torch.get_num_threads(),
-        blas_libraries()), flush=True)
+    print("model %s: %.2fM params, batch %d x %d, torch %s, %s, %d threads, blas %s, "
+          "OPENBLAS_CORETYPE %s" % (
+              a.model, tl.param_count(model) / 1e6, B, T, torch.__version__,
+              "bf16 autocast" if a.dtype == "bf16" else "fp32", torch.get_num_threads(),
+              blas_libraries(), os.environ.get("OPENBLAS_CORETYPE") or "(unset)"), flush=True)
 
     def step():
         stream = torch.randint(0, V, (B, T + 1))
-        _, loss = model(stream[:, :-1], stream[:, 1:])
+        # autocast covers the forward and the loss; backward runs outside it, as recommended
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
+            _, loss = model(stream[:, :-1], stream[:, 1:])
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

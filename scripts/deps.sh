@@ -4,12 +4,15 @@
 #   scripts/deps.sh [--check] [--quiet] LEVEL...        (the Makefile calls it; see `make deps`)
 #
 # Levels (each includes what it says, nothing else):
-#   build   the compiler, its OpenMP (OMP=1) and OpenBLAS (BLAS=openblas)      make, make bench-7b
+#   build   the compiler, its OpenMP (OMP=1) and the GEMM library: oneDNN (BLAS=dnnl, the
+#           default) or OpenBLAS (BLAS=openblas)                             make, make bench-7b
 #   demo    build + Node.js/npm (tokenizer and corpus downloads), python3 (the tokenizer
 #           converter, standard library only), ca-certificates                make demo, make data
 #   test    demo + python3-torch and python3-numpy for $PYTHON (PyTorch references), and Open MPI
 #           (the 2-rank data-parallel tests)                                          make test
-#   bench   build + python3-torch and python3-numpy (the PyTorch baseline)            make bench
+#   bench   build + gemm-bench + python3-torch and python3-numpy (the PyTorch baseline)  make bench
+#   gemm-bench  build + both GEMM libraries, oneDNN and OpenBLAS (the GEMM microbenchmark
+#           compares them)                                                     make gemm-bench
 #   fuzz    clang and its libFuzzer runtime                                          make fuzz
 #   mpi     Open MPI: libopenmpi-dev (mpicc, mpi.h), openmpi-bin (mpirun)     make MPI=1
 #
@@ -29,7 +32,7 @@ set -euo pipefail
 
 CC=${CC:-gcc}
 OMP=${OMP:-1}
-BLAS=${BLAS:-openblas}
+BLAS=${BLAS:-dnnl}
 PYTHON=${PYTHON:-/usr/bin/python3}
 CLANG=${CLANG:-clang}
 PRETEND=" ${LOQT_DEPS_PRETEND_MISSING:-} "
@@ -41,8 +44,8 @@ for a in "$@"; do
     case "$a" in
     --check) check_only=1 ;;
     --quiet) quiet=1 ;;
-    build | demo | test | bench | fuzz | mpi) levels+=("$a") ;;
-    -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    build | demo | test | bench | gemm-bench | fuzz | mpi) levels+=("$a") ;;
+    -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "deps: error: unknown level or option '$a' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -99,11 +102,27 @@ want_build() {
     esac
     # gcc only recommends the C library's headers
     have_file /usr/include/stdio.h libc6-dev || need libc6-dev
-    if [ "$BLAS" = openblas ]; then
-        local multiarch dir
-        multiarch=$(gcc -dumpmachine 2>/dev/null || echo "$(uname -m)-linux-gnu")
-        dir=${OPENBLAS_DIR:-/usr/lib/$multiarch/openblas-openmp}
-        have_file "$dir/libopenblas.so" libopenblas-openmp-dev || need libopenblas-openmp-dev
+    case "$BLAS" in
+    openblas) want_openblas ;;
+    dnnl) want_dnnl ;;
+    esac
+}
+
+want_openblas() {
+    local multiarch dir
+    multiarch=$(gcc -dumpmachine 2>/dev/null || echo "$(uname -m)-linux-gnu")
+    dir=${OPENBLAS_DIR:-/usr/lib/$multiarch/openblas-openmp}
+    have_file "$dir/libopenblas.so" libopenblas-openmp-dev || need libopenblas-openmp-dev
+}
+
+# oneDNN's header and the unversioned library the linker wants (libdnnl2, which PyTorch brings,
+# has only the versioned one)
+want_dnnl() {
+    local multiarch
+    multiarch=$(gcc -dumpmachine 2>/dev/null || echo "$(uname -m)-linux-gnu")
+    if ! have_file /usr/include/oneapi/dnnl/dnnl.h libdnnl-dev ||
+        ! have_file "/usr/lib/$multiarch/libdnnl.so" libdnnl-dev; then
+        need libdnnl-dev
     fi
 }
 
@@ -163,7 +182,8 @@ probe() {
         build) want_build ;;
         demo) want_build; want_node ;;
         test) want_build; want_node; want_torch; want_mpi ;;
-        bench) want_build; want_torch ;;
+        bench) want_build; want_openblas; want_dnnl; want_torch ;;
+        gemm-bench) want_build; want_openblas; want_dnnl ;;
         fuzz) want_fuzz ;;
         mpi) want_mpi ;;
         esac

@@ -143,7 +143,7 @@ mnt tmpfs tmpfs "$ROOT/dev/shm" mode=1777
 [ -c "$ROOT/dev/null" ] || die "the root has no /dev/null (debootstrap could not create device nodes)"
 base_pkgs=$(pkgs_now)
 say "base root: $(echo "$base_pkgs" | wc -l) packages, $(du -shx --exclude=archives "$ROOT" | cut -f1)"
-for p in gcc make libc6-dev libopenblas-openmp-dev nodejs npm python3 python3-torch; do
+for p in gcc make libc6-dev libdnnl-dev libopenblas-openmp-dev nodejs npm python3 python3-torch; do
     printf '  %-24s %s\n' "$p" "$(echo "$base_pkgs" | grep -qx "$p" && echo present || echo absent)"
 done | tee -a "$LOG"
 

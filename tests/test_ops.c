@@ -1,4 +1,5 @@
-/* Kernels: the portable GEMM against a double-precision loop (and the BLAS path), and each op's
+/* Kernels: gemm() (the built backend) and the portable GEMM against a double-precision loop, its
+ * threads inside and outside parallel regions, and each op's
  * backward against central finite differences of its forward (float32, step 1e-2 on inputs of
  * order 1, so the truncation error is ~1e-4 and float rounding ~1e-5: tolerance 2e-3 relative). */
 #include "test.h"
@@ -11,32 +12,145 @@ static void fill(float *x, int n, uint64_t stream, float scale) {
     for (int i = 0; i < n; i++) x[i] = scale * rng_normal(11, stream, (uint64_t)i);
 }
 
-static void test_gemm_all_transposes(void) {
-    enum { M = 37, N = 53, K = 71 };
-    static float A[K * M + M * K], B[K * N], C[M * N], C2[M * N];
-    fill(A, M * K, 1, 1);
-    fill(B, K * N, 2, 1);
-    for (int ta = 0; ta < 2; ta++)
-        for (int tb = 0; tb < 2; tb++) {
-            int lda = ta ? M : K, ldb = tb ? K : N;
-            fill(C, M * N, 3, 1);
-            memcpy(C2, C, sizeof C);
-            gemm_portable(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 0.25f, C, N);
-            gemm(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 0.25f, C2, N);
-            double worst = 0;
-            for (int i = 0; i < M; i++)
-                for (int j = 0; j < N; j++) {
-                    double s = 0;
-                    for (int k = 0; k < K; k++)
-                        s += (double)(ta ? A[k * lda + i] : A[i * lda + k]) * (tb ? B[j * ldb + k] : B[k * ldb + j]);
-                    /* C was overwritten: recompute the expected value from the original C */
-                    double c0 = 1 * rng_normal(11, 3, (uint64_t)(i * N + j));
-                    double want = 0.5 * s + 0.25 * c0;
-                    double e1 = fabs(C[i * N + j] - want), e2 = fabs(C2[i * N + j] - want);
-                    worst = fmax(worst, fmax(e1, e2));
-                }
-            CHECK(worst < 1e-4, "ta=%d tb=%d: max error %g (tolerance 1e-4 for K=71)", ta, tb, worst);
+#ifdef _OPENMP
+/* Threads of this process, from /proc/self/status (-1 where that cannot be read). */
+static int os_threads(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    int n = -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "Threads:", 8)) n = atoi(line + 8);
+    fclose(f);
+    return n;
+}
+#endif
+
+static float *filled(size_t n, uint64_t stream) {
+    float *x = malloc(sizeof(float) * (n ? n : 1));
+    fill(x, (int)n, stream, 1);
+    return x;
+}
+
+/* One product through gemm() and gemm_portable(), each against a double-precision loop.
+ * Operands have padded leading dimensions (lda, ldb, ldc larger than the rows they hold), and
+ * C's padding must come back untouched.  With beta = 0, C starts as NaN: BLAS semantics say C is
+ * not read then.  Tolerance: |got - exact| <= (K + 3) u (|alpha| sum_k |a_ik b_kj| + |beta c_ij|),
+ * u = 2^-24, the worst-case rounding bound of a K-term dot product in any summation order (FMA
+ * or not, any blocking) plus the alpha and beta products and the final addition. */
+static void check_gemm(bool ta, bool tb, int M, int N, int K, float alpha, float beta, int pad) {
+    const int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+    const int arows = ta ? K : M, brows = tb ? N : K;
+    float *A = filled((size_t)arows * lda, 1), *B = filled((size_t)brows * ldb, 2);
+    float *C0 = filled((size_t)M * ldc, 3);
+    float *C[2] = {malloc(sizeof(float) * M * ldc), malloc(sizeof(float) * M * ldc)};
+    for (int v = 0; v < 2; v++) {
+        for (int i = 0; i < M * ldc; i++) {
+            int in_c = i % ldc < N;
+            C[v][i] = !in_c ? 12345.0f : beta == 0.0f ? NAN : C0[i];
         }
+        (v ? gemm_portable : gemm)(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C[v], ldc);
+    }
+    const double u = ldexp(1.0, -24);
+    double worst[2] = {0, 0};
+    int pad_ok = 1;
+    for (int i = 0; i < M; i++) {
+        for (int j = 0; j < N; j++) {
+            double s = 0, mag = 0;
+            for (int k = 0; k < K; k++) {
+                double a = ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k];
+                double b = tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j];
+                s += a * b;
+                mag += fabs(a * b);
+            }
+            double c0 = beta == 0.0f ? 0.0 : C0[(size_t)i * ldc + j];
+            double want = alpha * s + beta * c0;
+            double bound = (K + 3) * u * (fabs(alpha) * mag + fabs(beta * c0)) + 1e-30;
+            for (int v = 0; v < 2; v++) {
+                double e = fabs(C[v][(size_t)i * ldc + j] - want) / bound;
+                if (!(e <= worst[v])) worst[v] = e; /* NaN sticks */
+            }
+        }
+        for (int j = N; j < ldc; j++)
+            pad_ok &= C[0][(size_t)i * ldc + j] == 12345.0f && C[1][(size_t)i * ldc + j] == 12345.0f;
+    }
+    CHECK(worst[0] <= 1 && worst[1] <= 1,
+          "%s: ta=%d tb=%d M=%d N=%d K=%d alpha=%g beta=%g: error / bound %.3g (gemm), %.3g "
+          "(portable); bound (K+3) u sum|alpha a b| + |beta c|",
+          gemm_backend(), ta, tb, M, N, K, alpha, beta, worst[0], worst[1]);
+    CHECK(pad_ok, "ta=%d tb=%d M=%d N=%d K=%d: C's padding (ldc %d > N) was written", ta, tb, M, N,
+          K, ldc);
+    free(A), free(B), free(C0), free(C[0]), free(C[1]);
+}
+
+/* gemm() (whatever backend is built: oneDNN, OpenBLAS or the portable kernel) and the portable
+ * kernel on every transpose, shapes that are not multiples of any blocking (1, odd, primes,
+ * just over the portable kernel's 64 x 256 x 256 tiles), K = 1 and K = 0, padded leading
+ * dimensions, and alpha/beta values 0, 1 and others. */
+static void test_gemm_against_exact(void) {
+    static const int shapes[][3] = {{1, 1, 1},   {1, 17, 5},    {37, 53, 71},  {64, 256, 256},
+                                    {65, 257, 300}, {130, 33, 513}, {3, 1000, 7}, {29, 31, 1},
+                                    {7, 9, 0}};
+    static const float ab[][2] = {{1, 0}, {1, 1}, {-0.75f, 0.5f}, {0.5f, 0}, {0, 0.25f}, {2, -1}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int t = 0; t < 4; t++)
+            for (size_t v = 0; v < sizeof ab / sizeof ab[0]; v++)
+                check_gemm(t & 1, t >> 1, shapes[s][0], shapes[s][1], shapes[s][2], ab[v][0],
+                           ab[v][1], (int)(s + v) % 3 ? 3 : 0);
+}
+
+/* gemm_set_threads reaches the backend's threads (oneDNN and OpenBLAS take theirs from OpenMP):
+ * with 1 thread a large product starts no thread, with 2 it starts at least one.  Runs first,
+ * before anything has started OpenMP's threads. */
+static void test_gemm_threads(void) {
+#ifdef _OPENMP
+    int before = os_threads();
+    if (before < 0) return; /* no /proc: nothing to count */
+    enum { S = 384 };
+    float *A = filled(S * S, 1), *B = filled(S * S, 2), *C = filled(S * S, 3);
+    gemm_set_threads(1);
+    gemm(false, false, S, S, S, 1.0f, A, S, B, S, 0.0f, C, S);
+    int one = os_threads();
+    gemm_set_threads(2);
+    gemm(false, false, S, S, S, 1.0f, A, S, B, S, 0.0f, C, S);
+    int two = os_threads();
+    CHECK(one == before, "%s: %d threads before, %d after a product with gemm_set_threads(1)",
+          gemm_backend(), before, one);
+    CHECK(two > before, "%s: %d threads before, %d after a product with gemm_set_threads(2)",
+          gemm_backend(), before, two);
+    free(A), free(B), free(C);
+#endif
+}
+
+/* Called inside an OpenMP parallel region, gemm() runs on the calling thread only: the region's
+ * two threads each multiply their own matrices, correctly, and no thread beyond the region's
+ * own (two in all) is started. */
+static void test_gemm_in_parallel(void) {
+#ifdef _OPENMP
+    enum { S = 256 };
+    gemm_set_threads(2);
+    float *A = filled(S * S, 1), *B = filled(S * S, 2), *want = malloc(sizeof(float) * S * S);
+    gemm_portable(false, true, S, S, S, 1.0f, A, S, B, S, 0.0f, want, S);
+    int before = os_threads();
+    double worst = 0;
+#pragma omp parallel num_threads(2) reduction(max : worst)
+    {
+        float *C = malloc(sizeof(float) * S * S);
+        for (int r = 0; r < 4; r++) {
+            gemm(false, true, S, S, S, 1.0f, A, S, B, S, 0.0f, C, S);
+            for (int i = 0; i < S * S; i++) worst = fmax(worst, fabs(C[i] - want[i]));
+        }
+        free(C);
+    }
+    int after = os_threads();
+    /* entries are sums of 256 products of N(0,1) values (size ~16): 2 (K+3) u |.| ~ 1e-3 */
+    CHECK(worst < 1e-3, "%s inside a parallel region: max difference %g from the portable kernel "
+          "(tolerance 1e-3)", gemm_backend(), worst);
+    CHECK(before < 0 || after <= (before > 2 ? before : 2),
+          "%s inside a parallel region of 2 threads: %d threads before, %d after", gemm_backend(),
+          before, after);
+    free(A), free(B), free(want);
+#endif
 }
 
 /* sum(w * f(x)) with a fixed random w: a scalar whose gradient is the backward of dy = w */
@@ -248,7 +362,9 @@ static void test_softmax_xent(void) {
 }
 
 int main(void) {
-    RUN(test_gemm_all_transposes);
+    RUN(test_gemm_threads); /* first: counts the threads OpenMP starts */
+    RUN(test_gemm_in_parallel);
+    RUN(test_gemm_against_exact);
     RUN(test_rmsnorm_backward);
     RUN(test_swiglu_backward);
     RUN(test_rope);

@@ -62,7 +62,7 @@ int cmd_bench(int argc, char **argv) {
     h.optimizer = r.mo.optimizer;
     printf("bench: model %s (%.1fM params), method %s, optimizer %s, batch %d x %d x %d, %d threads, gemm %s (%s)\n",
            cfg.name, config_params_total(&cfg) / 1e6, r.m->name, r.optimizer, accum, r.batch_size, r.seq_len,
-           cli_threads(), gemm_backend(), loqt_blas_kernels());
+           cli_threads(), gemm_backend(), gemm_kernels());
     double timed = 0, step0 = 0;
     for (int s = 0; s < warmup + steps; s++) {
         for (int i = 0; i < N * accum; i++) {

@@ -505,7 +505,7 @@ static void print_header(const train_args *a, const train_run *t) {
     printf("data: %.2fM training tokens, %.2fM validation tokens; %d x %d tokens per micro-batch, "
            "%d micro-batches per step; %d threads, gemm %s (%s)\n",
            loader_tokens(&t->train) / 1e6, loader_tokens(&t->val) / 1e6, a->run.batch_size, a->run.seq_len,
-           a->run.accum, cli_threads(), gemm_backend(), loqt_blas_kernels());
+           a->run.accum, cli_threads(), gemm_backend(), gemm_kernels());
     if (t->ranks > 1)
         printf("data parallel: %d ranks, %d micro-batch%s of every step each; optimizer state %s\n", t->ranks,
                t->accum, t->accum == 1 ? "" : "es", t->dp.zero ? "sharded across the ranks (--zero 1)" : "on every rank");

@@ -16,9 +16,6 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_finetune(int argc, char **argv);
 
-/* The OpenBLAS kernel set chosen at start-up (cli/main.c). */
-const char *loqt_blas_kernels(void);
-
 /* The run description that train, bench and memory share: the model, the method with its own
  * options, the optimizer, the batch shape, threads, the memory switches and the memory limit.
  * One parser (cli/run.c) reads the shared options, the chosen method's options (from its table,

@@ -1,54 +1,10 @@
 /* loqt: train LLaMA-style models in little memory. */
 #include "cli/commands.h"
 #include "kernels/gemm.h"
+#include "kernels/openblas_kernels.h"
 
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <unistd.h>
-
-/* Debian's OpenBLAS 0.3.21 does not recognise recent AMD cores and falls back to its AVX2
- * ("Haswell") kernels, and some machine images pin OPENBLAS_CORETYPE=Haswell; on a CPU with
- * AVX-512 its "SkylakeX" kernels are about twice as fast for our shapes.  The kernel set is chosen
- * when the library loads, so when the CPU has AVX-512 and the variable is unset or names an AVX2
- * or older set, we set it and re-execute ourselves once.  LOQT_BLAS_CORETYPE=keep leaves
- * OPENBLAS_CORETYPE alone; LOQT_BLAS_CORETYPE=NAME forces NAME. */
-static const char *blas_kernel_note = "";
-
-static void choose_blas_kernels(char **argv) {
-#if defined(LOQT_OPENBLAS) && (defined(__x86_64__) || defined(__i386__))
-    if (getenv("LOQT_REEXECED")) {
-        blas_kernel_note = getenv("OPENBLAS_CORETYPE");
-        return;
-    }
-    const char *want = getenv("LOQT_BLAS_CORETYPE"), *have = getenv("OPENBLAS_CORETYPE");
-    blas_kernel_note = have ? have : "";
-    if (want && !strcmp(want, "keep")) return;
-    if (!want) {
-        __builtin_cpu_init();
-        if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
-            !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("avx512vl"))
-            return;
-        static const char *older[] = {"Haswell", "Zen", "Sandybridge", "Nehalem", "Core2",
-                                      "Prescott", "Barcelona", "Bulldozer", "Piledriver",
-                                      "Steamroller", "Excavator", "Atom"};
-        int replace = !have || !*have;
-        for (size_t i = 0; have && i < sizeof older / sizeof older[0]; i++)
-            if (!strcasecmp(have, older[i])) replace = 1;
-        if (!replace) return;
-        want = "SkylakeX";
-    }
-    setenv("OPENBLAS_CORETYPE", want, 1);
-    setenv("LOQT_REEXECED", "1", 1);
-    execv("/proc/self/exe", argv);
-    unsetenv("LOQT_REEXECED"); /* exec failed: carry on with the kernels already loaded */
-#else
-    (void)argv;
-#endif
-}
-
-const char *loqt_blas_kernels(void) { return blas_kernel_note && *blas_kernel_note ? blas_kernel_note : "default"; }
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -68,7 +24,11 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-    choose_blas_kernels(argv);
+#ifdef LOQT_OPENBLAS
+    /* only OpenBLAS needs its kernel set chosen for it (and only before it loads): oneDNN
+     * dispatches on the CPU by itself */
+    openblas_choose_kernels(argv);
+#endif
     if (argc < 2) {
         usage(stderr);
         return 2;
@@ -87,7 +47,7 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "memory")) return cmd_memory(n, a);
     if (!strcmp(c, "tokenize")) return cmd_tokenize(n, a);
     if (!strcmp(c, "version") || !strcmp(c, "--version")) {
-        printf("loqt 0.1.0 (gemm: %s, kernels: %s)\n", gemm_backend(), loqt_blas_kernels());
+        printf("loqt 0.1.0 (gemm: %s, kernels: %s)\n", gemm_backend(), gemm_kernels());
         return 0;
     }
     if (!strcmp(c, "help") || !strcmp(c, "--help") || !strcmp(c, "-h")) {
