@@ -13,10 +13,10 @@ BUILD=${BUILD:-build}
 LOQT="$BUILD/loqt"
 PY=${PYTHON:-python3}
 MODEL=${DEMO_MODEL:-20m}
-STEPS=${DEMO_STEPS:-300}
-RANK=${DEMO_RANK:-128}
+STEPS=${DEMO_STEPS:-120}
+RANK=${DEMO_RANK:-64}
 LR=${DEMO_LR:-0.01}
-GAP=${DEMO_GAP:-100}
+GAP=${DEMO_GAP:-40}
 THREADS=${DEMO_THREADS:-0}
 OUT=${DEMO_OUT:-runs/demo}
 
@@ -81,3 +81,4 @@ echo "== the point, planned at 7B (rank 1024, 8-bit Adam, per-layer updates, act
 SHAPE=(--model 7b --batch-size 1 --max-length 256 --num-training-steps 1000)
 LOQT_OPTS=(--method loqt --rank 1024)
 compare_plans 7b --optimizer adam8bit --per-layer-updates --activation-checkpointing
+echo "== demo finished in ${SECONDS} s (the build and the one-time corpus download and tokenization included)"
