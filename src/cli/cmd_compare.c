@@ -227,8 +227,11 @@ static void parse_args(compare_args *a, int argc, char **argv) {
     size_t k = (size_t)snprintf(a->command, sizeof a->command, "loqt compare");
     for (int i = 0; i < argc && k < sizeof a->command; i++)
         k += (size_t)snprintf(a->command + k, sizeof a->command - k, " %s", argv[i]);
-    for (int i = 0; i < a->n_runs; i++)
-        snprintf(a->runs[i].dir, sizeof a->runs[i].dir, "%s/runs/%s", a->out, a->runs[i].label);
+    for (int i = 0; i < a->n_runs; i++) { /* through a copy: label and dir are fields of one object */
+        char label[sizeof a->runs[i].label];
+        memcpy(label, a->runs[i].label, sizeof label);
+        snprintf(a->runs[i].dir, sizeof a->runs[i].dir, "%s/runs/%s", a->out, label);
+    }
 }
 
 /* ---- running ------------------------------------------------------------------------------- */
