@@ -440,7 +440,9 @@ static void check_memory(const train_args *a, train_run *t) {
     pin.save_original_model = a->save_original_model;
     pin.init_from = a->init_from && !*t->resume_dir;
     pin.train.tokens = loader_tokens(&t->train);
+    pin.train.max_shard = loader_max_shard(&t->train);
     pin.val.tokens = loader_tokens(&t->val);
+    pin.val.max_shard = loader_max_shard(&t->val);
     pin.ranks = t->ranks;
     pin.zero = a->zero;
     cli_check_memory(&pin, a->run.max_memory, &t->plan);

@@ -139,6 +139,7 @@ int loader_open(data_loader *L, const char *dir, const char *split) {
         L->vocab_size = s.vocab_size;
         if (s.n_tokens) memcpy(L->tokens + L->n_tokens, s.tokens, (size_t)(2 * s.n_tokens));
         L->n_tokens += s.n_tokens;
+        if (s.n_tokens > L->max_shard) L->max_shard = s.n_tokens;
         shard_free(&s);
     }
     if (L->n_tokens < 2) {
@@ -162,6 +163,7 @@ void loader_close(data_loader *L) {
 }
 
 uint64_t loader_tokens(const data_loader *L) { return L->n_tokens; }
+uint64_t loader_max_shard(const data_loader *L) { return L->max_shard; }
 uint32_t loader_vocab_size(const data_loader *L) { return L->vocab_size; }
 uint64_t loader_position(const data_loader *L) { return L->pos; }
 

@@ -29,6 +29,7 @@ typedef struct {
     uint64_t pos;        /* next batch starts here (always < n_tokens) */
     uint32_t vocab_size; /* from the shard headers (all shards must agree) */
     int n_shards;
+    uint64_t max_shard;  /* tokens of the largest shard: the one buffer held beside the stream while loading */
 } data_loader;
 
 /* Opens DIR/<split>_NNN.bin (NNN = 000, 001, ... with no gaps; any number of digits).
@@ -38,6 +39,7 @@ int loader_open(data_loader *L, const char *dir, const char *split);
 void loader_close(data_loader *L);
 
 uint64_t loader_tokens(const data_loader *L);
+uint64_t loader_max_shard(const data_loader *L);
 uint32_t loader_vocab_size(const data_loader *L);
 
 /* 0 if B*T+1 tokens fit in the split, else -1 with an error saying how many tokens there are. */
