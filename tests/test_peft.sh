@@ -44,13 +44,18 @@ check finetune_is_qlora "the trainer state does not say lora, NF4 base, rank 4, 
 import json, sys; s = json.load(open('$CK/trainer_state.json')); o = s['method_opts']
 sys.exit(not (s['method'] == 'lora' and o['base_bits'] == '4' and o['rank'] == 4 and s.get('freeze_dense') == 1))"
 "$LOQT" finetune "${FT[@]}" --output-dir "$T/ft_resumed" --resume "$T/ft_run/checkpoints/step-00000002" >"$T/res.out" 2>&1
-check finetune_resumes_exactly "the resumed run's steps 3-4 (loss, grad_norm) or its step-4 weights differ from the uninterrupted run's (tolerance: none)" \
+# resumed_exactly RUN RESUMED: the resumed run's steps 3-4 (loss, grad_norm) and step-4 weights
+# are the uninterrupted run's (tolerance: none)
+resumed_exactly() {
     "$PY" -c "
 import json, sys
 def steps(p): return [(d['step'], d['loss'], d['grad_norm']) for d in map(json.loads, open(p)) if 'loss' in d and d['step'] > 2]
-a, b = steps('$T/ft_run/metrics.jsonl'), steps('$T/ft_resumed/metrics.jsonl')
+a, b = steps('$1/metrics.jsonl'), steps('$2/metrics.jsonl')
 sys.exit(not (len(a) == 2 and a == b))" &&
-    cmp -s "$CK/lora_model.safetensors" "$T/ft_resumed/checkpoints/step-00000004/lora_model.safetensors"
+        cmp -s "$1/checkpoints/step-00000004/lora_model.safetensors" "$2/checkpoints/step-00000004/lora_model.safetensors"
+}
+check finetune_resumes_exactly "the resumed run's steps 3-4 (loss, grad_norm) or its step-4 weights differ from the uninterrupted run's (tolerance: none)" \
+    resumed_exactly "$T/ft_run" "$T/ft_resumed"
 # frozen: the embedding, norms and lm_head are the base's, and have no optimizer state
 check finetune_freezes_dense "a dense parameter changed, or has optimizer state" "$PY" -c "
 import sys; sys.path.insert(0, 'tests'); import numpy as np, peft_check as p
@@ -108,12 +113,7 @@ check quailora_finetune_runs "exit status $?: $(tail -n 2 "$T/qa.err" | tr '\n' 
 check quailora_calibration_progress "no calibration progress lines on stderr" grep -q "calibration and init: block 2 of 2" "$T/qa.err"
 "$LOQT" finetune "${QA[@]}" --init quailora --output-dir "$T/qa_resumed" --resume "$T/qa_run/checkpoints/step-00000002" >/dev/null 2>&1
 check quailora_resumes_exactly "the resumed run's steps 3-4 or its step-4 weights differ from the uninterrupted run's (tolerance: none)" \
-    "$PY" -c "
-import json, sys
-def steps(p): return [(d['step'], d['loss'], d['grad_norm']) for d in map(json.loads, open(p)) if 'loss' in d and d['step'] > 2]
-a, b = steps('$T/qa_run/metrics.jsonl'), steps('$T/qa_resumed/metrics.jsonl')
-sys.exit(not (len(a) == 2 and a == b))" &&
-    cmp -s "$QK/lora_model.safetensors" "$T/qa_resumed/checkpoints/step-00000004/lora_model.safetensors"
+    resumed_exactly "$T/qa_run" "$T/qa_resumed"
 "$LOQT" export --checkpoint "$QK" --format peft --with-base --base-model tiny-base --out "$T/qa_adapter" >/dev/null 2>&1
 why=$("$PY" tests/peft_check.py check "$T/qa_adapter" "$T/base0/config.json" tiny-base 2>&1)
 check quailora_peft_layout "${why:-export failed}" test -z "$why"
