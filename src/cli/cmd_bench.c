@@ -47,6 +47,7 @@ int cmd_bench(int argc, char **argv) {
     if (llama_create(&m, &cfg, r.m, &r.mo, (uint64_t)seed)) loqt_die_last("model");
     m.per_layer_updates = r.per_layer_updates;
     m.checkpoint_activations = r.activation_checkpointing;
+    m.dtype = (gemm_dtype)r.dtype;
     llama_set_batch(&m, r.batch_size, r.seq_len);
     const int N = r.batch_size * r.seq_len, accum = r.accum;
     int32_t *in = mem_alloc(MEM_DATA, sizeof(int32_t) * (size_t)N * accum);
@@ -60,9 +61,14 @@ int cmd_bench(int argc, char **argv) {
     train_hparams_defaults(&h);
     h.sched.kind = SCHED_CONSTANT;
     h.optimizer = r.mo.optimizer;
-    printf("bench: model %s (%.1fM params), method %s, optimizer %s, batch %d x %d x %d, %d threads, gemm %s (%s)\n",
+    char bf16[256] = "";
+    if (m.dtype == GEMM_BF16) {
+        gemm_bf16_describe(bf16 + 13, sizeof bf16 - 13);
+        memcpy(bf16, ", bf16 GEMM: ", 13);
+    }
+    printf("bench: model %s (%.1fM params), method %s, optimizer %s, batch %d x %d x %d, %d threads, gemm %s (%s)%s\n",
            cfg.name, config_params_total(&cfg) / 1e6, r.m->name, r.optimizer, accum, r.batch_size, r.seq_len,
-           cli_threads(), gemm_backend(), gemm_kernels());
+           cli_threads(), gemm_backend(), gemm_kernels(), bf16);
     double timed = 0, step0 = 0;
     for (int s = 0; s < warmup + steps; s++) {
         for (int i = 0; i < N * accum; i++) {

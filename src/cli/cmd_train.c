@@ -117,10 +117,10 @@ static void run_options_json(const train_args *a, char *buf, size_t cap) {
              "{\"lr\": %.17g, \"scheduler\": \"%s\", \"warmup_steps\": %ld, \"min_lr_ratio\": %.17g, "
              "\"grad_clipping\": %.17g, \"weight_decay\": %.17g, \"beta1\": %.17g, \"beta2\": %.17g, "
              "\"adam_eps\": %.17g, \"batch_size\": %d, \"total_batch_size\": %d, \"max_length\": %d, "
-             "\"num_training_steps\": %ld, \"tokenizer_hash\": \"%s\"}",
+             "\"num_training_steps\": %ld, \"tokenizer_hash\": \"%s\", \"dtype\": \"%s\"}",
              a->lr, a->scheduler, a->warmup_given, a->min_lr_ratio, a->grad_clipping, a->weight_decay,
              a->beta1, a->beta2, a->adam_eps, a->run.batch_size, a->run.total_batch_size, a->run.seq_len,
-             a->num_training_steps, a->tokenizer_hash);
+             a->num_training_steps, a->tokenizer_hash, a->run.dtype == GEMM_BF16 ? "bf16" : "fp32");
 }
 
 /* Resume compares the checkpoint's run options with this run's: a changed step count is noted,
@@ -245,7 +245,7 @@ static void parse_args(train_args *a, int argc, char **argv) {
         {"adapter", OPT_STRING, &a->adapter, "with --init-from and --method lora: start the adapters from a LoRA adapter in Hugging Face PEFT's layout (adapter_config.json + adapter_model.safetensors; its r, lora_alpha and use_rslora must be the run's --rank, --lora-alpha, --rslora); the base still comes from --init-from", NULL},
         {"save-original-model", OPT_FLAG, &a->save_original_model, "at the end also write a plain dense LLaMA (W_eff merged) to OUTPUT_DIR/original_model", NULL},
         {"max-bad-steps", OPT_INT, &a->max_bad_steps, "a step with a non-finite loss or gradient is skipped with a warning; this many in a row stop the run", NULL},
-        {"allow-changes", OPT_FLAG, &a->allow_changes, "--resume with options that change the run's meaning (lr, schedule, batch, length, Adam, clipping) differing from the checkpoint's", NULL},
+        {"allow-changes", OPT_FLAG, &a->allow_changes, "--resume with options that change the run's meaning (lr, schedule, batch, length, Adam, clipping, dtype) differing from the checkpoint's", NULL},
         {"dry-run", OPT_FLAG, &a->dry_run, "check the options, the data, the checkpoint to resume and the memory plan, print the plan and exit (0) without training or writing anything", NULL},
         {"overwrite", OPT_FLAG, &a->overwrite, "start a new run in an --output-dir that holds one (its metrics.jsonl, checkpoints/ and original_model/ are deleted)", NULL},
         {"zero", OPT_INT, &a->zero, "under mpirun: 1 shards the optimizer state across the ranks (each keeps and updates the state of the layers it owns, ZeRO stage 1); 0 keeps a copy on every rank", NULL},
@@ -490,6 +490,7 @@ static void create_model(const train_args *a, train_run *t, const trainer_meta *
     }
     t->m.per_layer_updates = a->run.per_layer_updates;
     t->m.checkpoint_activations = a->run.activation_checkpointing;
+    t->m.dtype = (gemm_dtype)a->run.dtype;
     llama_set_batch(&t->m, a->run.batch_size, a->run.seq_len);
     if (t->ranks > 1 && dp_init(&t->dp, &t->m, a->zero)) loqt_die_last("data parallel");
 }
@@ -508,6 +509,11 @@ static void print_header(const train_args *a, const train_run *t) {
            "%d micro-batches per step; %d threads, gemm %s (%s)\n",
            loader_tokens(&t->train) / 1e6, loader_tokens(&t->val) / 1e6, a->run.batch_size, a->run.seq_len,
            a->run.accum, cli_threads(), gemm_backend(), gemm_kernels());
+    if (t->m.dtype == GEMM_BF16) {
+        char bf16[200];
+        gemm_bf16_describe(bf16, sizeof bf16);
+        printf("dtype bf16: forward and backward GEMMs on bf16 operands, fp32 accumulation; bf16 GEMM: %s\n", bf16);
+    }
     if (t->ranks > 1)
         printf("data parallel: %d ranks, %d micro-batch%s of every step each; optimizer state %s\n", t->ranks,
                t->accum, t->accum == 1 ? "" : "es", t->dp.zero ? "sharded across the ranks (--zero 1)" : "on every rank");

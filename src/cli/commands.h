@@ -27,6 +27,7 @@ typedef struct {
     int batch_size, total_batch_size, seq_len, threads;
     int per_layer_updates, activation_checkpointing;
     int freeze_dense; /* --freeze-dense: into mo.freeze_dense */
+    int dtype;        /* --dtype fp32|bf16: the index is the gemm_dtype (GEMM_FP32, GEMM_BF16) */
     /* after cli_parse_run */
     const linear_method *m;
     method_opts mo; /* the method's options as given (defaults otherwise), optimizer set */

@@ -47,7 +47,9 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "memory")) return cmd_memory(n, a);
     if (!strcmp(c, "tokenize")) return cmd_tokenize(n, a);
     if (!strcmp(c, "version") || !strcmp(c, "--version")) {
-        printf("loqt 0.1.0 (gemm: %s, kernels: %s)\n", gemm_backend(), gemm_kernels());
+        char bf16[200];
+        gemm_bf16_describe(bf16, sizeof bf16);
+        printf("loqt 0.1.0 (gemm: %s, kernels: %s; bf16 GEMM: %s)\n", gemm_backend(), gemm_kernels(), bf16);
         return 0;
     }
     if (!strcmp(c, "help") || !strcmp(c, "--help") || !strcmp(c, "-h")) {

@@ -126,6 +126,8 @@ void cli_parse_run(cli_run *r, const opt_spec *extra, int n_extra, int argc, cha
         {"per-layer-updates", OPT_FLAG, &r->per_layer_updates, "update each layer inside backward as soon as its gradient is complete (accumulation stays exact; no global clipping)", NULL},
         {"activation-checkpointing", OPT_FLAG, &r->activation_checkpointing, "keep only each block's input and recompute the block in backward (less memory, ~1/3 more compute)", NULL},
         {"freeze-dense", OPT_FLAG, &r->freeze_dense, "do not train the embedding, the norms and lm_head (fine-tuning, as QLoRA does): they get no gradient and no optimizer state; only the linear layers' method trains", NULL},
+        {"dtype", OPT_CHOICE, &r->dtype, "GEMM precision of forward and backward: fp32, or bf16 (mixed precision as torch.autocast: "
+                                          "bf16-rounded operands, fp32 accumulation and output; weights, norms, loss, softmax and optimizer stay fp32)", "fp32|bf16"},
         {"max-memory", OPT_STRING, &r->max_memory, "refuse to start when the planned peak memory exceeds this (e.g. 20GiB); default: the machine's physical memory", NULL},
     };
     const int ns = (int)(sizeof shared / sizeof shared[0]), nm = r->m->n_options;
@@ -189,4 +191,5 @@ void cli_run_plan_input(const cli_run *r, const llama_config *cfg, long steps, p
     pin->threads = r->threads;
     pin->per_layer_updates = r->per_layer_updates;
     pin->activation_checkpointing = r->activation_checkpointing;
+    pin->dtype = (gemm_dtype)r->dtype;
 }

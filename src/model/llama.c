@@ -334,6 +334,10 @@ void llama_batch_bytes(const llama_config *c, int B, int T, int threads, size_t 
     memcpy(out, b, sizeof b);
 }
 
+size_t llama_gemm_scratch_bytes(gemm_dtype dtype, int threads) {
+    return dtype == GEMM_BF16 ? gemm_bf16_scratch_bytes(threads) : 0;
+}
+
 void llama_linear_shape(const llama_config *c, int j, int *out, int *in) {
     *out = j == LIN_GATE || j == LIN_UP ? c->intermediate_size
            : j == LIN_K || j == LIN_V   ? config_kv_dim(c)
@@ -390,6 +394,8 @@ static void free_acts(llama_model *m) {
         }
     mem_free(m->targets);
     m->targets = NULL;
+    mem_free(m->gemm_scratch);
+    m->gemm_scratch = NULL;
 }
 
 void llama_set_batch(llama_model *m, int B, int T) {
@@ -415,7 +421,21 @@ void llama_set_batch(llama_model *m, int B, int T) {
         if (bufs[i]) *bufs[i] = p;
         else m->targets = p;
     }
+    const size_t gs = llama_gemm_scratch_bytes(m->dtype, m->n_threads);
+    if (gs) m->gemm_scratch = mem_alloc(MEM_SCRATCH, gs);
 }
+
+/* The model's GEMM compute type, set for its forward or backward; the previous one is returned
+ * for the caller to restore.  One slot of rounding scratch per thread, as the attention scratch. */
+static gemm_compute compute_begin(const llama_model *m) {
+    const gemm_compute c = {m->dtype, m->gemm_scratch, m->n_threads};
+    if (m->dtype == GEMM_BF16 && !m->gemm_scratch) loqt_die("llama: --dtype bf16 set after llama_set_batch");
+    return gemm_set_compute(c);
+}
+
+/* fp32 for what runs inside backward but is not part of it (per-layer updates: the optimizer
+ * steps and the refreshes with their SVD, QR and least squares); returns the model's setting. */
+static gemm_compute compute_fp32(void) { return gemm_set_compute((gemm_compute){GEMM_FP32, NULL, 0}); }
 
 void llama_free(llama_model *m) {
     free_acts(m);
@@ -558,6 +578,7 @@ double llama_forward(llama_model *m, const int32_t *inputs, const int32_t *targe
     const llama_config *c = &m->cfg;
     const int N = m->B * m->T, d = c->hidden_size, V = c->vocab_size;
     float *tmp = m->d_a;
+    const gemm_compute outer = compute_begin(m);
 
     embedding_forward(m->acts[0].x, inputs, m->embed.w, N, d);
     for (int l = 0; l < c->num_hidden_layers; l++) {
@@ -588,19 +609,28 @@ double llama_forward(llama_model *m, const int32_t *inputs, const int32_t *targe
                  m->dxnf + (size_t)r0 * d, d);
         }
     }
+    gemm_set_compute(outer);
     return targets ? loss / N : 0.0;
 }
 
-int llama_backward(llama_model *m, const int32_t *inputs) {
+/* Under per-layer updates: the step of dense parameter i, or of block l (i < 0), in fp32. */
+static int step_fp32(llama_model *m, int i, int l) {
+    const gemm_compute bw = compute_fp32();
+    const int rc = i >= 0 ? dense_step_now(m, i) : block_step(m, l);
+    gemm_set_compute(bw);
+    return rc;
+}
+
+static int backward(llama_model *m, const int32_t *inputs) {
     const llama_config *c = &m->cfg;
     const int N = m->B * m->T, d = c->hidden_size;
     const int step_now = m->per_layer_updates && m->last_microbatch;
 
     /* the lm_head's gradient is complete since the forward's fused loss; a tied one is the
      * embedding's, which the backward below still adds to */
-    if (step_now && !c->tie_word_embeddings && dense_step_now(m, llama_lm_head_unit(m))) return -1;
+    if (step_now && !c->tie_word_embeddings && step_fp32(m, llama_lm_head_unit(m), 0)) return -1;
     rmsnorm_backward(m->d_res, m->final_norm.g, m->dxnf, m->xf, m->final_norm.w, m->rstdf, N, d, 0);
-    if (step_now && dense_step_now(m, llama_final_norm_unit(m))) return -1;
+    if (step_now && step_fp32(m, llama_final_norm_unit(m), 0)) return -1;
     for (int l = c->num_hidden_layers - 1; l >= 0; l--) {
         block_acts *a = &m->acts[l];
         if (m->checkpoint_activations) {
@@ -611,11 +641,18 @@ int llama_backward(llama_model *m, const int32_t *inputs) {
             block_forward(m, l, a, m->acts[l].x, x_next, m->d_a);
         }
         block_backward(m, l, a, m->acts[l].x);
-        if (step_now && block_step(m, l)) return -1;
+        if (step_now && step_fp32(m, -1, l)) return -1;
     }
     if (!m->embed.frozen) embedding_backward(param_grad(&m->embed), inputs, m->d_res, N, d);
-    if (step_now && dense_step_now(m, 0)) return -1;
+    if (step_now && step_fp32(m, 0, 0)) return -1;
     return 0;
+}
+
+int llama_backward(llama_model *m, const int32_t *inputs) {
+    const gemm_compute outer = compute_begin(m);
+    const int rc = backward(m, inputs);
+    gemm_set_compute(outer);
+    return rc;
 }
 
 /* embed, (attn_norm, mlp_norm) per block, final norm, lm_head (untied only) */

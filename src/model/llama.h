@@ -8,6 +8,7 @@
 #ifndef LOQT_LLAMA_H
 #define LOQT_LLAMA_H
 
+#include "kernels/gemm.h"
 #include "methods/linear.h"
 #include "model/config.h"
 #include "optim/optim.h"
@@ -67,6 +68,11 @@ typedef struct {
 
     /* activation checkpointing: set before llama_set_batch */
     int checkpoint_activations;
+    /* --dtype: GEMM_BF16 runs the GEMMs of forward and backward on bf16-rounded operands (fp32
+     * accumulation, kernels/gemm.h); weights, norms, the loss, softmax and every update stay
+     * fp32.  Set before llama_set_batch, which then allocates the GEMM's rounding scratch. */
+    gemm_dtype dtype;
+    void *gemm_scratch; /* gemm_bf16_scratch_bytes(n_threads), MEM_SCRATCH */
     block_acts work; /* the one block of activations recomputed during backward */
 
     /* per-layer updates: each layer steps inside the backward of the step's last micro-batch */
@@ -89,6 +95,9 @@ void llama_block_act_bytes(const llama_config *c, int B, int T, size_t out[BLOCK
  * (MEM_ACTS), logits_chunk d_res d_a d_b d_c d_F1 d_F2 attn_scratch (MEM_SCRATCH). */
 enum { BATCH_BUFS = 13, BATCH_ACT_BUFS = 5 };
 void llama_batch_bytes(const llama_config *c, int B, int T, int threads, size_t out[BATCH_BUFS]);
+/* The bf16 GEMMs' rounding scratch of a model with this dtype (0 for fp32), allocated after the
+ * batch buffers (MEM_SCRATCH). */
+size_t llama_gemm_scratch_bytes(gemm_dtype dtype, int threads);
 /* The shape of projection j (LIN_Q .. LIN_DOWN) of a block: out x in. */
 void llama_linear_shape(const llama_config *c, int j, int *out, int *in);
 /* Floats of each RoPE table (cos and sin). */

@@ -144,6 +144,7 @@ static void set_batch(replay *r, int threads) {
         for (int i = 1; i < BLOCK_ACT_BUFS; i++) mem_sim_alloc(&r->s, MEM_ACTS, act[i]);
     for (int i = 0; i < BATCH_BUFS; i++)
         mem_sim_alloc(&r->s, i < BATCH_ACT_BUFS ? MEM_ACTS : MEM_SCRATCH, bat[i]);
+    mem_sim_alloc(&r->s, MEM_SCRATCH, llama_gemm_scratch_bytes(in->dtype, threads));
 }
 
 /* ---- one optimizer step (train_step, llama_forward, llama_backward) ------------------------ */

@@ -17,6 +17,7 @@
 #define LOQT_PLAN_H
 
 #include "core/mem.h"
+#include "kernels/gemm.h"
 #include "methods/linear.h"
 #include "model/config.h"
 
@@ -49,6 +50,7 @@ typedef struct {
     int ranks;                /* data-parallel ranks (accum counts the micro-batches of all of
                                * them); 0 or 1: one process */
     int zero;                 /* --zero 1: optimizer state sharded by unit (model/dp.h) */
+    gemm_dtype dtype;         /* --dtype: bf16 adds the GEMM's rounding scratch (per thread) */
 } plan_input;
 
 typedef struct {
