@@ -99,6 +99,139 @@ static void test_gemm_against_exact(void) {
                            ab[v][1], (int)(s + v) % 3 ? 3 : 0);
 }
 
+/* ---- bf16 compute (kernels/gemm.h: --dtype bf16) ---- */
+
+/* Round to nearest even, as torch's float -> bfloat16 conversion: exact values stay, halfway cases
+ * go to the even neighbour, infinities stay, NaN stays NaN, the largest floats overflow to inf. */
+static void test_bf16_round(void) {
+    const float h = ldexpf(1.0f, -8); /* half a unit in the last place of bf16 at 1 */
+    const float cases[][2] = {
+        {1.0f, 1.0f}, {-2.5f, -2.5f}, {0.0f, 0.0f},
+        {1.0f + h, 1.0f},                                   /* tie, even below */
+        {1.0f + 3 * h, 1.0f + 4 * h},                       /* tie, odd below: up */
+        {1.0f + h + ldexpf(1.0f, -20), 1.0f + 2 * h},       /* just above a tie: up */
+        {-(1.0f + h + ldexpf(1.0f, -20)), -(1.0f + 2 * h)}, /* symmetric */
+        {1.0f + h - ldexpf(1.0f, -20), 1.0f},               /* just below a tie: down */
+        {INFINITY, INFINITY}, {-INFINITY, -INFINITY}, {3.4028235e38f, INFINITY},
+        {1e-40f, ldexpf(1.0f, -133)}, /* subnormals round on the same grid: 71362 x 2^-149 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        float got = gemm_bf16_round(cases[i][0]);
+        CHECK(got == cases[i][1] || (got != got && cases[i][1] != cases[i][1]),
+              "bf16 round of %.9g: %.9g, want %.9g", cases[i][0], got, cases[i][1]);
+    }
+    CHECK(isnan(gemm_bf16_round(NAN)), "bf16 round of NaN is not NaN");
+}
+
+static gemm_compute bf16_on(int slots) {
+    gemm_compute c = {GEMM_BF16, malloc(gemm_bf16_scratch_bytes(slots)), slots};
+    return gemm_set_compute(c);
+}
+
+static void bf16_off(gemm_compute prev) {
+    free(gemm_set_compute(prev).scratch);
+}
+
+/* One bf16 product against double loops over (1) the bf16-rounded operands: the products of two
+ * bf16 values are exact in fp32, so only the fp32 accumulation errs and the bound of the fp32 test
+ * holds, (K + 3) u (|alpha| sum |a b| + |beta c|), u = 2^-24; and (2) the operands as given: each
+ * rounding is at most 2^-9 relative, so |got - exact| <= (2^-8 + 2^-16 + (K + 3) u) times the same
+ * magnitude.  Returns the largest error / magnitude against (2) (reported: what bf16 costs). */
+static double check_gemm_bf16(bool ta, bool tb, int M, int N, int K, float alpha, float beta, int pad) {
+    const int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+    const int arows = ta ? K : M, brows = tb ? N : K;
+    float *A = filled((size_t)arows * lda, 4), *B = filled((size_t)brows * ldb, 5);
+    float *C0 = filled((size_t)M * ldc, 6), *C = malloc(sizeof(float) * M * ldc);
+    for (int i = 0; i < M * ldc; i++) C[i] = i % ldc >= N ? 12345.0f : beta == 0.0f ? NAN : C0[i];
+    gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    const double u = ldexp(1.0, -24);
+    double worst_r = 0, worst_x = 0, rel = 0;
+    int pad_ok = 1;
+    for (int i = 0; i < M; i++) {
+        for (int j = 0; j < N; j++) {
+            double sr = 0, sx = 0, mag = 0;
+            for (int k = 0; k < K; k++) {
+                float a = ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k];
+                float b = tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j];
+                sr += (double)gemm_bf16_round(a) * gemm_bf16_round(b);
+                sx += (double)a * b;
+                mag += fabs((double)a * b);
+            }
+            const double c0 = beta == 0.0f ? 0.0 : C0[(size_t)i * ldc + j], got = C[(size_t)i * ldc + j];
+            const double m = fabs(alpha) * mag + fabs(beta * c0) + 1e-30;
+            const double er = fabs(got - (alpha * sr + beta * c0)) / ((K + 3) * u * m);
+            const double ex = fabs(got - (alpha * sx + beta * c0)) / ((ldexp(1, -7) + ldexp(1, -16) + (K + 3) * u) * m);
+            if (!(er <= worst_r)) worst_r = er;
+            if (!(ex <= worst_x)) worst_x = ex;
+            const double r = fabs(got - (alpha * sx + beta * c0)) / m;
+            if (!(r <= rel)) rel = r;
+        }
+        for (int j = N; j < ldc; j++) pad_ok &= C[(size_t)i * ldc + j] == 12345.0f;
+    }
+    CHECK(worst_r <= 1, "bf16 (%s): ta=%d tb=%d M=%d N=%d K=%d alpha=%g beta=%g: error against the rounded "
+          "operands / bound %.3g (bound (K+3) u sum|alpha a b| + |beta c|)", gemm_bf16_native() ? "native" : "emulated",
+          ta, tb, M, N, K, alpha, beta, worst_r);
+    CHECK(worst_x <= 1, "bf16: ta=%d tb=%d M=%d N=%d K=%d: error against fp32 operands / bound %.3g "
+          "(bound (2^-7 + 2^-16 + (K+3) u) sum|alpha a b| + |beta c|)", ta, tb, M, N, K, worst_x);
+    CHECK(pad_ok, "bf16: ta=%d tb=%d M=%d N=%d K=%d: C's padding was written", ta, tb, M, N, K);
+    free(A), free(B), free(C0), free(C);
+    return rel;
+}
+
+/* Every transpose, shapes across the 512-wide rounding tiles (remainders in M, N and K), padded
+ * leading dimensions, alpha and beta values: in the path this CPU takes (native or emulated) and,
+ * where native exists, in the emulation too. */
+static void test_gemm_bf16_against_exact(void) {
+    static const int shapes[][3] = {{1, 1, 1},    {37, 53, 71},  {3, 1000, 7},   {29, 31, 1},
+                                    {1030, 7, 9}, {5, 1100, 9}, {6, 7, 1500}, {520, 530, 515}};
+    static const float ab[][2] = {{1, 0}, {1, 1}, {-0.75f, 0.5f}, {2, -1}};
+    const gemm_compute prev = bf16_on(1);
+    for (int pass = 0; pass < (gemm_bf16_native() ? 2 : 1); pass++) {
+        gemm_bf16_force_emulation(pass);
+        double rel = 0;
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (int t = 0; t < 4; t++)
+                for (size_t v = 0; v < sizeof ab / sizeof ab[0]; v++) {
+                    /* the shape across tiles on all three sides: two cases of the sixteen (time) */
+                    if (s == 7 && !((t == 0 && v == 1) || (t == 3 && v == 2))) continue;
+                    double r = check_gemm_bf16(t & 1, t >> 1, shapes[s][0], shapes[s][1], shapes[s][2], ab[v][0],
+                                               ab[v][1], (int)(s + v) % 3 ? 3 : 0);
+                    if (r > rel) rel = r;
+                }
+        char d[200];
+        gemm_bf16_describe(d, sizeof d);
+        printf("    bf16 GEMM %s: largest |error| against the fp32 operands' exact product: %.2e of sum |a b| "
+               "(bound 2^-7 = 7.8e-3)\n", d, rel);
+    }
+    gemm_bf16_force_emulation(0);
+    bf16_off(prev);
+    /* restored: fp32 again, to the last bit of the fp32 path */
+    CHECK(gemm_get_compute().dtype == GEMM_FP32, "gemm_set_compute did not restore fp32");
+}
+
+/* bf16 gemm() from the threads of a parallel region, each with its own scratch slot, gives what
+ * one call outside gives (the same tiles and rounding; fp32 summation may differ by thread count,
+ * tolerance 1e-5 relative to sum |a b|, about 100 u). */
+static void test_gemm_bf16_in_parallel(void) {
+    enum { S = 96, P = 4 };
+    float *A = filled(S * S, 7), *B = filled(S * S, 8), *want = malloc(sizeof(float) * S * S);
+    float *C = malloc(sizeof(float) * P * S * S);
+    const gemm_compute prev = bf16_on(P);
+    gemm(false, true, S, S, S, 0.5f, A, S, B, S, 0.0f, want, S);
+#pragma omp parallel for num_threads(P) schedule(static, 1)
+    for (int p = 0; p < P; p++) gemm(false, true, S, S, S, 0.5f, A, S, B, S, 0.0f, C + (size_t)p * S * S, S);
+    bf16_off(prev);
+    double worst = 0;
+    for (int p = 0; p < P; p++)
+        for (int i = 0; i < S * S; i++) {
+            double e = fabs(C[(size_t)p * S * S + i] - want[i]) / (0.5 * S * 4.0);
+            if (!(e <= worst)) worst = e;
+        }
+    CHECK(worst <= 1e-5, "bf16 gemm in a parallel region of %d threads: worst difference %.3g (tolerance 1e-5 of "
+          "sum |a b| ~ 0.5 S 4)", P, worst);
+    free(A), free(B), free(want), free(C);
+}
+
 /* gemm_set_threads reaches the backend's threads (oneDNN and OpenBLAS take theirs from OpenMP):
  * with 1 thread a large product starts no thread, with 2 it starts at least one.  Runs first,
  * before anything has started OpenMP's threads. */
@@ -365,6 +498,9 @@ int main(void) {
     RUN(test_gemm_threads); /* first: counts the threads OpenMP starts */
     RUN(test_gemm_in_parallel);
     RUN(test_gemm_against_exact);
+    RUN(test_bf16_round);
+    RUN(test_gemm_bf16_against_exact);
+    RUN(test_gemm_bf16_in_parallel);
     RUN(test_rmsnorm_backward);
     RUN(test_swiglu_backward);
     RUN(test_rope);
