@@ -137,6 +137,7 @@ static int measure(const run_case *rc) {
     if (in->init_from) st_close(&weights);
     m.checkpoint_activations = in->activation_checkpointing;
     m.per_layer_updates = in->per_layer_updates;
+    m.dtype = in->dtype;
     llama_set_batch(&m, in->batch, in->seq);
     const size_t N = (size_t)in->batch * in->seq;
     int32_t *tin = mem_alloc(MEM_DATA, sizeof(int32_t) * N * in->accum);
@@ -303,6 +304,25 @@ static void test_per_layer_updates_exact(void) {
     la.in.steps = 3;
     la.in.mo.optimizer = OPTIM_ADAM8BIT;
     check_exact(&la);
+}
+
+/* --dtype bf16: the GEMM's rounding scratch (one slot per thread) is planned to the byte, also
+ * with per-layer updates (whose refreshes run in fp32 inside backward) */
+static void test_bf16_exact(void) {
+    run_case rc = base("full, bf16", "full");
+    rc.in.dtype = GEMM_BF16;
+    check_exact(&rc);
+    run_case lq = base("loqt, bf16, per-layer updates, checkpointing", "loqt");
+    lq.in.dtype = GEMM_BF16;
+    lq.in.per_layer_updates = 1;
+    lq.in.activation_checkpointing = 1;
+    set_opt(&lq.in, "update-proj-gap", 1);
+    lq.in.steps = 3;
+    check_exact(&lq);
+    run_case ga = base("galore, bf16, accumulation", "galore");
+    ga.in.dtype = GEMM_BF16;
+    ga.in.accum = 2;
+    check_exact(&ga);
 }
 
 static void test_data_and_export_exact(void) {
@@ -590,6 +610,7 @@ int main(void) {
     RUN(test_activation_checkpointing_exact);
     RUN(test_per_layer_updates_exact);
     RUN(test_data_and_export_exact);
+    RUN(test_bf16_exact);
     RUN(test_every_method_exact);
     RUN(test_gqa_tied_exact);
     RUN(test_freeze_dense_exact);
