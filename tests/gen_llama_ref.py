@@ -17,6 +17,14 @@ OUTDIR/llama_ref_long.safetensors (same config, B=1, T=64, no training):
 OUTDIR/llama_ref_gqa_tied.safetensors: as llama_ref.safetensors for CONFIG_GQA_TIED (4 query heads
   over 2 key/value heads, the embedding tied to the output layer: no lm_head.weight, and the
   embedding's gradient holds both uses)
+OUTDIR/llama_ref_bf16.safetensors (CONFIG, HP's seed, B=2, T=16; mixed precision): the same model
+  and inputs as llama_ref.safetensors' micro-batch 0 under torch.autocast("cpu", dtype=torch.bfloat16)
+  (fp32 parameters; linear layers, lm_head and the attention matmuls in bf16): logits, loss,
+  grad.<HF name> (fp32 gradients of the fp32 parameters), and the fp32 pass's as fp32.logits,
+  fp32.loss, fp32.grad.<HF name>, so the test can state how far bf16 itself moves them; and
+  ops.logits, ops.loss, ops.grad.<HF name>: loqt's bf16 semantics in fp32 torch, every product of a
+  linear layer, lm_head and attention (forward and both backward products) on bf16-rounded
+  operands with fp32 accumulation and fp32 results (autocast also rounds the results)
 Every hyperparameter and the config (JSON under "config") are in the __metadata__ as strings.
 
 Training: each micro-batch loss is divided by accum before backward; clip_grad_norm_(1.0) over all
@@ -167,6 +175,69 @@ def gen_long(outdir):
     return path, loss.item()
 
 
+def bf16_round(x):
+    return x.to(torch.bfloat16).to(x.dtype)
+
+
+class Bf16OperandsMatmul(torch.autograd.Function):
+    """a @ b on bf16-rounded operands with an fp32 result; its backward's two products likewise."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return bf16_round(a) @ bf16_round(b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        g = bf16_round(g)
+        return g @ bf16_round(b).transpose(-1, -2), bf16_round(a).transpose(-1, -2) @ g
+
+
+def bf16_operands_pass(model, inputs, targets):
+    """init_pass with every linear layer's and attention matmul's operands rounded to bf16."""
+    linear, matmul = torch.nn.functional.linear, tl.matmul
+    torch.nn.functional.linear = lambda x, w, b=None: Bf16OperandsMatmul.apply(x, w.t())
+    tl.matmul = Bf16OperandsMatmul.apply
+    try:
+        return init_pass(model, inputs, targets)
+    finally:
+        torch.nn.functional.linear, tl.matmul = linear, matmul
+
+
+def gen_bf16(outdir):
+    hp = HP
+    torch.manual_seed(hp["seed"])
+    model = tl.LlamaForCausalLM(CONFIG)
+    inputs, targets = random_batches(hp["accum"], hp["B"], hp["T"], CONFIG["vocab_size"])
+    init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    logits32, loss32, grads32 = init_pass(model, inputs, targets)
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(inputs[0], targets[0])
+    loss.float().backward()
+    grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters()}
+    t = {"inputs": inputs.int(), "targets": targets.int()}
+    t.update(init)
+    t["logits"] = logits.detach().float()
+    t["loss"] = loss.detach().float().reshape(1)
+    t.update({"grad." + n: g for n, g in grads.items()})
+    t["fp32.logits"] = logits32
+    t["fp32.loss"] = loss32.reshape(1)
+    t.update({"fp32.grad." + n: g for n, g in grads32.items()})
+    logits_o, loss_o, grads_o = bf16_operands_pass(model, inputs, targets)
+    t["ops.logits"] = logits_o
+    t["ops.loss"] = loss_o.reshape(1)
+    t.update({"ops.grad." + n: g for n, g in grads_o.items()})
+    meta = meta_for(CONFIG, dict(hp, steps=0), {
+        "autocast": 'torch.autocast("cpu", dtype=torch.bfloat16) around the forward; backward outside',
+        "logits_dtype": str(logits.dtype), "loss_dtype": str(loss.dtype),
+    })
+    path = os.path.join(outdir, "llama_ref_bf16.safetensors")
+    tl.write_safetensors(path, t, meta)
+    return path, loss.item(), loss32.item(), str(logits.dtype)
+
+
 def main():
     if len(sys.argv) != 2:
         sys.stderr.write("usage: gen_llama_ref.py OUTDIR\n")
@@ -186,6 +257,8 @@ def main():
     path, loss0, losses, _, ldiff, _ = gen_main(outdir, CONFIG_GQA_TIED, "llama_ref_gqa_tied.safetensors")
     print("%s: init loss %.5f, losses %s (fp32 vs fp64 %.2e)" % (
         path, loss0, " ".join("%.4f" % x for x in losses), ldiff))
+    path, lb, l32, ldt = gen_bf16(outdir)
+    print("%s: bf16 autocast loss %.5f (fp32 %.5f), logits %s" % (path, lb, l32, ldt))
     print("  %.1f s" % (time.time() - t0))
     return 0
 

@@ -138,6 +138,10 @@ def apply_rope(x, cos, sin):
     return x * cos + rotate_half(x) * sin
 
 
+# The attention's two products; a test may replace it (tests/gen_llama_ref.py: bf16 operands).
+matmul = torch.matmul
+
+
 class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -158,10 +162,10 @@ class Attention(nn.Module):
             rep = self.nh // self.nkv
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        s = (q @ k.transpose(-1, -2)) / math.sqrt(self.hd)
+        s = matmul(q, k.transpose(-1, -2)) / math.sqrt(self.hd)
         s = s.masked_fill(mask, float("-inf"))
         p = torch.softmax(s, dim=-1)
-        y = (p @ v).transpose(1, 2).reshape(B, T, self.nh * self.hd)
+        y = matmul(p, v).transpose(1, 2).reshape(B, T, self.nh * self.hd)
         return self.o_proj(y)
 
 
