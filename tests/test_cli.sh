@@ -269,6 +269,32 @@ run "$LOQT" train "${COMMON[@]}" --num-training-steps 14 --save-every 6 --output
 check resume_more_steps "exit $RC or the new step count is not noted: $(tail -n 1 "$T/err")" \
     bash -c "[ $RC -eq 0 ] && grep -q 'resume: --num-training-steps 12 -> 14' '$T/out'"
 
+# ---- 3b. --dtype bf16: resume repeats the uninterrupted run exactly; the dtype is part of the run
+E=$T/runE
+run "$LOQT" train "${TRAIN12[@]}" --dtype bf16 --output-dir "$E"
+if [ "$RC" -ne 0 ] || [ ! -d "$E/checkpoints/step-00000006" ]; then
+    bad bf16_train "exit $RC: $(tail -n 2 "$T/err" | tr '\n' '|')"
+else
+    check bf16_header "the train header does not say how bf16 GEMMs run" grep -q 'bf16 GEMM: \(native\|emulated\)' "$T/out"
+    metrics steps "$E/metrics.jsonl" step,tokens,loss,lr,grad_norm >"$T/e.steps"
+    # bf16 changes the numbers (the GEMMs really round), but stays close to fp32 (band 2e-2 of the loss)
+    check bf16_near_fp32 "bf16 losses equal fp32's, or are not within 2e-2 relative: $(paste "$T/a.steps" "$T/e.steps" | head -n 3 | tr '\n' '|')" \
+        "$PY" -c "
+import json, sys
+a = [json.loads(l) for l in open('$A/metrics.jsonl') if '\"loss\"' in l and 'final' not in l]
+e = [json.loads(l) for l in open('$E/metrics.jsonl') if '\"loss\"' in l and 'final' not in l]
+sys.exit(not (len(a) == len(e) == 12 and a != e and all(abs(x['loss'] - y['loss']) <= 2e-2 * x['loss'] for x, y in zip(a, e))))"
+    F=$T/runF
+    run "$LOQT" train "${TRAIN12[@]}" --dtype bf16 --output-dir "$F" --resume "$E/checkpoints/step-00000006"
+    metrics steps "$F/metrics.jsonl" step,tokens,loss,lr,grad_norm >"$T/f.steps" 2>/dev/null
+    check bf16_resume_same_losses "exit $RC, or steps 7..12 differ: $(diff <(tail -n 6 "$T/e.steps") "$T/f.steps" | head -n 4 | tr '\n' '|')" \
+        bash -c "[ $RC -eq 0 ] && [ \$(wc -l <'$T/f.steps') -eq 6 ] && tail -n 6 '$T/e.steps' | cmp -s - '$T/f.steps'"
+    check bf16_resume_same_weights "model.safetensors of step 12 differs from the uninterrupted bf16 run" \
+        cmp -s "$E/checkpoints/step-00000012/model.safetensors" "$F/checkpoints/step-00000012/model.safetensors"
+    expect_error bf16_resume_as_fp32 'dtype bf16 -> fp32' "$LOQT" train "${TRAIN12[@]}" --output-dir "$T/chg4" --resume "$E/checkpoints/step-00000006"
+fi
+expect_error bf16_bad_dtype 'dtype must be one of fp32.bf16, got .fp16.' "$LOQT" train "${TRAIN12[@]}" --dtype fp16 --output-dir "$T/chg5"
+
 # data made with another tokenizer than the one the model was trained on: refused by eval and
 # by --resume (the manifest's tokenizer hash is recorded in the checkpoint)
 mkdir -p "$T/dtokA" "$T/dtokB"
