@@ -213,6 +213,9 @@ static void round_tile(void *dst, int f32, const float *src, int ld, int r0, int
 
 static int force_emulation = -1; /* -1: not decided yet (LOQT_BF16_GEMM read at the first use) */
 
+void gemm_bf16_force_emulation(int on) { force_emulation = on != 0; }
+
+#ifdef LOQT_DNNL
 static int emulation_forced(void) {
     if (force_emulation < 0) {
         const char *e = getenv("LOQT_BF16_GEMM");
@@ -221,9 +224,6 @@ static int emulation_forced(void) {
     return force_emulation;
 }
 
-void gemm_bf16_force_emulation(int on) { force_emulation = on != 0; }
-
-#ifdef LOQT_DNNL
 /* ---- oneDNN's bf16 matmul ------------------------------------------------------------------
  * Whether the CPU has one is asked once, by creating the primitive descriptor of a small bf16 x
  * bf16 -> f32 matmul (oneDNN 2.6 implements it for AVX512_BF16 and AMX, not for AVX2).  Every
