@@ -554,6 +554,30 @@ static void check_plan(const linear_method *m, const method_entry *e, int out, i
 
 /* ---- the model: per-layer updates keep gradient accumulation exact ----------------------- */
 
+/* Four steps of the tiny model md (two micro-batches of 2 x 8 tokens, lr 0.01) into loss[4]; the
+ * GEMM must be back in fp32 after every step.  Frees md. */
+static void train_four_steps(const linear_method *m, llama_model *md, float loss[4]) {
+    llama_set_batch(md, 2, 8);
+    train_hparams h;
+    train_hparams_defaults(&h);
+    h.sched.lr = 0.01;
+    h.sched.total_steps = 4;
+    int32_t in[2][16], tg[2][16];
+    for (long s = 0; s < 4; s++) {
+        for (int k = 0; k < 2; k++)
+            for (int i = 0; i < 16; i++) {
+                in[k][i] = (int32_t)(rng_u64(3, (uint64_t)(s * 2 + k), (uint64_t)i) % 96);
+                tg[k][i] = (in[k][i] + 1) % 96;
+            }
+        const int32_t *ins[2] = {in[0], in[1]}, *tgs[2] = {tg[0], tg[1]};
+        step_result r;
+        CHECK(train_step(md, s, ins, tgs, 2, &h, &r) == 0, "%s step: %s", m->name, loqt_last_error());
+        CHECK(gemm_get_compute().dtype == GEMM_FP32, "%s: the GEMM stayed bf16 after a step", m->name);
+        loss[s] = (float)r.loss;
+    }
+    llama_free(md);
+}
+
 /* Four steps of a tiny model with two micro-batches per step: ordinary, with per-layer updates
  * (each layer refreshed and updated inside backward; the losses agree to float rounding), and
  * with activation checkpointing (identical). */
@@ -566,24 +590,7 @@ static void check_per_layer_updates(const linear_method *m, const method_entry *
         CHECK(llama_create(&md, &c, m, &o, 3) == 0, "%s create: %s", m->name, loqt_last_error());
         md.per_layer_updates = v == 1;
         md.checkpoint_activations = v == 2;
-        llama_set_batch(&md, 2, 8);
-        train_hparams h;
-        train_hparams_defaults(&h);
-        h.sched.lr = 0.01;
-        h.sched.total_steps = 4;
-        int32_t in[2][16], tg[2][16];
-        for (long s = 0; s < 4; s++) {
-            for (int k = 0; k < 2; k++)
-                for (int i = 0; i < 16; i++) {
-                    in[k][i] = (int32_t)(rng_u64(3, (uint64_t)(s * 2 + k), (uint64_t)i) % 96);
-                    tg[k][i] = (in[k][i] + 1) % 96;
-                }
-            const int32_t *ins[2] = {in[0], in[1]}, *tgs[2] = {tg[0], tg[1]};
-            step_result r;
-            CHECK(train_step(&md, s, ins, tgs, 2, &h, &r) == 0, "%s step: %s", m->name, loqt_last_error());
-            loss[v][s] = (float)r.loss;
-        }
-        llama_free(&md);
+        train_four_steps(m, &md, loss[v]);
     }
     for (int s = 0; s < 4; s++) {
         CHECK(fabsf(loss[1][s] - loss[0][s]) <= 1e-5f * fabsf(loss[0][s]),
@@ -609,25 +616,7 @@ static double check_bf16(const linear_method *m, const method_entry *e) {
         CHECK(llama_create(&md, &c, m, &o, 3) == 0, "%s create: %s", m->name, loqt_last_error());
         md.dtype = v ? GEMM_BF16 : GEMM_FP32;
         md.per_layer_updates = v == 2;
-        llama_set_batch(&md, 2, 8);
-        train_hparams h;
-        train_hparams_defaults(&h);
-        h.sched.lr = 0.01;
-        h.sched.total_steps = 4;
-        int32_t in[2][16], tg[2][16];
-        for (long s = 0; s < 4; s++) {
-            for (int k = 0; k < 2; k++)
-                for (int i = 0; i < 16; i++) {
-                    in[k][i] = (int32_t)(rng_u64(3, (uint64_t)(s * 2 + k), (uint64_t)i) % 96);
-                    tg[k][i] = (in[k][i] + 1) % 96;
-                }
-            const int32_t *ins[2] = {in[0], in[1]}, *tgs[2] = {tg[0], tg[1]};
-            step_result r;
-            CHECK(train_step(&md, s, ins, tgs, 2, &h, &r) == 0, "%s step: %s", m->name, loqt_last_error());
-            CHECK(gemm_get_compute().dtype == GEMM_FP32, "%s: the GEMM stayed bf16 after a step", m->name);
-            loss[v][s] = (float)r.loss;
-        }
-        llama_free(&md);
+        train_four_steps(m, &md, loss[v]);
     }
     double worst = 0;
     for (int s = 0; s < 4; s++) {
