@@ -69,6 +69,14 @@ def random_batches(accum, B, T, V):
     return stream[..., :-1].contiguous(), stream[..., 1:].contiguous()
 
 
+def fresh_model(hp, config):
+    """the seeded model, its batches and a copy of its initial parameters"""
+    torch.manual_seed(hp["seed"])
+    model = tl.LlamaForCausalLM(config)
+    inputs, targets = random_batches(hp["accum"], hp["B"], hp["T"], config["vocab_size"])
+    return model, inputs, targets, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
 def init_pass(model, inputs, targets):
     """logits, loss and gradients of micro-batch 0 (mean loss, not divided by accum)."""
     model.zero_grad(set_to_none=True)
@@ -117,10 +125,7 @@ def meta_for(cfg, hp, extra=None):
 
 def gen_main(outdir, config=CONFIG, fname="llama_ref.safetensors"):
     hp = HP
-    torch.manual_seed(hp["seed"])
-    model = tl.LlamaForCausalLM(config)
-    inputs, targets = random_batches(hp["accum"], hp["B"], hp["T"], config["vocab_size"])
-    init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model, inputs, targets, init = fresh_model(hp, config)
 
     logits, loss, grads = init_pass(model, inputs, targets)
     losses, lrs, norms = train(model, inputs, targets, hp)
@@ -160,10 +165,7 @@ def gen_main(outdir, config=CONFIG, fname="llama_ref.safetensors"):
 
 def gen_long(outdir):
     hp = LONG
-    torch.manual_seed(hp["seed"])
-    model = tl.LlamaForCausalLM(CONFIG)
-    inputs, targets = random_batches(hp["accum"], hp["B"], hp["T"], CONFIG["vocab_size"])
-    init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model, inputs, targets, init = fresh_model(hp, CONFIG)
     logits, loss, grads = init_pass(model, inputs, targets)
     t = {"inputs": inputs.int(), "targets": targets.int()}
     t.update(init)
@@ -207,10 +209,7 @@ def bf16_operands_pass(model, inputs, targets):
 
 def gen_bf16(outdir):
     hp = HP
-    torch.manual_seed(hp["seed"])
-    model = tl.LlamaForCausalLM(CONFIG)
-    inputs, targets = random_batches(hp["accum"], hp["B"], hp["T"], CONFIG["vocab_size"])
-    init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model, inputs, targets, init = fresh_model(hp, CONFIG)
     logits32, loss32, grads32 = init_pass(model, inputs, targets)
     model.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
