@@ -32,7 +32,10 @@ NOTES = {
                "loses nothing there, and the reference skips it too), so a rerun would differ.",
     "loqt-keep": "LoQT as loqt, with --merge-optimizer-state keep (B's Adam moments kept across "
                  "merges, as the reference code does) and nothing else changed: the A/B of the "
-                 "merge default.",
+                 "merge default. Run (2026-12) with oneDNN GEMMs, loqt (2026-11) with OpenBLAS, so "
+                 "their losses differ by rounding from step 3 on (the means over steps 1-99 agree "
+                 "to 3e-4). Trained in two segments (steps 0-215 and 215-500), partly beside other "
+                 "work, so its tokens/s is not comparable.",
     "galore": "GaLore (--method galore) at the GaLore paper's 60m settings: rank 128, scale 0.25, "
               "P from the gradient's SVD every 200 steps, lr 0.01, --galore-state reset (the default); the "
               "same tokens, schedule and clipping as loqt and full.",
@@ -83,6 +86,14 @@ FINDINGS = (
     "and at this short length GaLore ends even ahead: its held-out loss is behind full rank's by 0.16 "
     "at 0.8M tokens and ahead by 0.05 at 2.05M (one seed; the difference is within what the two "
     "seeds of loqt-plu differ by, 0.05).\n\n"
+    "The merge A/B settles loqt's default for B's Adam moments at a merge: keeping them, as the "
+    "reference code does (loqt-keep), ends at held-out loss 6.082 (perplexity 437.9, 1.341x full) "
+    "against 5.892 (362.1) with the default reset, 0.19 worse. The two agree until the first merge "
+    "(held-out 7.110 and 7.112 at step 100, training losses over steps 1-99 within noise) and "
+    "drift apart at every merge after it: mean training loss over steps 121-200 6.784 against "
+    "6.694, over 401-500 5.992 against 5.790. The gap is about four times the spread of two seeds "
+    "(0.05). A likely reason: stale moments from the old basis, applied to a B that the merge has just reset to "
+    "zero (or to its compensation value), push it along directions the new P no longer means.\n\n"
 )
 
 MIB_KEYS = ["dense_parameters", "quantized_weights", "quantization_state", "trainable_factors",
