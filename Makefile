@@ -4,8 +4,10 @@
 #   make bench      speed benchmark beside a PyTorch baseline, with the GEMM microbenchmark
 #                   (build/bench/gemm_bench) -> bench/results/, docs/benchmarks.md
 #   make gemm-bench build/bench/gemm_bench alone (run it: build/bench/gemm_bench --help)
+#   make refresh-bench build/bench/refresh_bench: the randomized SVD by phase against a GEMM
 #   make bench-7b   the 7B/13B LoQT memory headline (about an hour on 2 cores)
 #   make bench-plan the memory planner against measured peak RSS, 60m to 1b
+#   make profile    where a training step's time goes, by kernel (perf) -> bench/results/
 #   make demo       fetch tokenizer + corpus, train a small model, evaluate, sample
 #   make deps       check (and as root install) the Debian packages of make test, see scripts/deps.sh
 #   make fresh-root-check  make deps + make test in a new minimal Debian root (as root, ~8 minutes)
@@ -86,6 +88,8 @@ TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 # (fp32, bf16) and OpenBLAS called directly whatever BLAS is, so one run compares them all
 GEMM_BENCH     := $(BUILD)/bench/gemm_bench
 GEMM_BENCH_OBJ := $(BUILD)/obj/bench/gemm_bench.o
+# the refresh's cost by phase against a plain GEMM, and its accuracy per power iteration
+REFRESH_BENCH     := $(BUILD)/bench/refresh_bench
 
 # System packages (scripts/deps.sh): a target that needs more than the build installs it as root,
 # or prints the `sudo apt-get install ...` line and stops.  `make deps` is what `make test` needs;
@@ -108,7 +112,7 @@ DEPS_FOR_$(GEMM_BENCH) := deps-gemm-bench
 DEPS_FIRST := $(sort $(foreach g,$(MAKECMDGOALS),$(DEPS_FOR_$(g))))
 DEPS_FIRST := $(if $(DEPS_FIRST),$(DEPS_FIRST),deps-check)
 
-.PHONY: all test test-asan bench gemm-bench bench-7b bench-plan demo data tokenizer fuzz clean
+.PHONY: all test test-asan bench gemm-bench refresh-bench profile bench-7b bench-plan demo data tokenizer fuzz clean
 .PHONY: deps deps-build deps-demo deps-bench deps-gemm-bench deps-fuzz deps-check fresh-root-check
 # keep the test objects: make would otherwise delete them after the summary line
 .SECONDARY:
@@ -152,6 +156,10 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(BUILD)/libloqt.a
 	$(CC) $(LDFLAGS) $< $(BUILD)/libloqt.a $(LDLIBS) -o $@
 
 gemm-bench: $(GEMM_BENCH)
+refresh-bench: $(REFRESH_BENCH)
+$(REFRESH_BENCH): $(BUILD)/obj/bench/refresh_bench.o $(BUILD)/libloqt.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $< $(BUILD)/libloqt.a $(LDLIBS) -o $@
 $(GEMM_BENCH_OBJ): CFLAGS += $(OPENBLAS_CFLAGS)
 $(GEMM_BENCH): $(GEMM_BENCH_OBJ) $(BUILD)/libloqt.a
 	@mkdir -p $(dir $@)
@@ -175,6 +183,9 @@ bench: deps-bench all $(GEMM_BENCH)
 
 bench-7b: all
 	@BUILD=$(BUILD) bash bench/bench_7b.sh
+
+profile: all
+	@BUILD=$(BUILD) bash bench/profile_step.sh
 
 bench-plan: all
 	@BUILD=$(BUILD) bash bench/plan_check.sh

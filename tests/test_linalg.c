@@ -2,6 +2,7 @@
  * exact and randomized truncated SVD on matrices with known spectra, least squares against a
  * double-precision solve; determinism across thread counts. */
 #include "core/error.h"
+#include "core/progress.h"
 #include "kernels/gemm.h"
 #include "linalg/dense.h"
 #include "linalg/eigh.h"
@@ -211,6 +212,28 @@ static void check_orth(const float *Q, int k, int m, double tol, const char *wha
     CHECK(e <= tol, "%s: |Q Q^T - I| = %.3g (tolerance %g)", what, e, tol);
 }
 
+/* The largest relative residual of a row i of Y (every 7th) after projecting out rows 0..i of Q:
+ * row i of Y must lie in the span of Q's first i + 1 rows (the triangular structure). */
+static double span_residual(const float *Y, const float *Q, int k, int m) {
+    double worst = 0;
+    double *res = malloc(sizeof(double) * m);
+    for (int i = 0; i < k; i += 7) {
+        const float *y = Y + (size_t)i * m;
+        double ny = 0;
+        for (int t = 0; t < m; t++) res[t] = y[t], ny += (double)y[t] * y[t];
+        for (int j = 0; j <= i; j++) {
+            double d = 0;
+            for (int t = 0; t < m; t++) d += res[t] * Q[(size_t)j * m + t];
+            for (int t = 0; t < m; t++) res[t] -= d * Q[(size_t)j * m + t];
+        }
+        double nr = 0;
+        for (int t = 0; t < m; t++) nr += res[t] * res[t];
+        worst = fmax(worst, sqrt(nr / ny));
+    }
+    free(res);
+    return worst;
+}
+
 static void test_orthonormalize(void) {
     const int k = 150, m = 400; /* three panels of 64 */
     float *Y = malloc(sizeof(float) * k * m), *Q = malloc(sizeof(float) * k * m);
@@ -221,23 +244,21 @@ static void test_orthonormalize(void) {
     memcpy(Q, Y, sizeof(float) * k * m);
     CHECK(linalg_orthonormalize_rows(Q, k, m, 1, 2) == 0, "orthonormalize");
     check_orth(Q, k, m, 1e-5, "ill-conditioned rows");
-    /* row i of Y lies in the span of Q rows 0..i (triangular structure) */
-    double worst = 0;
-    for (int i = 0; i < k; i += 7) {
-        const float *y = Y + (size_t)i * m;
-        double *res = malloc(sizeof(double) * m), ny = 0;
-        for (int t = 0; t < m; t++) res[t] = y[t], ny += (double)y[t] * y[t];
-        for (int j = 0; j <= i; j++) {
-            double d = 0;
-            for (int t = 0; t < m; t++) d += res[t] * Q[(size_t)j * m + t];
-            for (int t = 0; t < m; t++) res[t] -= d * Q[(size_t)j * m + t];
-        }
-        double nr = 0;
-        for (int t = 0; t < m; t++) nr += res[t] * res[t];
-        worst = fmax(worst, sqrt(nr / ny));
-        free(res);
-    }
+    const double worst = span_residual(Y, Q, k, m);
     CHECK(worst <= 1e-5, "row i outside span(Q_0..Q_i): relative residual %.3g (tolerance 1e-5)", worst);
+    /* well-conditioned rows (Gaussian): every panel pass takes the Cholesky QR path, with the
+     * same guarantees */
+    for (int i = 0; i < k * m; i++) Q[i] = (float)test_randn();
+    float *G0 = malloc(sizeof(float) * k * m);
+    memcpy(G0, Q, sizeof(float) * k * m);
+    const size_t fast0 = linalg_orthonormalize_fast_panels();
+    CHECK(linalg_orthonormalize_rows(Q, k, m, 1, 2) == 0, "orthonormalize Gaussian rows");
+    CHECK(linalg_orthonormalize_fast_panels() - fast0 == 6, "Cholesky QR panel passes: %zu of 6",
+          linalg_orthonormalize_fast_panels() - fast0);
+    check_orth(Q, k, m, 1e-5, "Gaussian rows");
+    const double worst_g = span_residual(G0, Q, k, m);
+    CHECK(worst_g <= 1e-5, "Gaussian row i outside span(Q_0..Q_i): relative residual %.3g (tolerance 1e-5)", worst_g);
+    free(G0);
     /* rank deficient: zero rows and duplicates are replaced, still orthonormal */
     memcpy(Q, Y, sizeof(float) * k * m);
     memset(Q + 10 * m, 0, sizeof(float) * m);
@@ -391,7 +412,20 @@ static void test_svd_vs_exact_and_threads(void) {
     set_threads(1);
     CHECK(svd_randomized(G, m, n, r, &o, U1, S1, V1) == 0, "randomized");
     set_threads(2);
+    /* timed by phase (bench/refresh_bench): the same result, and the phases add up to the call */
+    svd_times tm = {0};
+    o.times = &tm;
+    const double t0 = loqt_now();
     CHECK(svd_randomized(G, m, n, r, &o, U2, S2, V2) == 0, "randomized");
+    const double wall = loqt_now() - t0;
+    o.times = NULL;
+    double phases = 0;
+    for (int f = 0; f < SVD_PHASES; f++) {
+        CHECK(tm.seconds[f] >= 0, "phase %s: %g s", svd_phase_names[f], tm.seconds[f]);
+        phases += tm.seconds[f];
+    }
+    CHECK(phases > 0 && phases <= wall && phases >= 0.5 * wall,
+          "SVD phases add up to %.3g s of a %.3g s call (expected 50-100%%)", phases, wall);
     CHECK(memcmp(U1, U2, sizeof(float) * m * r) == 0 && memcmp(S1, S2, sizeof(float) * r) == 0 &&
               memcmp(V1, V2, sizeof(float) * r * n) == 0,
           "randomized SVD depends on the thread count (bitwise)");

@@ -4,32 +4,11 @@
 #include "core/mem.h"
 #include "core/rng.h"
 #include "kernels/gemm.h"
+#include "linalg/dot.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Dot products with 8 independent partial sums: the compiler can keep them in one vector register
- * without reassociating anything, so the summation order (and result) is fixed by this code. */
-static double dot_dd(const double *a, const double *b, int n) {
-    double acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int u = 0; u < 8; u++) acc[u] += a[i + u] * b[i + u];
-    double s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-static double dot_ff(const float *a, const float *b, int n) {
-    double acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int u = 0; u < 8; u++) acc[u] += (double)a[i + u] * (double)b[i + u];
-    double s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; i < n; i++) s += (double)a[i] * (double)b[i];
-    return s;
-}
 
 /* ==== deterministic gemm ====================================================================== */
 
@@ -254,47 +233,107 @@ static int fix_row(float *Q, int row, int m, uint64_t seed, uint64_t stream) {
     return loqt_set_error("orthonormalize: could not complete the basis at row %d", row);
 }
 
-size_t linalg_orthonormalize_scratch(int k) { return sizeof(float) * (size_t)(k > 0 ? k : 1) * NB; }
+/* Scratch of linalg_orthonormalize_rows: the panel coefficients C (k x NB), the panel's Gram
+ * matrix and inverse factor in float (NB x NB each) and the rewritten panel (NB x m). */
+size_t linalg_orthonormalize_scratch(int k, int m) {
+    const size_t kk = (size_t)(k > 0 ? k : 1), mm = (size_t)(m > 0 ? m : 1);
+    return sizeof(float) * (kk * NB + 2 * (size_t)NB * NB + (size_t)NB * mm);
+}
+
+enum { CHOLQR_MIN_LEN = 256 };
+static size_t fast_panels;
+size_t linalg_orthonormalize_fast_panels(void) { return fast_panels; }
+
+/* One pass inside a panel by Cholesky QR, all through gemm: G = P P^T, G = L L^T (double),
+ * P <- L^{-1} P.  It is taken only where it is as good as Gram-Schmidt: every row kept at least
+ * `keep` of its norm `ref` from before this pass's projections (below that the row-by-row path
+ * replaces it), and every Cholesky pivot keeps at least 1e-3 of its row's squared norm (the fp32
+ * Gram is then accurate to a few ulps of nb relative to the pivot).  Returns 1, having changed
+ * nothing, where either fails. */
+static int panel_cholqr(float *P, int nb, int m, const double *ref, double keep, float *work) {
+    float *Gf = work, *Lf = Gf + NB * NB, *T = Lf + NB * NB;
+    double L[NB][NB];
+    linalg_gemm_det(false, true, nb, nb, m, 1.0f, P, m, P, m, 0.0f, Gf, nb);
+    for (int i = 0; i < nb; i++) {
+        const double gii = Gf[(size_t)i * nb + i];
+        if (!(gii > keep * keep * ref[i] * ref[i])) return 1;
+        for (int j = 0; j <= i; j++) {
+            double v = Gf[(size_t)i * nb + j];
+            for (int t = 0; t < j; t++) v -= L[i][t] * L[j][t];
+            if (j < i) {
+                L[i][j] = v / L[j][j];
+            } else {
+                if (!(v > 1e-3 * gii)) return 1;
+                L[i][i] = sqrt(v);
+            }
+        }
+    }
+    /* X = L^{-1} (lower triangular), row by row; into Lf as float */
+    double X[NB][NB];
+    for (int i = 0; i < nb; i++) {
+        for (int c = 0; c < nb; c++) X[i][c] = 0.0;
+        for (int t = 0; t < i; t++)
+            for (int c = 0; c <= t; c++) X[i][c] -= L[i][t] * X[t][c];
+        X[i][i] += 1.0;
+        for (int c = 0; c <= i; c++) X[i][c] /= L[i][i];
+        for (int c = 0; c < nb; c++) Lf[(size_t)i * nb + c] = (float)X[i][c];
+    }
+    linalg_gemm_det(false, false, nb, m, nb, 1.0f, Lf, nb, P, m, 0.0f, T, m);
+    memcpy(P, T, sizeof(float) * (size_t)nb * m);
+    return 0;
+}
+
+/* One pass inside a panel, row by row (modified Gram-Schmidt): the path for panels that are
+ * ill-conditioned or hold rows inside the span of the earlier ones. */
+static int panel_rows(float *Q, int j0, int nb, int m, int pass, const double *ref, uint64_t seed,
+                      uint64_t stream) {
+    float *P = Q + (size_t)j0 * m;
+    for (int i = 0; i < nb; i++) {
+        float *x = P + (size_t)i * m;
+        for (int t = 0; t < i; t++) {
+            const float *q = P + (size_t)t * m;
+            const float c = (float)dot_ff(q, x, m);
+            for (int u = 0; u < m; u++) x[u] -= c * q[u];
+        }
+        double nrm = sqrt(dot_ff(x, x, m));
+        if (pass == 0 && !(nrm > 1e-5 * ref[i] && ref[i] > 0.0)) {
+            /* numerically inside the span so far: a random row, nearly orthogonal to
+             * everything; the second pass makes it exactly so */
+            fill_random_row(x, m, seed, stream, j0 + i, 0);
+            nrm = sqrt(dot_ff(x, x, m));
+        } else if (pass == 1 && !(nrm > 0.5)) {
+            if (fix_row(Q, j0 + i, m, seed, stream)) return -1;
+            continue;
+        }
+        scale_row(x, m, 1.0 / nrm);
+    }
+    return 0;
+}
 
 int linalg_orthonormalize_rows(float *Q, int k, int m, uint64_t seed, uint64_t stream) {
     if (!Q || k < 0 || m <= 0) return loqt_set_error("orthonormalize: bad arguments");
     if (k > m) return loqt_set_error("orthonormalize: %d rows cannot be orthonormal in %d dims", k, m);
     for (size_t i = 0; i < (size_t)k * m; i++)
         if (!isfinite(Q[i])) return loqt_set_error("orthonormalize: non-finite entry");
-    float *C = mem_try_alloc(MEM_SCRATCH, linalg_orthonormalize_scratch(k));
+    float *C = mem_try_alloc(MEM_SCRATCH, linalg_orthonormalize_scratch(k, m));
     if (!C) return -1;
-    double orig[NB];
+    float *work = C + (size_t)k * NB;
+    double ref[NB];
     int rc = 0;
     for (int j0 = 0; j0 < k && rc == 0; j0 += NB) {
         const int nb = j0 + NB < k ? NB : k - j0;
         float *P = Q + (size_t)j0 * m;
-        for (int i = 0; i < nb; i++) orig[i] = sqrt(dot_ff(P + (size_t)i * m, P + (size_t)i * m, m));
         for (int pass = 0; pass < 2 && rc == 0; pass++) {
+            /* pass 0 measures dependence against the raw rows; pass 1's rows have norm 1 */
+            for (int i = 0; i < nb; i++) ref[i] = pass ? 1.0 : sqrt(dot_ff(P + (size_t)i * m, P + (size_t)i * m, m));
             if (j0 > 0) {
                 /* P -= (Qprev P^T)^T Qprev */
                 linalg_gemm_det(false, true, j0, nb, m, 1.0f, Q, m, P, m, 0.0f, C, nb);
                 linalg_gemm_det(true, false, nb, m, j0, -1.0f, C, nb, Q, m, 1.0f, P, m);
             }
-            for (int i = 0; i < nb; i++) {
-                float *x = P + (size_t)i * m;
-                for (int t = 0; t < i; t++) {
-                    const float *q = P + (size_t)t * m;
-                    const float c = (float)dot_ff(q, x, m);
-                    for (int u = 0; u < m; u++) x[u] -= c * q[u];
-                }
-                double nrm = sqrt(dot_ff(x, x, m));
-                if (pass == 0 && !(nrm > 1e-5 * orig[i] && orig[i] > 0.0)) {
-                    /* numerically inside the span so far: a random row, nearly orthogonal to
-                     * everything; the second pass makes it exactly so */
-                    fill_random_row(x, m, seed, stream, j0 + i, 0);
-                    nrm = sqrt(dot_ff(x, x, m));
-                } else if (pass == 1 && !(nrm > 0.5)) {
-                    rc = fix_row(Q, j0 + i, m, seed, stream);
-                    if (rc) break;
-                    continue;
-                }
-                scale_row(x, m, 1.0 / nrm);
-            }
+            /* short rows: the row-by-row pass is cheaper than the gemm calls */
+            if (m >= CHOLQR_MIN_LEN && panel_cholqr(P, nb, m, ref, pass ? 0.5 : 1e-5, work) == 0) fast_panels++;
+            else rc = panel_rows(Q, j0, nb, m, pass, ref, seed, stream);
         }
     }
     mem_free(C);

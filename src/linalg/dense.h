@@ -35,8 +35,9 @@ int linalg_spd_inverse_d(int n, double *H, double *ridge);
 int linalg_cholesky_d(int n, double *A);
 /* Orthonormalizes the k rows (each of length m, leading dimension m) of Q in place, in order
  * (row i ends up in the span of rows 0..i as far as they are independent): block Gram-Schmidt in
- * panels of 64 rows with two projection passes ("twice is enough") through gemm, and modified
- * Gram-Schmidt with re-orthogonalization inside a panel.  A row that is numerically dependent on
+ * panels of 64 rows with two projection passes ("twice is enough") through gemm.  Inside a panel
+ * each pass is a Cholesky QR through gemm where the panel is well enough conditioned for it, and
+ * modified Gram-Schmidt row by row where it is not.  A row that is numerically dependent on
  * the ones before it is replaced by a random Gaussian row drawn from (seed, stream, row index),
  * orthogonalized, so the result always has k orthonormal rows.  Requires k <= m. */
 int linalg_orthonormalize_rows(float *Q, int k, int m, uint64_t seed, uint64_t stream);
@@ -45,6 +46,8 @@ int linalg_orthonormalize_rows(float *Q, int k, int m, uint64_t seed, uint64_t s
  * for the memory planner. */
 size_t linalg_gram_d_scratch(int rows, int cols, bool of_rows);
 size_t linalg_spd_inverse_scratch(int n);
-size_t linalg_orthonormalize_scratch(int k);
+size_t linalg_orthonormalize_scratch(int k, int m);
+/* Panel passes that took the Cholesky QR path so far (for tests) */
+size_t linalg_orthonormalize_fast_panels(void);
 
 #endif

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/mem.h"
+#include "linalg/dot.h"
 
 #include <float.h>
 #include <math.h>
@@ -37,9 +38,7 @@ static void tridiagonalize(int n, double *A, double *d, double *e, double *beta,
 #pragma omp parallel for schedule(static) if (L >= PAR_MIN)
         for (int i = 0; i < L; i++) {
             const double *s = S + (size_t)i * n;
-            double acc = 0.0;
-            for (int j = 0; j < L; j++) acc += s[j] * v[j];
-            p[i] = bk * acc;
+            p[i] = bk * dot_dd(s, v, L);
         }
         double vp = 0.0;
         for (int i = 0; i < L; i++) vp += v[i] * p[i];
@@ -140,6 +139,29 @@ static int tridiag_ql(int n, double *d, double *e, double *Zt, int *ri, double *
     return 0;
 }
 
+/* Eigenvectors of A from those of T: z <- Q z = H_0 H_1 ... H_{n-3} z for each row z of Zt.  Rows
+ * go in groups of ZB so each Householder vector is read once per group instead of once per row
+ * (the vectors fill the n x n matrix: per row they would stream from memory); each row still
+ * sees the same operations in the same order. */
+enum { ZB = 8 };
+static void back_transform(int n, const double *A, const double *beta, double *Zt) {
+    const int ngroups = (n + ZB - 1) / ZB;
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (int g = 0; g < ngroups; g++) {
+        const int j0 = g * ZB, nz = j0 + ZB < n ? ZB : n - j0;
+        for (int k = n - 3; k >= 0; k--) {
+            if (beta[k] == 0.0) continue;
+            const double *v = A + (size_t)k * n + k + 1;
+            const int L = n - k - 1;
+            for (int j = 0; j < nz; j++) {
+                double *zz = Zt + (size_t)(j0 + j) * n + k + 1;
+                const double t = beta[k] * dot_dd(v, zz, L);
+                for (int i = 0; i < L; i++) zz[i] -= t * v[i];
+            }
+        }
+    }
+}
+
 typedef struct {
     double w;
     int i;
@@ -173,22 +195,7 @@ int linalg_eigh_d(int n, double *A, double *w, double *V) {
     if (Zt)
         for (int i = 0; i < n; i++) Zt[(size_t)i * n + i] = 1.0;
     if (tridiag_ql(n, w, e, Zt, ri, rc, rs)) goto done;
-    if (Zt) {
-        /* eigenvector of A = Q z = H_0 H_1 ... H_{n-3} z, applied to each row of Zt */
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-        for (int j = 0; j < n; j++) {
-            double *z = Zt + (size_t)j * n;
-            for (int k = n - 3; k >= 0; k--) {
-                if (beta[k] == 0.0) continue;
-                const double *v = A + (size_t)k * n + k + 1;
-                double *zz = z + k + 1;
-                double t = 0.0;
-                for (int i = 0; i < n - k - 1; i++) t += v[i] * zz[i];
-                t *= beta[k];
-                for (int i = 0; i < n - k - 1; i++) zz[i] -= t * v[i];
-            }
-        }
-    }
+    if (Zt) back_transform(n, A, beta, Zt);
     for (int i = 0; i < n; i++) ord[i] = (eig_ord){w[i], i};
     qsort(ord, (size_t)n, sizeof *ord, by_desc);
     for (int i = 0; i < n; i++) w[i] = ord[i].w;

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/mem.h"
+#include "core/progress.h"
 #include "core/rng.h"
 #include "linalg/dense.h"
 #include "linalg/eigh.h"
@@ -12,6 +13,17 @@
 #include <string.h>
 
 svd_opts svd_default_opts(void) { return (svd_opts){.oversample = 10, .power_iters = 2}; }
+
+const char *const svd_phase_names[SVD_PHASES] = {"sample", "products", "orthonormalize",
+                                                 "gram", "eigh", "vectors"};
+
+/* Ends the phase that started at *t0 (when timing) and starts the next one. */
+static void phase_end(svd_times *t, svd_phase ph, double *t0) {
+    if (!t) return;
+    const double t1 = loqt_now();
+    t->seconds[ph] += t1 - *t0;
+    *t0 = t1;
+}
 
 static int check_args(const char *who, const float *G, int m, int n, int r) {
     if (!G || m <= 0 || n <= 0) return loqt_set_error("%s: bad matrix (%d x %d)", who, m, n);
@@ -72,7 +84,7 @@ void svd_randomized_plan(mem_sim *s, int M, int N, int r, const svd_opts *opts) 
     int k;
     rand_sizes(M, N, r, &o, b, &k);
     for (int i = 0; i < RAND_BUFS; i++) mem_sim_alloc(s, MEM_SCRATCH, b[i]);
-    mem_sim_temp(s, MEM_SCRATCH, linalg_orthonormalize_scratch(k));
+    mem_sim_temp(s, MEM_SCRATCH, linalg_orthonormalize_scratch(k, M > N ? M : N));
     mem_sim_temp(s, MEM_SCRATCH, linalg_gram_d_scratch(k, M > N ? M : N, true));
     mem_sim_temp(s, MEM_SCRATCH, linalg_eigh_scratch(k));
     for (int i = 0; i < RAND_BUFS; i++) mem_sim_free(s, MEM_SCRATCH, b[i]);
@@ -102,23 +114,35 @@ int svd_randomized(const float *G, int M, int N, int r, const svd_opts *opts, fl
         loqt_set_error("svd_randomized: out of memory (%d x %d, k = %d)", M, N, k);
         goto done;
     }
+    svd_times *tm = o.times;
+    double t0 = tm ? loqt_now() : 0.0;
     /* Omega^T: element (i, j) from counter i * n + j */
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < k; i++)
         for (int j = 0; j < n; j++)
             Wt[(size_t)i * n + j] = rng_normal(o.seed, o.stream, (uint64_t)i * n + j);
+    phase_end(tm, SVD_PHASE_SAMPLE, &t0);
     uint64_t ostream = o.stream * 0x9e3779b97f4a7c15ull + 1; /* for rare basis completions */
     mul_at(G, tr, m, n, k, Wt, Yt);
+    phase_end(tm, SVD_PHASE_PRODUCTS, &t0);
     if (linalg_orthonormalize_rows(Yt, k, m, o.seed, ostream++)) goto done;
+    phase_end(tm, SVD_PHASE_ORTHONORMALIZE, &t0);
     for (int it = 0; it < o.power_iters; it++) {
         mul_a(G, tr, m, n, k, Yt, Wt);
+        phase_end(tm, SVD_PHASE_PRODUCTS, &t0);
         if (linalg_orthonormalize_rows(Wt, k, n, o.seed, ostream++)) goto done;
+        phase_end(tm, SVD_PHASE_ORTHONORMALIZE, &t0);
         mul_at(G, tr, m, n, k, Wt, Yt);
+        phase_end(tm, SVD_PHASE_PRODUCTS, &t0);
         if (linalg_orthonormalize_rows(Yt, k, m, o.seed, ostream++)) goto done;
+        phase_end(tm, SVD_PHASE_ORTHONORMALIZE, &t0);
     }
     mul_a(G, tr, m, n, k, Yt, Wt); /* B = Q^T A, k x n */
+    phase_end(tm, SVD_PHASE_PRODUCTS, &t0);
     if (linalg_gram_d(Wt, k, n, n, true, H)) goto done;
+    phase_end(tm, SVD_PHASE_GRAM, &t0);
     if (linalg_eigh_d(k, H, lam, E)) goto done;
+    phase_end(tm, SVD_PHASE_EIGH, &t0);
     for (int i = 0; i < r; i++)
         for (int j = 0; j < k; j++) Er[(size_t)i * k + j] = (float)E[(size_t)i * k + j];
     /* B = W diag(lam) W^T-factorization: left vectors of A = Q W, right = B^T W / s */
@@ -131,6 +155,7 @@ int svd_randomized(const float *G, int M, int N, int r, const svd_opts *opts, fl
     }
     if (!tr) emit(UAt, VAt, lam, M, N, r, U, S, Vt);
     else emit(VAt, UAt, lam, M, N, r, U, S, Vt); /* G = A^T = V S U^T */
+    phase_end(tm, SVD_PHASE_VECTORS, &t0);
     rc = 0;
 done:
     mem_free(Yt);

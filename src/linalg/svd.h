@@ -15,10 +15,28 @@
 
 #include <stdint.h>
 
+/* Where svd_randomized's time goes (bench/refresh_bench): the Gaussian sample, the products with
+ * A, the orthonormalizations, the Gram matrix B B^T, its eigendecomposition, and the singular
+ * vectors from it. */
+typedef enum {
+    SVD_PHASE_SAMPLE,
+    SVD_PHASE_PRODUCTS,
+    SVD_PHASE_ORTHONORMALIZE,
+    SVD_PHASE_GRAM,
+    SVD_PHASE_EIGH,
+    SVD_PHASE_VECTORS,
+    SVD_PHASES
+} svd_phase;
+extern const char *const svd_phase_names[SVD_PHASES];
+typedef struct {
+    double seconds[SVD_PHASES]; /* added to by each call */
+} svd_times;
+
 typedef struct {
     int oversample;   /* extra sample vectors p (default 10) */
     int power_iters;  /* q power iterations, each with re-orthonormalization (default 2) */
     uint64_t seed, stream;
+    svd_times *times; /* NULL, or where svd_randomized adds each phase's seconds */
 } svd_opts;
 
 svd_opts svd_default_opts(void);
