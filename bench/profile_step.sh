@@ -9,13 +9,12 @@
 #   elementwise     RMSNorm, RoPE, SwiGLU, embedding, bf16 rounding
 #   dequantization  NF4 / integer grids to fp32 tiles
 #   optimizer       AdamW, 8-bit Adam, stochastic rounding
-#   refresh         SVD, orthonormalization, eigensolver (only in the untimed step 0)
+#   refresh         SVD, orthonormalization, eigensolver (LoQT's merges and refreshes)
 #   threads         the OpenMP runtime: threads waiting at barriers
 #   kernel          the operating system (page faults, scheduling)
 #   other           everything else
-# Warm-up steps are in the profile too, so the step-0 refresh of the low-rank methods is kept
-# out by a bench with --warmup-steps 1 --steps N whose step 0 is short next to N steps; the
-# refresh row shows what is left of it.  Output: a Markdown table per run on stdout and in
+# Only the timed steps are counted: start-up and the warm-up step (the first touch of every
+# buffer, and the step-0 refresh of the low-rank methods) are cut off by time.  Output: a Markdown table per run on stdout and in
 # bench/results/profile-<date>.md.
 #   PROFILE_MODELS ("20m 60m"), PROFILE_METHODS ("full loqt"), PROFILE_STEPS (5),
 #   PROFILE_THREADS (0 = all cores), PROFILE_BATCH (8), PROFILE_SEQ (256)
@@ -60,9 +59,16 @@ for model in $MODELS; do
         args=(bench --model "$model" --method "$method" --batch-size "$BATCH" --seq-len "$SEQ"
               --warmup-steps 1 --steps "$STEPS" --threads "$THREADS")
         echo "== loqt ${args[*]}" >&2
-        perf record -q -F 499 -o "$work/perf.data" -- "$BUILD/loqt" "${args[@]}" >"$work/bench.log" 2>&1
-        tps=$(sed -n 's/^tokens_per_s: \([0-9.]*\)/\1/p' "$work/bench.log")
-        perf report -i "$work/perf.data" --no-children --sort dso,symbol -F overhead,dso,sym \
+        # samples carry CLOCK_MONOTONIC times, and each output line is stamped on the same clock
+        # as it arrives, so the report can start where the last warm-up step ended
+        perf record -q -k CLOCK_MONOTONIC -F 499 -o "$work/perf.data" -- "$BUILD/loqt" "${args[@]}" 2>&1 |
+            /usr/bin/python3 -u -c 'import sys, time
+for line in sys.stdin: print("%.6f %s" % (time.clock_gettime(time.CLOCK_MONOTONIC), line.rstrip()))' \
+            >"$work/bench.log"
+        start=$(awk '/\(warmup\)/ { t = $1 } END { print t }' "$work/bench.log")
+        [ -n "$start" ] || { echo "profile: no warm-up step in the output of loqt ${args[*]}" >&2; cat "$work/bench.log" >&2; exit 1; }
+        tps=$(sed -n 's/^[0-9.]* tokens_per_s: \([0-9.]*\)/\1/p' "$work/bench.log")
+        perf report -i "$work/perf.data" --time "$start," --no-children --sort dso,symbol -F overhead,dso,sym \
             --percent-limit 0 --stdio --field-separator=@ 2>/dev/null |
             awk -F@ '/%/ { p = $1; gsub(/[ %]/, "", p); dso = $2; sym = $3;
                            gsub(/^ +| +$/, "", dso); sub(/^\[[.k]\] /, "", sym); sub(/ +$/, "", sym);

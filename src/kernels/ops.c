@@ -15,7 +15,11 @@
  * x = n ln2 + r with |r| <= ln2/2, then a degree-6 Taylor polynomial: relative error below 3e-7
  * over the clamped range [-87, 88], i.e. within ~2 ulp of expf. */
 static inline float exp_approx(float x) {
-    x = fminf(fmaxf(x, -87.0f), 88.0f); /* also maps NaN to -87: no undefined conversion below */
+    /* comparisons, not fmaxf/fminf: without -ffinite-math-only those stay calls into libm (their
+     * NaN rules differ from the max/min instructions), and the loops around would not vectorise.
+     * A NaN fails the first test and becomes -87: no undefined conversion below. */
+    x = x > -87.0f ? x : -87.0f;
+    x = x < 88.0f ? x : 88.0f;
     const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
     float n = (x * 1.44269504088896341f + shifter) - shifter;
     float r = x - n * 0.693145751953125f;
