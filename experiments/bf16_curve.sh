@@ -14,16 +14,14 @@
 # fp32 accumulation and fp32 master weights the runs should differ by noise only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUILD=${BUILD:-build}
-LOQT=$BUILD/loqt
+. experiments/lib.sh
 MODEL=${MODEL:-20m}
 STEPS=${STEPS:-300}
 BATCH=${BATCH:-8}
 SEQ=${SEQ:-256}
 METHOD=${METHOD:-full}
 OUT=experiments/results/bf16_curve
-[ -x "$LOQT" ] || make -j2
-[ -f data/corpus/manifest.json ] || make data
+ensure_loqt_and_corpus
 
 "$LOQT" compare --methods "$METHOD@fp32:dtype=fp32,$METHOD@bf16:dtype=bf16" --model "$MODEL" \
     --data data/corpus --tokens $((STEPS * BATCH * SEQ)) --batch-size "$BATCH" --max-length "$SEQ" \

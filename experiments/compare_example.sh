@@ -11,11 +11,9 @@
 # rates, LoQT and GaLore at rank 64 (a quarter of the hidden size, as rank 128 at 60m).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUILD=${BUILD:-build}
-LOQT=$BUILD/loqt
+. experiments/lib.sh
 OUT=experiments/results/compare_example
-[ -x "$LOQT" ] || make -j2
-[ -f data/corpus/manifest.json ] || make data
+ensure_loqt_and_corpus
 
 METHODS="full:lr=1e-3"
 METHODS+=",loqt:lr=0.01,rank=64,lora-alpha=0.4,update-proj-gap=40,proj-gap-progression=exponential,increment-size=1.2,compensate-quant-error-iterations=5"

@@ -22,14 +22,12 @@
 # against; QuAILoRA's paper reports about 75% of the gap recovered.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUILD=${BUILD:-build}
-LOQT=$BUILD/loqt
+. experiments/lib.sh
 PY=${PYTHON:-python3}
 THREADS=${THREADS:-0}
 ROOT=experiments/results/finetune
 mkdir -p "$ROOT"
-[ -x "$LOQT" ] || make -j2
-[ -f data/corpus/manifest.json ] || make data
+ensure_loqt_and_corpus
 [ -f data/kjv/manifest.json ] || "$LOQT" data --out data/kjv --tokenizer data/llama.tok --sources kjv
 . experiments/run_or_resume.sh
 

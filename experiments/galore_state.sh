@@ -10,7 +10,7 @@
 # THREADS (0 = all cores), RUNS ("keep project reset").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LOQT=${LOQT:-${BUILD:-build}/loqt}
+. experiments/lib.sh
 MODEL=${MODEL:-20m}
 STEPS=${STEPS:-150}
 BATCH=${BATCH:-8}
@@ -23,8 +23,7 @@ read -r -a RUN_LIST <<<"${RUNS:-keep project reset}"
 # shellcheck source=experiments/run_or_resume.sh
 . experiments/run_or_resume.sh
 if [ "${1:-}" != report ]; then
-    [ -x "$LOQT" ] || make -j2
-    [ -f data/corpus/manifest.json ] || make data
+    ensure_loqt_and_corpus
     for state in "${RUN_LIST[@]}"; do
         run_or_resume "$state" "$ROOT/$state" "$STEPS" "$LOQT" --model "$MODEL" --data data/corpus \
             --batch-size "$BATCH" --max-length "$SEQ" --warmup-steps $((STEPS / 10)) --min-lr-ratio 0.1 \

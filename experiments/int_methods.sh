@@ -16,13 +16,11 @@
 # without stochastic rounding (the paper reports +7.86 perplexity at 60M without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUILD=${BUILD:-build}
-LOQT=$BUILD/loqt
+. experiments/lib.sh
 MODEL=${MODEL:-20m}
 TOKENS=${TOKENS:-5M}
 OUT=experiments/results/int_methods
-[ -x "$LOQT" ] || make -j2
-[ -f data/corpus/manifest.json ] || make data
+ensure_loqt_and_corpus
 
 METHODS="full:lr=1e-3"
 METHODS+=",galore:lr=0.01,rank=128,galore-scale=0.25,update-proj-gap=200"

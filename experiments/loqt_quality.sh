@@ -14,8 +14,7 @@
 # such as loqt-gap50-keep), THREADS the threads of each (0 = all cores); two single-threaded runs side by side use 2 cores well.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUILD=${BUILD:-build}
-LOQT=$BUILD/loqt
+. experiments/lib.sh
 MODEL=${MODEL:-60m}
 STEPS=${STEPS:-500}
 BATCH=${BATCH:-8}
@@ -72,8 +71,7 @@ read -r -a RUN_LIST <<<"${RUNS:-${ORDER[*]}}"
 # shellcheck source=experiments/run_or_resume.sh
 . experiments/run_or_resume.sh
 if [ "${1:-}" != report ]; then
-    [ -x "$LOQT" ] || make -j2
-    [ -f data/corpus/manifest.json ] || make data
+    ensure_loqt_and_corpus
     for name in "${RUN_LIST[@]}"; do
         # shellcheck disable=SC2086
         run_or_resume "$name" "$ROOT/$name" "$STEPS" "$LOQT" "${COMMON[@]}" ${ARGS[$name]}
