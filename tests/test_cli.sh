@@ -9,29 +9,8 @@
 # KEEP=1 keeps the scratch directory for inspection.
 set -u
 cd "$(dirname "$0")/.." || exit 1
-BUILD=${BUILD:-build}
-LOQT=${LOQT:-$BUILD/loqt}
-PY=${PYTHON:-python3}
+. tests/lib.sh
 TOK=data/llama.tok
-
-passed=0
-failed=0
-ok() { echo "ok $1"; passed=$((passed + 1)); }
-bad() { echo "FAIL $1: $2"; failed=$((failed + 1)); }
-check() { # check NAME WHY-IF-FALSE COMMAND...: ok when COMMAND succeeds
-    local name=$1 why=$2
-    shift 2
-    if "$@"; then ok "$name"; else bad "$name" "$why"; fi
-}
-
-if [ ! -x "$LOQT" ]; then
-    echo "FAIL setup: $LOQT not found (run make first)"
-    echo "0 passed, 1 failed"
-    exit 1
-fi
-LOQT=$(cd "$(dirname "$LOQT")" && pwd)/$(basename "$LOQT")
-T=$(mktemp -d) || exit 1
-if [ "${KEEP:-0}" = 1 ]; then echo "# scratch directory: $T"; else trap 'rm -rf "$T"' EXIT; fi
 
 # ---- helpers ---------------------------------------------------------------------------------
 # run CMD...: stdout -> $T/out, stderr -> $T/err, exit status -> $RC
@@ -334,8 +313,11 @@ run "$LOQT" train "${COMMON[@]}" --num-training-steps 20 --lr 1e30 --warmup-step
 check diverged_stops "exit $RC; stderr: $(tail -n 1 "$T/err")" \
     bash -c "[ $RC -eq 1 ] && tail -n 1 '$T/err' | grep -q '^loqt: error: 3 steps in a row' && [ \$(grep -c 'warning: step' '$T/err') -eq 3 ]"
 # a learning rate so large that the activations overflow: RMSNorm's output becomes 0, the loss
-# sits at ln(V) with a zero gradient; reported as a dead model, not trained on with exit 0
-run "$LOQT" train "${COMMON[@]}" --num-training-steps 30 --lr 300 --warmup-steps 0 --output-dir "$T/dead"
+# sits at ln(V) with a zero gradient; reported as a dead model, not trained on with exit 0.  The
+# way there is chaotic (a change in the last bit of the loss moves the step it dies at): with 200
+# steps the learning rate stays near 300 long enough that it died at steps 11-16 over 4 seeds and
+# two summation orders of the softmax; a shorter schedule (30) decays it first on some of them
+run "$LOQT" train "${COMMON[@]}" --num-training-steps 200 --lr 300 --warmup-steps 0 --output-dir "$T/dead"
 check dead_model_reported "exit $RC; stderr: $(tail -n 1 "$T/err")" \
     bash -c "[ $RC -eq 1 ] && tail -n 1 '$T/err' | grep -q 'model is dead'"
 # SIGTERM (as a scheduler sends it) and SIGINT (Ctrl-C): the step finishes, a checkpoint is
@@ -834,5 +816,4 @@ while IFS=$'\t' read -r num cmd code msg; do
 done <"$T/bi_rows.tsv"
 check bad_input_table "docs/bad_input.md has $rows rows, expected at least 40" test "$rows" -ge 40
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

@@ -226,6 +226,7 @@ static void train(llama_model *m, int steps) {
         const int32_t *ins[1] = {in}, *tgs[1] = {tg};
         step_result r;
         if (train_step(m, s, ins, tgs, 1, &h, &r)) printf("    train_step: %s\n", loqt_last_error());
+        if (s == 0 || s == steps - 1) printf("# step %ld: loss %.4f, grad norm %.3g\n", s + 1, r.loss, r.grad_norm);
     }
 }
 

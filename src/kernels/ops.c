@@ -271,28 +271,52 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
     }
 }
 
+/* The largest of x[0..V) and the sum of exp(x[j] - mx) (written to dst when given), each with 8
+ * partial results: one running max or sum is a chain of dependent instructions that the compiler
+ * may not reorder (it would change the rounding), so it could not vectorise. */
+static float row_max(const float *x, int V) {
+    float m[8] = {-FLT_MAX, -FLT_MAX, -FLT_MAX, -FLT_MAX, -FLT_MAX, -FLT_MAX, -FLT_MAX, -FLT_MAX};
+    int j = 0;
+    for (; j + 8 <= V; j += 8)
+        for (int u = 0; u < 8; u++) m[u] = x[j + u] > m[u] ? x[j + u] : m[u];
+    float mx = m[0];
+    for (int u = 1; u < 8; u++) mx = m[u] > mx ? m[u] : mx;
+    for (; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+    return mx;
+}
+
+static float row_exp_sum(float *dst, const float *x, float mx, int V) {
+    float acc[8] = {0};
+    int j = 0;
+    for (; j + 8 <= V; j += 8)
+        for (int u = 0; u < 8; u++) {
+            const float e = exp_approx(x[j + u] - mx);
+            if (dst) dst[j + u] = e;
+            acc[u] += e;
+        }
+    float sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; j < V; j++) {
+        const float e = exp_approx(x[j] - mx);
+        if (dst) dst[j] = e;
+        sum += e;
+    }
+    return sum;
+}
+
 double softmax_xent(float *dlogits, const float *logits, const int32_t *targets, int n, int V,
                     float scale) {
     double *row_loss = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         const float *row = logits + (size_t)i * V;
-        float mx = -FLT_MAX;
-        for (int j = 0; j < V; j++) mx = row[j] > mx ? row[j] : mx;
-        float target_logit = row[targets[i]];
-        float sum = 0;
-        if (dlogits) {
-            /* exponentials go straight into the gradient buffer (may alias the logits) */
-            float *dr = dlogits + (size_t)i * V;
-            for (int j = 0; j < V; j++) {
-                dr[j] = exp_approx(row[j] - mx);
-                sum += dr[j];
-            }
-            float k = scale / sum;
+        const float mx = row_max(row, V), target_logit = row[targets[i]];
+        /* exponentials go straight into the gradient buffer (may alias the logits) */
+        float *dr = dlogits ? dlogits + (size_t)i * V : NULL;
+        const float sum = row_exp_sum(dr, row, mx, V);
+        if (dr) {
+            const float k = scale / sum;
             for (int j = 0; j < V; j++) dr[j] *= k;
             dr[targets[i]] -= scale;
-        } else {
-            for (int j = 0; j < V; j++) sum += exp_approx(row[j] - mx);
         }
         row_loss[i] = (double)mx + log((double)sum) - target_logit;
     }
