@@ -13,6 +13,7 @@
 #   BENCH_MODELS  model sizes                 [20m 60m]
 #   BENCH_METHODS loqt methods per model      [full]   e.g. "full loqt"; non-full rows get --rank
 #   BENCH_RANK    rank for non-full methods   [128]
+#   BENCH_DTYPES  loqt's --dtype per row      [fp32 bf16]  (bf16 rows: program loqt_bf16)
 #   BENCH_STEPS   timed steps per run         [10]     (2 cores: ~6 min in all for the defaults)
 #   BENCH_WARMUP  untimed steps first         [2]
 #   BENCH_THREADS threads for both programs   [2]
@@ -33,6 +34,7 @@ BUILD=${BUILD:-build}
 PYTHON=${PYTHON:-/usr/bin/python3}
 MODELS=${BENCH_MODELS:-20m 60m}
 METHODS=${BENCH_METHODS:-full}
+DTYPES=${BENCH_DTYPES:-fp32 bf16}
 RANK=${BENCH_RANK:-128}
 STEPS=${BENCH_STEPS:-10}
 WARMUP=${BENCH_WARMUP:-2}
@@ -118,17 +120,22 @@ torch_env=()
 [ -n "$coretype" ] && torch_env=(OPENBLAS_CORETYPE="$coretype")
 
 for model in $MODELS; do
-    for method in $METHODS; do
-        extra=()
-        [ "$method" != full ] && extra=(--rank "$RANK")
-        if [ -x "$LOQT" ]; then
-            # shellcheck disable=SC2086  # BENCH_LOQT_ARGS is a word list on purpose
-            run loqt "$model" "$method" "$LOQT" bench --model "$model" --method "$method" \
-                ${extra[@]+"${extra[@]}"} --batch-size "$BATCH" --seq-len "$SEQ" --steps "$STEPS" \
-                ${loqt_opts[@]+"${loqt_opts[@]}"} ${BENCH_LOQT_ARGS:-}
-        else
-            printf 'loqt\t%s\t%s\tfailed\t\t\t127\t0\t\n' "$model" "$method" >>"$records"
-        fi
+    for dtype in $DTYPES; do
+        prog=loqt
+        [ "$dtype" != fp32 ] && prog=loqt_$dtype
+        for method in $METHODS; do
+            extra=()
+            [ "$method" != full ] && extra=(--rank "$RANK")
+            [ "$dtype" != fp32 ] && extra+=(--dtype "$dtype")
+            if [ -x "$LOQT" ]; then
+                # shellcheck disable=SC2086  # BENCH_LOQT_ARGS is a word list on purpose
+                run "$prog" "$model" "$method" "$LOQT" bench --model "$model" --method "$method" \
+                    ${extra[@]+"${extra[@]}"} --batch-size "$BATCH" --seq-len "$SEQ" --steps "$STEPS" \
+                    ${loqt_opts[@]+"${loqt_opts[@]}"} ${BENCH_LOQT_ARGS:-}
+            else
+                printf '%s\t%s\t%s\tfailed\t\t\t127\t0\t\n' "$prog" "$model" "$method" >>"$records"
+            fi
+        done
     done
     if [ "$RUN_TORCH" = 1 ]; then
         RUN_ENV=(${torch_env[@]+"${torch_env[@]}"})
@@ -196,9 +203,11 @@ if os.path.exists(e["GEMM_LOG"]):
 info = next((g for g in gemm if g["kind"] == "gemm_info"), {})
 peak = next((g for g in gemm if g["kind"] == "gemm_peak"), {})
 flop_per_token = {g["model"]: g["flop_per_token"] for g in gemm if g["kind"] == "gemm_model"}
-# the step's linear and lm_head GEMMs at the microbenchmark's rates, through loqt's backend
-gemm_only = {g["model"]: g["tokens_per_s_gemm_only"] for g in gemm
-             if g["kind"] == "gemm_model" and g["impl"] == info.get("loqt_backend")}
+# the step's linear and lm_head GEMMs at the microbenchmark's rates, by loqt program: fp32 through
+# loqt's backend, bf16 through oneDNN's bf16 matmul
+gemm_impl = {"loqt": info.get("loqt_backend"), "loqt_bf16": "dnnl_matmul_bf16"}
+gemm_only = {(prog, g["model"]): g["tokens_per_s_gemm_only"] for g in gemm for prog, impl in gemm_impl.items()
+             if g["kind"] == "gemm_model" and g["impl"] == impl}
 fp32_peak, bf16_peak = peak.get("fp32_gflops"), peak.get("bf16_gflops")
 
 doc = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": e["COMMIT"],
@@ -241,24 +250,26 @@ def torch_best(model):
             best = r
     return best
 
+LOQT_DTYPES = {"loqt": "fp32", "loqt_bf16": "bf16"}
 rows = []
 for r in runs:
-    if r["program"] != "loqt":
+    if r["program"] not in LOQT_DTYPES:
         continue
     if r["method"] == "full":
         base = torch_best(r["model"])
         base_name = TORCH_NAMES[base["program"]] if base else "PyTorch"
-    else:
-        base_name, base = "loqt full", find("loqt", r["model"], "full")
+    else:  # the same dtype's full run
+        base_name, base = "loqt full", find(r["program"], r["model"], "full")
     bt = tps(base)
     br = base["peak_rss_mib"] if base else None
     lt = tps(r)
     lr = r["peak_rss_mib"] if r["status"] == "ok" else None
     share = "—"
-    if lt is not None and gemm_only.get(r["model"]) and r["method"] == "full":
-        share = "%.0f%%" % (100.0 * lt / gemm_only[r["model"]])
-    rows.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-        r["model"], r["method"], num(lt) if r["status"] == "ok" else "failed",
+    key = (r["program"], r["model"])
+    if lt is not None and gemm_only.get(key) and r["method"] == "full":
+        share = "%.0f%%" % (100.0 * lt / gemm_only[key])
+    rows.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        r["model"], r["method"], LOQT_DTYPES[r["program"]], num(lt) if r["status"] == "ok" else "failed",
         of_peak(lt, r["model"], fp32_peak), of_peak(lt, r["model"], bf16_peak), share, base_name,
         num(bt), ratio(lt, bt), num(lr), num(br), ratio(lr, br)))
 
@@ -301,9 +312,9 @@ block = "\n".join([
     "",
     peak_text,
     "",
-    "| model | method | loqt tokens/s | of fp32 peak | of bf16 peak | GEMM share (est.) | baseline "
+    "| model | method | dtype | loqt tokens/s | of fp32 peak | of bf16 peak | GEMM share (est.) | baseline "
     "| baseline tokens/s | speed ratio | loqt peak RSS (MiB) | baseline peak RSS (MiB) | RSS ratio |",
-    "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     *rows,
     "",
     "| model | PyTorch fp32 tokens/s | of fp32 peak | of bf16 peak | peak RSS (MiB) "

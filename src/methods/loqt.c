@@ -195,18 +195,46 @@ static work layer_work(const loqt_state *st, int out, int in, int N) {
     return w;
 }
 
+/* Forward and input gradient either run the rank-r path beside deq(W) (two thin GEMMs of
+ * N r (in + out) multiply-adds) or fold it into each chunk of dequantized rows first, W_eff =
+ * deq(W) + s B P (r in out multiply-adds per call, then one GEMM by W_eff), whichever costs less
+ * for this call's N tokens: in out < N (in + out).  60m at 8 x 256 tokens folds (a quarter to an
+ * eighth of the thin GEMMs' work); 7b at 1 x 256 does not.  Only in fp32: in bf16 the rounding of
+ * W_eff to 8 significant bits would swamp s B P, orders of magnitude smaller than W, so bf16
+ * keeps the papers' separate products. */
+static int fold_lowrank(const loqt_state *st, int out, int in, int N) {
+    return st->have_P && gemm_get_compute().dtype == GEMM_FP32 && (double)out * in < (double)N * (out + in);
+}
+
+/* Rows r0..r1 of deq(W) into Wc, plus s (B P)[r0..r1) when fold (Pf, Bf fetched). */
+static void weight_rows(const loqt_state *st, int r0, int r1, int in, int fold, const work *w) {
+    qmat_get_rows(&st->W, r0, r1, w->Wc);
+    if (!fold) return;
+    const int r = st->r;
+    if (st->left) /* B out x r, P r x in */
+        gemm(false, false, r1 - r0, in, r, st->s, w->Bf + (size_t)r0 * r, r, w->Pf, in, 1.0f, w->Wc, in);
+    else /* P out x r, B r x in */
+        gemm(false, false, r1 - r0, in, r, st->s, w->Pf + (size_t)r0 * r, r, w->Bf, in, 1.0f, w->Wc, in);
+}
+
+static void get_factors(const loqt_state *st, const work *w) {
+    qmat_get(&st->P, w->Pf);
+    qmat_get(&st->B, w->Bf);
+}
+
 static void loqt_forward(linear_layer *L, const float *X, float *Y, int N) {
     loqt_state *st = L->state;
     const int out = L->out, in = L->in, r = st->r, cr = w_chunk_rows(out, in);
+    const int fold = fold_lowrank(st, out, in, N);
     work w = layer_work(st, out, in, N);
+    if (fold) get_factors(st, &w);
     for (int r0 = 0; r0 < out; r0 += cr) {
         int r1 = r0 + cr < out ? r0 + cr : out;
-        qmat_get_rows(&st->W, r0, r1, w.Wc);
+        weight_rows(st, r0, r1, in, fold, &w);
         gemm(false, true, N, r1 - r0, in, 1.0f, X, in, w.Wc, in, 0.0f, Y + r0, out);
     }
-    if (!st->have_P) return; /* B = 0 before the first refresh */
-    qmat_get(&st->P, w.Pf);
-    qmat_get(&st->B, w.Bf);
+    if (!st->have_P || fold) return; /* B = 0 before the first refresh */
+    get_factors(st, &w);
     if (st->left) { /* Y += s (X P^T) B^T */
         gemm(false, true, N, r, in, 1.0f, X, in, w.Pf, in, 0.0f, w.T, r);
         gemm(false, true, N, out, r, st->s, w.T, r, w.Bf, r, 1.0f, Y, out);
@@ -220,11 +248,13 @@ static void loqt_backward(linear_layer *L, const float *X, const float *dY, floa
                           int accumulate) {
     loqt_state *st = L->state;
     const int out = L->out, in = L->in, r = st->r, cr = w_chunk_rows(out, in);
+    const int fold = dX && fold_lowrank(st, out, in, N);
     work w = layer_work(st, out, in, N);
-    if (dX) { /* dX = dY deq(W) (+ the low-rank part below) */
+    if (st->have_P) get_factors(st, &w);
+    if (dX) { /* dX = dY deq(W) (+ the low-rank part, folded or below) */
         for (int r0 = 0; r0 < out; r0 += cr) {
             int r1 = r0 + cr < out ? r0 + cr : out;
-            qmat_get_rows(&st->W, r0, r1, w.Wc);
+            weight_rows(st, r0, r1, in, fold, &w);
             gemm(false, false, N, in, r1 - r0, 1.0f, dY + r0, out, w.Wc, in,
                  accumulate || r0 > 0 ? 1.0f : 0.0f, dX, in);
         }
@@ -236,13 +266,12 @@ static void loqt_backward(linear_layer *L, const float *X, const float *dY, floa
         gemm(true, false, out, in, N, 1.0f, dY, out, X, in, 1.0f, st->G, in);
     if (!st->have_P) return; /* before the first refresh P is undefined and B's gradient unused */
     if (!st->dB) st->dB = mem_alloc(MEM_GRADS, (size_t)st->B.rows * st->B.cols * sizeof(float));
-    qmat_get(&st->P, w.Pf);
-    qmat_get(&st->B, w.Bf);
+    const int lowrank_dX = dX && !fold;
     if (st->left) {
         /* dB += s dY^T (X P^T);  dX += s (dY B) P */
         gemm(false, true, N, r, in, 1.0f, X, in, w.Pf, in, 0.0f, w.T, r);
         gemm(true, false, out, r, N, st->s, dY, out, w.T, r, 1.0f, st->dB, r);
-        if (dX) {
+        if (lowrank_dX) {
             gemm(false, false, N, r, out, 1.0f, dY, out, w.Bf, r, 0.0f, w.T, r);
             gemm(false, false, N, in, r, st->s, w.T, r, w.Pf, in, 1.0f, dX, in);
         }
@@ -250,7 +279,7 @@ static void loqt_backward(linear_layer *L, const float *X, const float *dY, floa
         /* U = dY P;  dB += s U^T X;  dX += s U B */
         gemm(false, false, N, r, out, 1.0f, dY, out, w.Pf, r, 0.0f, w.T, r);
         gemm(true, false, r, in, N, st->s, w.T, r, X, in, 1.0f, st->dB, in);
-        if (dX) gemm(false, false, N, in, r, st->s, w.T, r, w.Bf, in, 1.0f, dX, in);
+        if (lowrank_dX) gemm(false, false, N, in, r, st->s, w.T, r, w.Bf, in, 1.0f, dX, in);
     }
 }
 
