@@ -5,6 +5,7 @@ perplexity on the fine-tuning domain, the model state of each run at its peak, a
 the 4-bit to 8-bit gap each 4-bit run recovers: (ppl(q4-zero) - ppl(run)) / (ppl(q4-zero) -
 ppl(q8-zero)), per seed (seed 1 repeats only the 4-bit runs; its gap uses seed 0's q8-zero).
     usage: report_finetune.py ROOT OUT.md
+Text of OUT.md from the line READING (below) on is kept: the reading of the numbers, by hand.
 """
 import json
 import math
@@ -13,6 +14,8 @@ import sys
 
 STATE = ["quantized_weights_mib", "quantization_state_mib", "trainable_factors_mib", "dense_parameters_mib",
          "gradients_mib", "optimizer_state_mib"]
+
+READING = "<!-- reading: kept when the report is regenerated -->"
 
 
 def final(run_dir):
@@ -27,6 +30,24 @@ def final(run_dir):
     return last
 
 
+def first_eval(run_dir):
+    """the run's evaluation before its first step (the quantized base with its initial adapters)"""
+    for line in open(os.path.join(run_dir, "metrics.jsonl")):
+        if '"eval_loss"' in line and '"final"' not in line:
+            return json.loads(line)
+    return None
+
+
+def tokens_per_s(run_dir):
+    """the run's training speed: tokens over seconds of its steps"""
+    tokens = seconds = 0
+    for line in open(os.path.join(run_dir, "metrics.jsonl")):
+        if '"step_s"' in line:
+            r = json.loads(line)
+            tokens, seconds = r["tokens"], seconds + r["step_s"]
+    return "%.0f" % (tokens / seconds) if seconds else ""
+
+
 def runs(compare_dir):
     """label -> final line, in the compare's order (its runs/ directory)"""
     d = os.path.join(compare_dir, "runs")
@@ -34,6 +55,7 @@ def runs(compare_dir):
     for label in sorted(os.listdir(d)) if os.path.isdir(d) else []:
         f = final(os.path.join(d, label))
         if f:
+            f["start"] = first_eval(os.path.join(d, label))
             out[label] = f
     return out
 
@@ -45,33 +67,51 @@ def main():
     ppl = lambda f: math.exp(f["eval_loss"])
     q8 = ppl(s0["q8-zero"]) if "q8-zero" in s0 else None
 
-    def recovered(seed_runs, label):
-        if q8 is None or "q4-zero" not in seed_runs or label not in seed_runs or not label.startswith("q4"):
+    def recovered(seed_runs, label, at=lambda f: f, ref=q8):
+        if ref is None or "q4-zero" not in seed_runs or label not in seed_runs or not label.startswith("q4"):
             return ""
-        gap = ppl(seed_runs["q4-zero"]) - q8
-        return "%.0f%%" % (100 * (ppl(seed_runs["q4-zero"]) - ppl(seed_runs[label])) / gap) if gap > 0 else "no gap"
+        zero, run = ppl(at(seed_runs["q4-zero"])), ppl(at(seed_runs[label]))
+        gap = zero - ref
+        return "%.0f%%" % (100 * (zero - run) / gap) if gap > 0 else "no gap"
+
+    start = lambda f: f["start"]
+    q8_start = ppl(start(s0["q8-zero"])) if "q8-zero" in s0 else None
 
     lines = ["# Fine-tuning experiment", "",
              "Made by `experiments/finetune.sh` (settings at its top) and `experiments/report_finetune.py`: a dense "
              "35m base pretrained on the default corpus, fine-tuned on the King James Bible at the same budget for "
              "every run. Held-out perplexity on the fine-tuning domain; model state (weights, quantization state, "
              "adapters, gradients, optimizer state) at its peak; the share of the 4-bit to 8-bit gap of zero-init "
-             "QLoRA that each 4-bit init recovers.", "",
-             "| run | perplexity, seed 0 | seed 1 | gap recovered, seed 0 | seed 1 | model state MiB | accounted peak MiB | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|"]
+             "QLoRA that each 4-bit init recovers, after fine-tuning and before it (step 0: the quantized base "
+             "with its initial adapters, the initialization's own effect).", "",
+             "| run | perplexity, seed 0 | seed 1 | gap recovered, seed 0 | seed 1 | at step 0: perplexity | "
+             "gap recovered | tokens/s | model state MiB | accounted peak MiB | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label in order:
         if label not in s0:
-            lines.append("| %s | not finished | | | | | | |" % label)
+            lines.append("| %s | not finished |%s" % (label, " |" * 10))
             continue
         f, m = s0[label], s0[label]["memory"]
         p1 = "%.2f" % ppl(s1[label]) if label in s1 else ""
-        lines.append("| %s | %.2f | %s | %s | %s | %.1f | %.1f | %.1f |" % (
-            label, ppl(f), p1, recovered(s0, label), recovered(s1, label),
+        lines.append("| %s | %.2f | %s | %s | %s | %.2f | %s | %s | %.1f | %.1f | %.1f |" % (
+            label, ppl(f), p1, recovered(s0, label), recovered(s1, label), ppl(start(f)),
+            recovered(s0, label, start, q8_start), tokens_per_s(os.path.join(root, "seed0", "runs", label)),
             sum(m.get(k, 0) for k in STATE), m["accounted_peak_mib"], m["peak_rss_mib"]))
+    base = final(os.path.join(root, "base"))
+    if base:
+        lines += ["", "The base: perplexity %.2f on the default corpus's held-out text after %d steps%s." % (
+            ppl(base), base["step"], "; on the fine-tuning domain, unquantized, before fine-tuning: %.2f" %
+            ppl(start(s0["full-ft"])) if "full-ft" in s0 else "")]
     lines += ["", "Loss curves and memory: ![seed 0](finetune_experiment.svg)", "",
               "The table of `loqt compare` for seed 0 (planned and measured memory by category, tokens/s): "
               "[finetune_experiment_runs.md](finetune_experiment_runs.md).", ""]
-    open(out_md, "w").write("\n".join(lines))
+    # the hand-written reading below the marker survives a regeneration of the table
+    reading = ""
+    if os.path.exists(out_md):
+        old = open(out_md).read()
+        if READING in old:
+            reading = old[old.index(READING):]
+    open(out_md, "w").write("\n".join(lines) + ("\n" + reading if reading else ""))
 
 
 if __name__ == "__main__":
