@@ -460,6 +460,18 @@ static void write_plan(const train_args *a, const train_run *t) {
     if (fclose(f)) loqt_die("cannot write %s: %s", path, strerror(errno));
 }
 
+/* What the linear method reports of its layers right after their init from a checkpoint, e.g.
+ * LoftQ's or QuAILoRA's remaining error relative to zero init's: the user's evidence that the
+ * init did its work before a step is taken. */
+static void print_init_stats(const llama_model *m) {
+    method_stats st;
+    llama_method_stats(m, &st);
+    if (st.n == 0) return;
+    printf("method statistics after init:");
+    for (int i = 0; i < st.n; i++) printf("%s %s %.4g", i ? "," : "", st.s[i].name, method_stats_value(&st, i));
+    printf("\n");
+}
+
 static void create_model(const train_args *a, train_run *t, const trainer_meta *tm) {
     if (a->init_from && !*t->resume_dir) {
         double t0 = cli_now();
@@ -474,6 +486,7 @@ static void create_model(const train_args *a, train_run *t, const trainer_meta *
             loqt_die_last("--init-from");
         mem_free(tok);
         printf("initialized from %s (%.1f s)\n", a->init_from, cli_now() - t0);
+        print_init_stats(&t->m);
         if (a->adapter && peft_load_adapter(&t->m, a->adapter)) loqt_die_last(NULL);
         if (a->adapter) printf("adapters from %s\n", a->adapter);
     } else if (llama_create(&t->m, &t->cfg, a->run.m, &a->run.mo, (uint64_t)a->seed)) {
