@@ -18,44 +18,36 @@ STATE = ["quantized_weights_mib", "quantization_state_mib", "trainable_factors_m
 READING = "<!-- reading: kept when the report is regenerated -->"
 
 
-def final(run_dir):
-    """the run's final line (held-out loss and memory), or None while it has not finished"""
+def read_run(run_dir):
+    """the run's final line (held-out loss and memory) with "start" (its evaluation before the first
+    step: the quantized base with its initial adapters) and "tokens_per_s" (tokens over the seconds
+    of its steps) added; None while it has not finished"""
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return None
-    last = None
+    last = start = None
+    tokens = seconds = 0
     for line in open(path):
-        if '"final": true' in line:
-            last = json.loads(line)
+        r = json.loads(line)
+        if r.get("final"):
+            last = r
+        elif "eval_loss" in r and start is None:
+            start = r
+        elif "step_s" in r:
+            tokens, seconds = r["tokens"], seconds + r["step_s"]
+    if last:
+        last["start"] = start
+        last["tokens_per_s"] = "%.0f" % (tokens / seconds) if seconds else ""
     return last
 
 
-def first_eval(run_dir):
-    """the run's evaluation before its first step (the quantized base with its initial adapters)"""
-    for line in open(os.path.join(run_dir, "metrics.jsonl")):
-        if '"eval_loss"' in line and '"final"' not in line:
-            return json.loads(line)
-    return None
-
-
-def tokens_per_s(run_dir):
-    """the run's training speed: tokens over seconds of its steps"""
-    tokens = seconds = 0
-    for line in open(os.path.join(run_dir, "metrics.jsonl")):
-        if '"step_s"' in line:
-            r = json.loads(line)
-            tokens, seconds = r["tokens"], seconds + r["step_s"]
-    return "%.0f" % (tokens / seconds) if seconds else ""
-
-
 def runs(compare_dir):
-    """label -> final line, in the compare's order (its runs/ directory)"""
+    """label -> read_run, in the compare's order (its runs/ directory)"""
     d = os.path.join(compare_dir, "runs")
     out = {}
     for label in sorted(os.listdir(d)) if os.path.isdir(d) else []:
-        f = final(os.path.join(d, label))
+        f = read_run(os.path.join(d, label))
         if f:
-            f["start"] = first_eval(os.path.join(d, label))
             out[label] = f
     return out
 
@@ -101,13 +93,13 @@ def main():
         p1 = "%.2f" % ppl(s1[label]) if label in s1 else ""
         lines.append("| %s | %.2f | %s | %s | %s | %.2f | %s | %s | %.1f | %.1f | %.1f |" % (
             label, ppl(f), p1, recovered(s0, label), recovered(s1, label), ppl(start(f)),
-            recovered(s0, label, start, q8_start, 0.0), tokens_per_s(os.path.join(root, "seed0", "runs", label)),
+            recovered(s0, label, start, q8_start, 0.0), f["tokens_per_s"],
             sum(m.get(k, 0) for k in STATE), m["accounted_peak_mib"], m["peak_rss_mib"]))
     if q8 is not None and "q4-zero" in s0:
         lines += ["", "The 4-bit to 8-bit gap of zero init: %.3f perplexity after fine-tuning (seed 0; zero init's two "
                   "seeds differ by %.3f), %.3f at step 0." % (ppl(s0["q4-zero"]) - q8, spread,
                                                            ppl(start(s0["q4-zero"])) - q8_start)]
-    base = final(os.path.join(root, "base"))
+    base = read_run(os.path.join(root, "base"))
     if base:
         lines += ["", "The base: perplexity %.2f on the default corpus's held-out text after %d steps%s." % (
             ppl(base), base["step"], "; on the fine-tuning domain, unquantized, before fine-tuning: %.2f" %
