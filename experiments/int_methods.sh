@@ -8,7 +8,13 @@
 #
 # Rerunning resumes unfinished runs from their newest checkpoint and skips finished ones
 # (`loqt compare`, docs/compare.md). Settings (environment): MODEL (20m), TOKENS (5M), THREADS
-# (0 = all cores). At about 700 tokens/s on 2 idle cores a run of 5M tokens takes about 2 hours.
+# (0 = all cores), ONLY (labels of the runs to train now, e.g. ONLY="full galore"; default all).
+# At about 700-1000 tokens/s on 2 cores a run of 5M tokens takes 1.5-2 hours, so the eight runs
+# can be trained a few at a time: ONLY trains those, and the docs/ copies are written once
+# every run has finished, by a run without ONLY (the run directories must still be there:
+# compare skips finished runs by their metrics.jsonl). Two halves side by side, one thread each:
+#   ONLY="full dqt-8bit" THREADS=1 bash experiments/int_methods.sh &
+#   ONLY="galore dqt-4bit" THREADS=1 bash experiments/int_methods.sh &
 #
 # Learning rates: full rank and the DQT / BitNet runs at 1e-3 (the GaLore/LoQT baselines' AdamW
 # rate); GaLore at its paper's 0.01 (rank 128, scale 0.25, P every 200 steps); Q-GaLore at its
@@ -31,11 +37,28 @@ METHODS+=",dqt@dqt-4bit:bits=4,lr=1e-3"
 METHODS+=",dqt@dqt-ternary:bits=ternary,lr=1e-3"
 METHODS+=",bitnet:lr=1e-3"
 
+# ONLY: keep the listed labels (a run's label is the part before ':', after '@' if it has one)
+if [ -n "${ONLY:-}" ]; then
+    IFS=, read -r -a all <<<"$METHODS"
+    METHODS=""
+    for m in "${all[@]}"; do
+        label=${m%%:*}; label=${label#*@}
+        for want in $ONLY; do
+            [ "$label" = "$want" ] && METHODS+="${METHODS:+,}$m"
+        done
+    done
+    [ -n "$METHODS" ] || { echo "int_methods.sh: ONLY names no run (labels: full galore qgalore qgalore-nosr dqt-8bit dqt-4bit dqt-ternary bitnet)" >&2; exit 2; }
+fi
+
 "$LOQT" compare --methods "$METHODS" --model "$MODEL" --data data/corpus --tokens "$TOKENS" \
     --batch-size 8 --total-batch-size 16 --max-length 256 --warmup-steps 100 --min-lr-ratio 0.1 \
     --grad-clipping 1.0 --num-eval-tokens 51200 --seed 0 --threads "${THREADS:-0}" --out "$OUT"
 
-# the committed copies (the runs' checkpoints stay out of the repository)
+# the committed copies (the runs' checkpoints stay out of the repository), from all eight runs
+if [ -n "${ONLY:-}" ]; then
+    echo "int_methods.sh: trained $ONLY; run again without ONLY for the rest and docs/int_methods.md"
+    exit 0
+fi
 cp "$OUT/compare.md" docs/int_methods.md
 cp "$OUT/compare.svg" docs/int_methods.svg
 sed -i 's/(compare.svg)/(int_methods.svg)/' docs/int_methods.md

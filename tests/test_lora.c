@@ -11,7 +11,9 @@
  *     begin_step's merge leaves W_eff as it was (fp32 base) or re-quantizes it (NF4), B = 0 and a
  *     new kaiming A after it, once; a non-finite merge fails the step and changes nothing; the
  *     learning-rate factor; the trainer applies it;
- *   - checkpoint names: the base under the HF name, the adapters under PEFT's suffixes and shapes. */
+ *   - checkpoint names: the base under the HF name, the adapters under PEFT's suffixes and shapes;
+ *   - --target-modules: a projection outside it is its base alone (forward, dX, export, save and
+ *     load, no trained state); the option's JSON form. */
 #include "test.h"
 
 #include "core/error.h"
@@ -687,6 +689,114 @@ static void test_checkpoint_names(void) {
     names_case(LORA_BASE_4);
 }
 
+/* ---- --target-modules ---------------------------------------------------------------------- */
+
+/* The option as checkpoint JSON: written as the names, read back from names or "all"; an empty
+ * list or name (a trailing comma), an unknown name or a number is an error. */
+static void target_modules_json(const linear_method *m) {
+    method_opts o;
+    method_opts_defaults(&o, m);
+    const method_option *opt = method_option_find(m, "target-modules");
+    CHECK(opt && (int)method_option_get(&o, opt) == LORA_ALL_TARGETS, "%s: --target-modules defaults to all", m->name);
+    if (!opt) return;
+    method_option_set(&o, opt, 1 << 0 | 1 << 2);
+    char *js = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&js, &len);
+    method_config_write_json(m, &o, f);
+    fclose(f);
+    CHECK(strstr(js, "\"target_modules\": \"q_proj,v_proj\"") != NULL, "%s: JSON holds the names: %s", m->name, js);
+    method_opts back;
+    method_opts_defaults(&back, m);
+    CHECK(method_config_parse_json(m, &back, js) == 0 && (int)method_option_get(&back, opt) == 5,
+          "%s: q_proj,v_proj reads back", m->name);
+    free(js);
+    CHECK(method_config_parse_json(m, &back, "{\"target_modules\": \"all\"}") == 0 &&
+          (int)method_option_get(&back, opt) == LORA_ALL_TARGETS, "%s: \"all\" is every projection", m->name);
+    const char *bad[] = {"{\"target_modules\": \"\"}", "{\"target_modules\": \"q_proj,wq\"}",
+                         "{\"target_modules\": 5}", "{\"target_modules\": \"q_proj,\"}"};
+    for (int i = 0; i < 4; i++)
+        CHECK(method_config_parse_json(m, &back, bad[i]) != 0 && strstr(loqt_last_error(), "target_modules"),
+              "%s: %s refused, naming the key (%s)", m->name, bad[i], loqt_last_error());
+}
+
+/* A projection outside --target-modules (k_proj of q_proj,v_proj) is its frozen base alone:
+ * forward, dX and the export are the base's bit for bit (fp32 base, the same GEMMs), nothing is
+ * trained or saved beside the base, and q_proj of the same options keeps its adapters. */
+static void test_target_modules(void) {
+    target_modules_json(method_find("lora"));
+    target_modules_json(method_find("relora"));
+    const linear_method *m = method_find("lora");
+    method_opts o;
+    method_opts_defaults(&o, m);
+    set_opt(&o, m, "rank", 4);
+    set_opt(&o, m, "base-bits", LORA_BASE_32);
+    set_opt(&o, m, "lora-dropout", 0.1);
+    set_opt(&o, m, "target-modules", 1 << 0 | 1 << 2);
+    const int out = 24, in = 16, N = 5;
+    float *W0 = structured_weight(out, in, 3), X[5 * 16], dY[5 * 24], Y[5 * 24], dX[5 * 16], ref[5 * 24], W[24 * 16];
+    for (int i = 0; i < N * in; i++) X[i] = rng_normal(8, 1, (uint64_t)i);
+    for (int i = 0; i < N * out; i++) dY[i] = rng_normal(8, 2, (uint64_t)i);
+    linear_layer K, Q;
+    memset(&K, 0, sizeof K);
+    K.m = m, K.out = out, K.in = in, K.proj = 1;
+    snprintf(K.name, sizeof K.name, "model.layers.0.self_attn.k_proj");
+    linear_init ini = {.W0 = W0};
+    CHECK(m->init(&K, &o, &ini) == 0, "init: %s", loqt_last_error());
+    make(&Q, m, &o, out, in, W0, "self_attn.q_proj");
+    CHECK(lora_rank(&K) == 0 && lora_rank(&Q) == 4, "r: k_proj %d (want 0), q_proj %d (want 4)", lora_rank(&K), lora_rank(&Q));
+    m->begin_step(&K, 0);
+    m->forward(&K, X, Y, N);
+    gemm(false, true, N, out, in, 1.0f, X, in, W0, in, 0.0f, ref, out);
+    CHECK(max_diff(Y, ref, (size_t)N * out) == 0, "k_proj forward is X W0^T: off by %g", max_diff(Y, ref, (size_t)N * out));
+    m->backward(&K, X, dY, dX, N, 0);
+    float dref[5 * 16];
+    gemm(false, false, N, in, out, 1.0f, dY, out, W0, in, 0.0f, dref, in);
+    CHECK(max_diff(dX, dref, (size_t)N * in) == 0, "k_proj dX is dY W0: off by %g", max_diff(dX, dref, (size_t)N * in));
+    grad_view v[4];
+    CHECK(m->grad_views(&K, v, 4) == 0 && m->grad_sqnorm(&K) == 0 && m->params_get(&K, NULL) == 0,
+          "k_proj has no gradient and no parameters");
+    m->end_step(&K, 0);
+    const optim_hparams h = {.kind = OPTIM_ADAMW, .lr = 0.01f, .beta1 = B1, .beta2 = B2, .eps = EPS, .grad_scale = 1.0f, .t = 1};
+    m->step(&K, &h);
+    m->export_dense(&K, W);
+    CHECK(max_diff(W, W0, (size_t)out * in) == 0, "k_proj exports W0 after a step");
+    size_t bytes[MEM_NCAT] = {0};
+    m->mem_bytes(&K, bytes);
+    CHECK(bytes[MEM_FACTORS] == 0 && bytes[MEM_GRADS] == 0 && bytes[MEM_OPTIM] == 0 && bytes[MEM_DENSE] == 4 * (size_t)out * in,
+          "k_proj holds its fp32 base alone: factors %zu, grads %zu, optimizer %zu, dense %zu bytes", bytes[MEM_FACTORS],
+          bytes[MEM_GRADS], bytes[MEM_OPTIM], bytes[MEM_DENSE]);
+    st_writer *wm = st_writer_new(), *ws = st_writer_new();
+    m->save(&K, wm, ws);
+    char dir[256], path[2][300];
+    CHECK(test_make_tmpdir(dir, sizeof dir, "lora_targets") == 0, "tmpdir");
+    snprintf(path[0], sizeof path[0], "%s/model.safetensors", dir);
+    snprintf(path[1], sizeof path[1], "%s/state.safetensors", dir);
+    CHECK(st_writer_write(wm, path[0]) == 0 && st_writer_write(ws, path[1]) == 0, "write: %s", loqt_last_error());
+    st_writer_free(wm);
+    st_writer_free(ws);
+    st_file fm, fs;
+    CHECK(st_open(&fm, path[0]) == 0 && st_open(&fs, path[1]) == 0, "open: %s", loqt_last_error());
+    CHECK(fm.n_tensors == 1 && st_find(&fm, "model.layers.0.self_attn.k_proj.weight") && fs.n_tensors == 0,
+          "k_proj saves its base alone (%d model tensors, %d state tensors)", fm.n_tensors, fs.n_tensors);
+    linear_layer K2;
+    memset(&K2, 0, sizeof K2);
+    K2.m = m, K2.out = out, K2.in = in, K2.proj = 1;
+    snprintf(K2.name, sizeof K2.name, "%s", K.name);
+    CHECK(m->init(&K2, &o, NULL) == 0 && m->load(&K2, &fm, &fs) == 0, "load: %s", loqt_last_error());
+    m->export_dense(&K2, W);
+    CHECK(max_diff(W, W0, (size_t)out * in) == 0, "k_proj loads back as W0");
+    st_close(&fm);
+    st_close(&fs);
+    unlink(path[0]);
+    unlink(path[1]);
+    rmdir(dir);
+    m->free(&K2);
+    m->free(&K);
+    m->free(&Q);
+    free(W0);
+}
+
 int main(void) {
     test_set_omp_threads(2);
     RUN(test_matches_pytorch_reference);
@@ -699,5 +809,6 @@ int main(void) {
     RUN(test_relora_merge);
     RUN(test_relora_merge_not_finite);
     RUN(test_checkpoint_names);
+    RUN(test_target_modules);
     TEST_END();
 }

@@ -3,7 +3,8 @@
 # dense parameters) resumes exactly; its adapter has the names, shapes and config PEFT expects
 # (tests/peft_check.py, written from PEFT's convention); the adapter on its exported base gives
 # the fine-tuned model's per-token losses, and so does the base with W + s B A merged by numpy;
-# a fine-tune continued from the adapter starts at the same loss.  Ends with "N passed, N failed".
+# a fine-tune continued from the adapter starts at the same loss; the same with adapters on a
+# subset of the projections (--target-modules q_proj,v_proj).  Ends with "N passed, N failed".
 #   BUILD=build bash tests/test_peft.sh   (KEEP=1 keeps the scratch directory)
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -103,6 +104,47 @@ l_ft=$(sed -n 's/.*"step": 4, "tokens": [0-9]*, "eval_loss": \([0-9.]*\).*/\1/p'
 l_c=$(sed -n 's/.*"step": 0, "tokens": 0, "eval_loss": \([0-9.]*\).*/\1/p' "$T/ft_cont/metrics.jsonl" 2>/dev/null | head -n 1)
 check finetune_continues_from_adapter "step-0 loss ${l_c:-none} ($(tail -n 1 "$T/cont.out")), the fine-tune ended at $l_ft (tolerance 2e-5)" \
     "$PY" -c "import sys; sys.exit(not abs(float('${l_c:-nan}') - float('${l_ft:-0}')) <= 2e-5)"
+
+# ---- --target-modules q_proj,v_proj: adapters on two projections, the rest frozen base ---------
+TM=(--checkpoint "$T/base0" --data "$T/ft" "${C[@]}" --lr 1e-2 --num-training-steps 4 --save-every 2
+    --lora-r 4 --lora-alpha 8 --lora-dropout 0.1 --target-modules q_proj,v_proj)
+"$LOQT" finetune "${TM[@]}" --output-dir "$T/tm_run" >"$T/tm.out" 2>&1
+TK=$T/tm_run/checkpoints/step-00000004
+check target_modules_runs "exit status $?: $(tail -n 2 "$T/tm.out" | tr '\n' '|')" test -d "$TK"
+# the checkpoint holds factors and optimizer state for q and v only, the option as names
+check target_modules_checkpoint "the checkpoint has factors or optimizer state outside q_proj, v_proj, or misses some" "$PY" -c "
+import json, sys; sys.path.insert(0, 'tests'); import peft_check as p
+m, _ = p.read_st('$TK/lora_model.safetensors'); st, _ = p.read_st('$TK/trainer_state.safetensors')
+o = json.load(open('$TK/trainer_state.json'))['method_opts']
+fac = sorted(n for n in m if '.lora_' in n)
+want = sorted('model.layers.%d.self_attn.%s.lora_%s.weight' % (l, x, ab) for l in range(2) for x in ('q_proj', 'v_proj') for ab in 'AB')
+opt = [k for k in st if k.startswith('optimizer.model.layers.')]
+sys.exit(not (fac == want and o['target_modules'] == 'q_proj,v_proj' and opt and
+              all('.q_proj.' in k or '.v_proj.' in k for k in opt)))"
+"$LOQT" finetune "${TM[@]}" --output-dir "$T/tm_resumed" --resume "$T/tm_run/checkpoints/step-00000002" >/dev/null 2>&1
+check target_modules_resume_exactly "the resumed run's steps 3-4 or its step-4 weights differ from the uninterrupted run's (tolerance: none)" \
+    resumed_exactly "$T/tm_run" "$T/tm_resumed"
+TAD=$T/tm_adapter
+"$LOQT" export --checkpoint "$TK" --format peft --with-base --base-model tiny-base --out "$TAD" >/dev/null 2>&1
+why=$("$PY" tests/peft_check.py check "$TAD" "$T/base0/config.json" tiny-base 2>&1)
+check target_modules_peft_layout "${why:-export failed}" test -z "$why"
+check target_modules_peft_config "target_modules is not [q_proj, v_proj], or the adapter has other tensors than their 8" "$PY" -c "
+import json, sys; sys.path.insert(0, 'tests'); import peft_check as p
+c = json.load(open('$TAD/adapter_config.json')); t, _ = p.read_st('$TAD/adapter_model.safetensors')
+sys.exit(not (c['target_modules'] == ['q_proj', 'v_proj'] and len(t) == 8))"
+"$LOQT" eval --checkpoint "$TK" "${EV[@]}" --per-token "$T/tok_tm.tsv" >/dev/null 2>&1
+"$LOQT" eval --checkpoint "$TAD/base" --adapter "$TAD" "${EV[@]}" --per-token "$T/tok_tm_ad.tsv" >/dev/null 2>"$T/tm_ad.err"
+check target_modules_adapter_round_trip "$("$PY" "$T/cmp.py" "$T/tok_tm.tsv" "$T/tok_tm_ad.tsv" 2e-5; head -n 1 "$T/tm_ad.err") (tolerance 2e-5 per token)" \
+    "$PY" "$T/cmp.py" "$T/tok_tm.tsv" "$T/tok_tm_ad.tsv" 2e-5
+"$PY" tests/peft_check.py merge "$TAD" "$TAD/base" "$T/tm_merged"
+"$LOQT" eval --checkpoint "$T/tm_merged" "${EV[@]}" --per-token "$T/tok_tm_merged.tsv" >/dev/null 2>&1
+check target_modules_is_peft_merge "$("$PY" "$T/cmp.py" "$T/tok_tm_ad.tsv" "$T/tok_tm_merged.tsv" 1e-4) (tolerance 1e-4 per token)" \
+    "$PY" "$T/cmp.py" "$T/tok_tm_ad.tsv" "$T/tok_tm_merged.tsv" 1e-4
+# an adapter onto a model with other target modules: refused, naming both
+out=$("$LOQT" finetune --checkpoint "$TAD/base" --adapter "$TAD" --base-bits 32 --data "$T/ft" "${C[@]}" \
+    --num-training-steps 1 --lora-r 4 --lora-alpha 8 --output-dir "$T/tm_bad" 2>&1)
+check target_modules_adapter_mismatch "exit 0 or no message naming both lists: $out" \
+    test $? -ne 0 -a -n "$(echo "$out" | grep 'target_modules q_proj,v_proj, but the model has --target-modules q_proj,k_proj')"
 
 # ---- QuAILoRA: calibrated init from the fine-tuning data, resumed exactly, exported -----------
 QA=(--checkpoint "$T/base0" --data "$T/ft" "${C[@]}" --lr 1e-2 --num-training-steps 4 --save-every 2

@@ -11,6 +11,7 @@
 #include "core/rng.h"
 #include "data/loader.h"
 #include "data/shard.h"
+#include "methods/lora.h"
 #include "model/checkpoint.h"
 #include "model/plan.h"
 #include "model/train.h"
@@ -488,6 +489,44 @@ static void test_quailora_calibration_exact(void) {
           "500 calibration sequences plan more activations and data than 64");
 }
 
+/* --target-modules q_proj,v_proj (lora and relora): the other five projections of each block hold
+ * their base alone (no factors, gradient or optimizer state); exact plain, with per-layer updates,
+ * accumulation and dropout, and from pretrained weights with the calibrated init (the Grams of
+ * every input are still made); the planned factors are those of q and v alone. */
+static void test_target_modules_exact(void) {
+    const char *methods[2] = {"lora", "relora"};
+    const int qv = 1 << 0 | 1 << 2;
+    for (int k = 0; k < 2; k++) {
+        char what[3][128];
+        run_case rc[3];
+        for (int v = 0; v < 3; v++) {
+            rc[v] = base(what[v], methods[k]);
+            set_opt(&rc[v].in, "target-modules", qv);
+            set_opt(&rc[v].in, "relora-steps", 1);
+            rc[v].what = what[v];
+        }
+        snprintf(what[0], sizeof what[0], "%s --target-modules q_proj,v_proj", methods[k]);
+        snprintf(what[1], sizeof what[1], "%s --target-modules q_proj,v_proj, per-layer updates, accum 2, dropout", methods[k]);
+        rc[1].in.per_layer_updates = 1;
+        rc[1].in.accum = 2;
+        set_opt(&rc[1].in, "lora-dropout", 0.1);
+        snprintf(what[2], sizeof what[2], "%s --target-modules q_proj,v_proj from pretrained weights, quailora, NF4", methods[k]);
+        rc[2].in.init_from = 1;
+        set_opt(&rc[2].in, "init", LORA_INIT_QUAILORA);
+        set_opt(&rc[2].in, "calibration-sequences", 3);
+        set_opt(&rc[2].in, "base-bits", LORA_BASE_4);
+        for (int v = 0; v < 3; v++) check_exact(&rc[v]);
+    }
+    run_case all = base("all", "lora"), sub = base("q, v", "lora");
+    set_opt(&sub.in, "target-modules", qv);
+    plan pa, ps;
+    CHECK(plan_make(&pa, &all.in) == 0 && plan_make(&ps, &sub.in) == 0, "plans");
+    const size_t d = 64, r = 8, qv_factors = 4 * 2 * 2 * r * (d + d); /* 2 layers x (q, v) x r (in + out) floats */
+    CHECK(ps.peak[MEM_FACTORS] == qv_factors && pa.peak[MEM_FACTORS] > 3 * qv_factors,
+          "factors: %zu bytes with q, v (expected %zu), %zu with all seven", ps.peak[MEM_FACTORS], qv_factors,
+          pa.peak[MEM_FACTORS]);
+}
+
 static plan plan_of(const char *model, const char *method, void (*edit)(plan_input *)) {
     llama_config c;
     plan p;
@@ -615,6 +654,7 @@ int main(void) {
     RUN(test_gqa_tied_exact);
     RUN(test_freeze_dense_exact);
     RUN(test_quailora_calibration_exact);
+    RUN(test_target_modules_exact);
     RUN(test_savings_go_the_right_way);
     RUN(test_paper_estimate_close_to_table);
     RUN(test_parse_bytes);

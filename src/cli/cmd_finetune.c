@@ -14,11 +14,11 @@
 
 static const char *SUMMARY =
     "Fine-tunes a pretrained LLaMA (a Hugging Face directory, an export or a full-rank checkpoint) with\n"
-    "LoRA adapters on every projection while the base stays frozen (NF4 by default: QLoRA) and the\n"
+    "LoRA adapters on its projections (--target-modules) while the base stays frozen (NF4 by default: QLoRA) and the\n"
     "embedding, norms and lm_head stay frozen too. It runs 'loqt train --init-from DIR --method lora\n"
     "--freeze-dense' with the options below; every other option of 'loqt train' (--data, --lr,\n"
     "--num-training-steps, --output-dir, --resume, ...) and of --method lora (--lora-alpha, --rslora,\n"
-    "--lora-dropout, --init zero|loftq|quailora|quailora-closed, --loftq-iterations,\n"
+    "--lora-dropout, --target-modules, --init zero|loftq|quailora|quailora-closed, --loftq-iterations,\n"
     "--calibration-sequences, --quailora-iterations, ...) is passed on. --init quailora calibrates the\n"
     "adapters on --calibration-sequences sequences of the training data run through the dense model.\n"
     "Write the adapters for PEFT with 'loqt export --format peft'.";
@@ -28,8 +28,8 @@ static void usage(void) {
     printf("  --checkpoint DIR        the pretrained model (train's --init-from)\n"
            "  --base-bits 4|8|16|32   storage of the frozen base: NF4 (QLoRA), int8, bf16 or fp32 [default: 4]\n"
            "  --lora-r R              rank of the adapters (train's --rank) [default: 8]\n"
-           "  --target-modules LIST   the projections with adapters; loqt trains all seven:\n"
-           "                          q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj [default: all]\n"
+           "  --target-modules LIST   the projections with adapters, of q_proj,k_proj,v_proj,o_proj,gate_proj,\n"
+           "                          up_proj,down_proj (e.g. q_proj,v_proj); the others stay frozen [default: all]\n"
            "  --adapter DIR           start from a PEFT adapter (continue a fine-tune) instead of --init\n"
            "\nSee 'loqt train --help' for the rest.\n");
     exit(0);
@@ -48,14 +48,6 @@ static const char *value_of(int argc, char **argv, const char *name, int *index)
     return NULL;
 }
 
-static void check_targets(const char *list) {
-    unsigned t;
-    if (peft_parse_targets(list, &t)) loqt_usage_die("%s", loqt_last_error());
-    if (t != (1u << LIN_PER_BLOCK) - 1)
-        loqt_usage_die("--target-modules %s: loqt fine-tunes adapters on all seven projections (q_proj,k_proj,v_proj,"
-                       "o_proj,gate_proj,up_proj,down_proj); a subset is not supported yet", list);
-}
-
 int cmd_finetune(int argc, char **argv) {
     for (int i = 0; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) usage();
@@ -68,9 +60,8 @@ int cmd_finetune(int argc, char **argv) {
         if (value_of(argc, argv, refused[k][0], NULL)) loqt_usage_die("finetune: --%s: %s", refused[k][0], refused[k][1]);
     if (value_of(argc, argv, "lora-r", NULL) && value_of(argc, argv, "rank", NULL))
         loqt_usage_die("finetune: give the rank once, as --lora-r (or train's --rank)");
-    const char *ckpt = value_of(argc, argv, "checkpoint", NULL), *targets = value_of(argc, argv, "target-modules", NULL);
+    const char *ckpt = value_of(argc, argv, "checkpoint", NULL);
     if (!ckpt || !*ckpt) loqt_usage_die("finetune: --checkpoint DIR (the pretrained model) is required");
-    if (targets) check_targets(targets);
     /* train's argv: the mapped options first, then everything else as given */
     char **t = calloc((size_t)argc + 10, sizeof *t);
     int n = 0;
@@ -96,8 +87,6 @@ int cmd_finetune(int argc, char **argv) {
             const int k = !strcmp(name, "lora-r");
             snprintf(buf[k], sizeof buf[k], "--%s=%s", k ? "rank" : "init-from", value_of(argc - i, argv + i, name, NULL));
             t[n++] = buf[k];
-            i += has_value;
-        } else if (!strcmp(name, "target-modules")) {
             i += has_value;
         } else {
             t[n++] = argv[i];

@@ -1,5 +1,7 @@
 #include "cli/options.h"
 
+#include "core/choices.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -19,20 +21,6 @@ static void normalize(char *dst, size_t cap, const char *src) {
 static void (*help_extra)(void);
 
 void opts_set_help_extra(void (*print)(void)) { help_extra = print; }
-
-int opts_choice_at(const char *choices, int k, char *buf, size_t cap) {
-    const char *p = choices;
-    for (int i = 0; p && i < k; i++) {
-        p = strchr(p, '|');
-        if (p) p++;
-    }
-    if (!p || k < 0 || !cap) return 0;
-    size_t len = strcspn(p, "|");
-    if (len + 1 > cap) len = cap - 1;
-    memcpy(buf, p, len);
-    buf[len] = 0;
-    return 1;
-}
 
 void opts_name_of(const char *arg, char *name, size_t cap) {
     if (strncmp(arg, "--", 2) != 0) {
@@ -55,13 +43,15 @@ static void usage_exit(const opt_spec *s, int n, const char *command, const char
             snprintf(def, sizeof def, "%s", v ? v : "(none)");
             break;
         }
-        case OPT_CHOICE: opts_choice_at(s[i].choices, *(int *)s[i].dst, def, sizeof def); break;
+        case OPT_CHOICE: choice_at(s[i].choices, *(int *)s[i].dst, def, sizeof def); break;
+        case OPT_SET: choice_set_format(s[i].choices, *(unsigned *)s[i].dst, def, sizeof def); break;
         case OPT_FLAG: break;
         }
-        const char *arg = s[i].type == OPT_FLAG ? "" : s[i].choices ? s[i].choices : "VALUE";
+        const char *arg = s[i].type == OPT_FLAG ? "" : s[i].type == OPT_SET ? "LIST" : s[i].choices ? s[i].choices : "VALUE";
         char left[128];
         snprintf(left, sizeof left, "--%s %s", s[i].name, arg);
         printf("  %-36s %s", left, s[i].help);
+        if (s[i].type == OPT_SET) printf(" (comma-separated, of %s; or all)", s[i].choices);
         if (s[i].type != OPT_FLAG) printf(" [default: %s]", def);
         printf("\n");
     }
@@ -76,14 +66,6 @@ static int fail(char *err, size_t cap, const char *fmt, const char *a, const cha
     /* the message is one line whatever the argument held */
     for (char *p = err; *p; p++)
         if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
-    return -1;
-}
-
-/* index of v in "a|b|c", or -1 */
-static int choice_index(const char *choices, const char *v) {
-    char buf[64];
-    for (int k = 0; opts_choice_at(choices, k, buf, sizeof buf); k++)
-        if (!strcmp(buf, v)) return k;
     return -1;
 }
 
@@ -126,6 +108,16 @@ int opts_set_value(const opt_spec *o, const char *v, char *err, size_t cap) {
         }
         if (o->type == OPT_CHOICE) *(int *)o->dst = k;
         else *(const char **)o->dst = v;
+        break;
+    }
+    case OPT_SET: {
+        char bad[64];
+        if (choice_set_parse(o->choices, v, (unsigned *)o->dst, bad, sizeof bad)) {
+            char msg[300];
+            snprintf(msg, sizeof msg, "--%s: %s (a comma-separated list of %s, or all)%%s", name,
+                     *bad ? "unknown name '%s'" : "empty name%s", o->choices);
+            return fail(err, cap, msg, bad, "");
+        }
         break;
     }
     }

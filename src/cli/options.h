@@ -7,14 +7,16 @@
 
 #include <stddef.h>
 
-typedef enum { OPT_INT, OPT_LONG, OPT_FLOAT, OPT_STRING, OPT_FLAG, OPT_CHOICE } opt_type;
+typedef enum { OPT_INT, OPT_LONG, OPT_FLOAT, OPT_STRING, OPT_FLAG, OPT_CHOICE, OPT_SET } opt_type;
 
 typedef struct {
     const char *name;    /* without the leading dashes, dash-spelled */
     opt_type type;
-    void *dst;           /* int*, long*, double*, const char**, int* (flag), int* (choice index) */
+    void *dst;           /* int*, long*, double*, const char**, int* (flag), int* (choice index),
+                          * int* (set: a bit mask, bit k = the k-th name) */
     const char *help;
-    const char *choices; /* OPT_STRING: "a|b|c" to restrict values, or NULL; OPT_CHOICE: "a|b|c" */
+    const char *choices; /* OPT_STRING: "a|b|c" to restrict values, or NULL; OPT_CHOICE, OPT_SET:
+                          * "a|b|c" (a set is given as "a,c" or "all") */
 } opt_spec;
 
 /* Parses argv[0..argc) (after the command name).  Positional arguments are an error.
@@ -34,7 +36,5 @@ int opts_given(const char *name);
 void opts_set_help_extra(void (*print)(void));
 /* "--foo_bar=1" -> "foo-bar" (the option name as specs spell it); "" for a non-option. */
 void opts_name_of(const char *arg, char *name, size_t cap);
-/* The k-th entry of "a|b|c" into buf (0 if there is none). */
-int opts_choice_at(const char *choices, int k, char *buf, size_t cap);
 
 #endif

@@ -2,6 +2,7 @@
  * the chosen method's own options from its table, and the command's options, in one parse. */
 #include "cli/commands.h"
 
+#include "core/choices.h"
 #include "core/error.h"
 
 #include <stdio.h>
@@ -72,14 +73,17 @@ static void print_method_help(void) {
         }
         for (int i = 0; i < m->n_options; i++) {
             const method_option *o = &m->options[i];
-            char left[128], def[64], range[96] = "";
-            const char *arg = o->type == MOPT_FLAG ? "" : o->type == MOPT_CHOICE ? o->choices : "VALUE";
+            char left[128], def[64], range[128] = "";
+            const char *arg = o->type == MOPT_FLAG ? "" : o->type == MOPT_CHOICE ? o->choices : o->type == MOPT_SET ? "LIST" : "VALUE";
             snprintf(left, sizeof left, "--%s %s", o->name, arg);
-            if (o->type == MOPT_CHOICE) opts_choice_at(o->choices, (int)o->def, def, sizeof def);
+            if (o->type == MOPT_CHOICE) choice_at(o->choices, (int)o->def, def, sizeof def);
+            else if (o->type == MOPT_SET && (unsigned)o->def == choice_all(o->choices)) snprintf(def, sizeof def, "all");
+            else if (o->type == MOPT_SET) choice_set_format(o->choices, (unsigned)o->def, def, sizeof def);
             else if (o->type == MOPT_FLAG) snprintf(def, sizeof def, "%s", o->def ? "on" : "off");
             else snprintf(def, sizeof def, "%g", o->def);
             if (o->type == MOPT_INT) snprintf(range, sizeof range, ", range %.0f..%.0f", o->lo, o->hi);
             else if (o->type == MOPT_FLOAT) snprintf(range, sizeof range, ", range %g..%g", o->lo, o->hi);
+            else if (o->type == MOPT_SET) snprintf(range, sizeof range, "; LIST: comma-separated names of %s, or all", o->choices);
             printf("    %-40s %s [default: %s%s]\n", left, o->help, def, range);
         }
     }
@@ -99,9 +103,9 @@ static void apply_run_defaults(const linear_method *m, const opt_spec *specs, in
 
 static opt_spec method_spec(const method_option *o, int *iv, double *dv) {
     opt_type t = o->type == MOPT_FLOAT ? OPT_FLOAT : o->type == MOPT_FLAG ? OPT_FLAG
-               : o->type == MOPT_CHOICE ? OPT_CHOICE : OPT_INT;
+               : o->type == MOPT_CHOICE ? OPT_CHOICE : o->type == MOPT_SET ? OPT_SET : OPT_INT;
     return (opt_spec){o->name, t, o->type == MOPT_FLOAT ? (void *)dv : (void *)iv, o->help,
-                      o->type == MOPT_CHOICE ? o->choices : NULL};
+                      o->type == MOPT_CHOICE || o->type == MOPT_SET ? o->choices : NULL};
 }
 
 void cli_parse_run(cli_run *r, const opt_spec *extra, int n_extra, int argc, char **argv,

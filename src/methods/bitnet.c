@@ -202,7 +202,8 @@ static void bitnet_params_set(linear_layer *L, const float *x) {
 }
 
 /* latent weights and Adam's two moments in 16 bits (the reference trains in bf16), the codes */
-static double bitnet_paper_bytes(int out, int in, const method_opts *o) {
+static double bitnet_paper_bytes(int out, int in, int proj, const method_opts *o) {
+    (void)proj; /* every projection alike */
     (void)o;
     const size_t n = (size_t)out * in;
     return 6.0 * (double)n + (double)qgrid_data_bytes(n, 2) + (double)qgrid_scale_bytes(1);

@@ -143,7 +143,8 @@ static void dense_params_set(linear_layer *L, const float *x) {
 }
 
 /* weights, Adam's m and v, gradient: 16 bits each */
-static double dense_paper_bytes(int out, int in, const method_opts *o) {
+static double dense_paper_bytes(int out, int in, int proj, const method_opts *o) {
+    (void)proj; /* every projection alike */
     (void)o;
     return 2.0 * 3.0 * out * in;
 }

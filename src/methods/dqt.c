@@ -309,7 +309,8 @@ static void dqt_params_set(linear_layer *L, const float *x) {
 }
 
 /* the codes at their width, the scales, Adam's two moments in 16 bits */
-static double dqt_paper_bytes(int out, int in, const method_opts *o) {
+static double dqt_paper_bytes(int out, int in, int proj, const method_opts *o) {
+    (void)proj; /* every projection alike */
     dqt_config c;
     method_config_get(o, &c, sizeof c);
     const dqt_geom g = geom_of(out, in, &c);

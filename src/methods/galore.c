@@ -629,7 +629,8 @@ static long galore_next_refresh(const method_opts *o, long after) {
 }
 
 /* W, P and Adam's two moments of R in 16 bits */
-static double galore_paper_bytes(int out, int in, const method_opts *o) {
+static double galore_paper_bytes(int out, int in, int proj, const method_opts *o) {
+    (void)proj; /* every projection alike */
     const galore_spec sp = galore_spec_of(o);
     const galore_geom g = galore_geom_of(out, in, &sp);
     return 2.0 * (double)g.n + 2.0 * (double)g.nP + 4.0 * (double)g.nR;

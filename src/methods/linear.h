@@ -37,14 +37,17 @@ typedef enum {
                   * `as_float` (a value that the method uses in single precision) */
     MOPT_FLAG,   /* int field, 0 or 1; a flag without a value on the command line */
     MOPT_CHOICE, /* int field: index into `choices` ("static|linear|exponential") */
+    MOPT_SET,    /* int field, a bit mask: a non-empty subset of `choices`, bit k = the k-th name;
+                  * "q_proj,v_proj" (or "all") on the command line, the names in checkpoint JSON */
 } mopt_type;
 
 typedef struct {
     const char *name;    /* CLI spelling, dashes: "update-proj-gap" */
     mopt_type type;
     size_t offset;       /* offsetof(config struct, field) */
-    double def, lo, hi;  /* default (CHOICE: index of the default), closed range (INT, FLOAT) */
-    const char *choices; /* CHOICE only */
+    double def, lo, hi;  /* default (CHOICE: index of the default; SET: its mask), closed range
+                          * (INT, FLOAT) */
+    const char *choices; /* CHOICE and SET only */
     const char *help;
 } method_option;
 
@@ -53,6 +56,7 @@ typedef struct {
 #define MOPT_F(T, f, name, def, lo, hi, help) {name, MOPT_FLOAT, offsetof(T, f), def, lo, hi, NULL, help}
 #define MOPT_B(T, f, name, def, help) {name, MOPT_FLAG, offsetof(T, f), def, 0, 1, NULL, help}
 #define MOPT_C(T, f, name, def, choices, help) {name, MOPT_CHOICE, offsetof(T, f), def, 0, 0, choices, help}
+#define MOPT_S(T, f, name, def, choices, help) {name, MOPT_SET, offsetof(T, f), def, 0, 0, choices, help}
 
 /* Bytes reserved for a method's config struct inside method_opts (checked by the registry). */
 #define METHOD_CONFIG_BYTES 256
@@ -76,9 +80,15 @@ typedef struct {
     const char *option, *value;
 } method_run_default;
 
+/* A layer's place in its block: the seven projections of a LLaMA block (model/llama.h's LIN_Q ..
+ * LIN_DOWN), in the order and with the names PEFT's target_modules uses. */
+#define LINEAR_PROJECTIONS "q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
+enum { LINEAR_N_PROJECTIONS = 7 };
+
 typedef struct {
     const linear_method *m;
     int out, in;
+    int proj;        /* its projection, 0 .. LINEAR_N_PROJECTIONS - 1 (LINEAR_PROJECTIONS) */
     char name[96];   /* HF module name, e.g. "model.layers.3.mlp.up_proj" */
     void *state;     /* the method's own */
 } linear_layer;
@@ -138,6 +148,7 @@ typedef enum {
  * few slots of planning state that mirror what the real state has allocated (zero before INIT). */
 typedef struct {
     int out, in;
+    int proj;  /* as linear_layer.proj */
     const method_opts *o;
     long step; /* BEGIN_STEP, END_STEP, STEP */
     int N;     /* FORWARD, BACKWARD */
@@ -212,8 +223,9 @@ struct linear_method {
     void (*stats)(const linear_layer *L, method_stats *acc);
     /* Optional.  A factor on the whole model's learning rate at `step` (ReLoRA's restarts). */
     double (*lr_scale)(const method_opts *o, long step);
-    /* Optional.  The layer's bytes in the papers' memory estimate (16-bit weights and state). */
-    double (*paper_bytes)(int out, int in, const method_opts *o);
+    /* Optional.  The layer's bytes in the papers' memory estimate (16-bit weights and state);
+     * proj as linear_layer.proj. */
+    double (*paper_bytes)(int out, int in, int proj, const method_opts *o);
     /* Optional.  Defaults of the trainer's options for this method, ending with {NULL, NULL}:
      * set before the command line is parsed (so it overrides them, and --help shows them); an
      * option the command does not have is skipped (bench has no --lr). */

@@ -694,7 +694,8 @@ static void loqt_stats(const linear_layer *L, method_stats *acc) {
 }
 
 /* W in 4 bits, P and B in 16 bits, Adam's two moments of B in 16 bits */
-static double loqt_paper_bytes(int out, int in, const method_opts *o) {
+static double loqt_paper_bytes(int out, int in, int proj, const method_opts *o) {
+    (void)proj; /* every projection alike */
     loqt_config c;
     method_config_get(o, &c, sizeof c);
     const loqt_geom g = geom_of(out, in, &c);

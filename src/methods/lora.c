@@ -46,7 +46,7 @@ lora_spec lora_spec_of(const lora_config *c) {
                        .double_quant = c->use_double_quant, .init = c->init,
                        .loftq_iters = c->loftq_iterations, .svd = c->svd,
                        .calib_seqs = c->calibration_sequences, .quailora_iters = c->quailora_iterations,
-                       .ridge = c->quailora_ridge};
+                       .ridge = c->quailora_ridge, .targets = (unsigned)c->target_modules};
 }
 
 static int is_quailora(int init) { return init == LORA_INIT_QUAILORA || init == LORA_INIT_QUAILORA_CLOSED; }
@@ -55,10 +55,10 @@ int lora_spec_calibration(const lora_spec *sp) { return is_quailora(sp->init) ? 
 
 /* ---- shapes and sizes, shared by the code and its planning twin -------------------------- */
 
-lora_geom lora_geom_of(int out, int in, const lora_spec *sp) {
+lora_geom lora_geom_of(int out, int in, int proj, const lora_spec *sp) {
     lora_geom g;
     const int small = out < in ? out : in;
-    g.r = sp->rank < small ? sp->rank : small;
+    g.r = !(sp->targets >> proj & 1u) ? 0 : sp->rank < small ? sp->rank : small;
     g.n = (size_t)out * in;
     g.nA = (size_t)g.r * in;
     g.nB = (size_t)out * g.r;
@@ -72,11 +72,14 @@ static int tile_rows(int out, int in) {
     return rows < out ? rows : out;
 }
 
+/* the adapters' input is dropped out (a layer without adapters has no use for the mask) */
+static int has_dropout(const lora_spec *sp, const lora_geom *g) { return sp->dropout > 0 && g->r > 0; }
+
 /* The work buffer of one forward or backward call: a tile of dequantized W (unless W is fp32),
  * the dropped-out input (or, in backward, the masked dX term), and two [N, r] intermediates. */
 static size_t work_floats(const lora_spec *sp, const lora_geom *g, int out, int in, int N) {
     return (sp->base == QMAT_F32 ? 0 : (size_t)tile_rows(out, in) * in) +
-           (sp->dropout > 0 ? (size_t)N * in : 0) + 2 * (size_t)N * g->r;
+           (has_dropout(sp, g) ? (size_t)N * in : 0) + 2 * (size_t)N * g->r;
 }
 
 /* LoftQ's scratch besides the two n-sized buffers: the round's B, A and singular values */
@@ -123,7 +126,7 @@ typedef struct {
 _Static_assert((int)LORA_QUAILORA_MAX >= (int)LORA_LOFTQ_MAX, "init_err holds LoftQ's rounds too");
 
 static float *A_of(const lora_state *st) { return st->AB; }
-static float *B_of(const lora_state *st) { return st->AB + st->g.nA; }
+static float *B_of(const lora_state *st) { return st->AB ? st->AB + st->g.nA : NULL; }
 
 /* A <- kaiming-uniform (a = sqrt(5)): U(-1/sqrt(in), 1/sqrt(in)), keyed by the optimizer step t
  * at which it is drawn (0 at init, the merge steps of ReLoRA) */
@@ -455,18 +458,22 @@ int lora_engine_init(linear_layer *L, const method_opts *o, const linear_init *i
     lora_state *st = calloc(1, sizeof *st);
     L->state = st;
     st->sp = *sp;
-    st->g = lora_geom_of(L->out, L->in, sp);
+    st->g = lora_geom_of(L->out, L->in, L->proj, sp);
     st->seed = o->seed;
     st->stream = rng_stream_id(L->name);
     st->s = (float)sp->scale;
     if (qmat_init(&st->W, sp->base, L->out, L->in, sp->double_quant, MEM_DENSE)) return -1;
-    st->AB = mem_alloc(MEM_FACTORS, sizeof(float) * (st->g.nA + st->g.nB));
-    optim_state_init(&st->opt, st->g.nA + st->g.nB, o->optimizer);
+    const size_t np = st->g.nA + st->g.nB;
+    if (np) st->AB = mem_alloc(MEM_FACTORS, sizeof(float) * np);
+    optim_state_init(&st->opt, np, o->optimizer);
     const float *W0 = ini ? ini->W0 : NULL;
     float *Wr = W0 ? NULL : linear_random_init(L, o->seed, MEM_SCRATCH);
     if (!W0) W0 = Wr;
     int rc;
-    if (sp->init == LORA_INIT_LOFTQ) {
+    if (!np) { /* outside --target-modules: the base alone */
+        rc = qmat_set(&st->W, W0);
+        if (rc) loqt_set_error("%s: cannot store the base weight: %s", L->name, loqt_last_error());
+    } else if (sp->init == LORA_INIT_LOFTQ) {
         rc = loftq_init(L, st, W0);
     } else if (is_quailora(sp->init)) {
         rc = quailora_init(L, st, W0, ini);
@@ -489,12 +496,12 @@ static work layer_work(const lora_state *st, int out, int in, int N) {
     work w;
     w.Wc = mem_workspace(sizeof(float) * work_floats(&st->sp, &st->g, out, in, N));
     w.D = w.Wc + (st->sp.base == QMAT_F32 ? 0 : (size_t)tile_rows(out, in) * in);
-    w.T = w.D + (st->sp.dropout > 0 ? (size_t)N * in : 0);
+    w.T = w.D + (has_dropout(&st->sp, &st->g) ? (size_t)N * in : 0);
     w.U = w.T + (size_t)N * st->g.r;
     return w;
 }
 
-static int dropout_on(const lora_state *st) { return st->sp.dropout > 0 && st->in_step; }
+static int dropout_on(const lora_state *st) { return has_dropout(&st->sp, &st->g) && st->in_step; }
 
 enum { HASH_CHUNK = 1 << 16 };
 
@@ -583,6 +590,7 @@ void lora_forward(linear_layer *L, const float *X, float *Y, int N) {
     const int out = L->out, in = L->in, r = st->g.r;
     work w = layer_work(st, out, in, N);
     base_forward(st, X, Y, N, out, in, w.Wc);
+    if (!r) return;
     const float *Xa = X;
     if (dropout_on(st)) {
         drop_into(st, X, N, in, w.D);
@@ -597,6 +605,7 @@ void lora_backward(linear_layer *L, const float *X, const float *dY, float *dX, 
     const int out = L->out, in = L->in, r = st->g.r;
     work w = layer_work(st, out, in, N);
     if (dX) base_backward(st, dY, dX, N, out, in, accumulate, w.Wc);
+    if (!r) return;
     if (!st->dAB) st->dAB = mem_alloc(MEM_GRADS, sizeof(float) * (st->g.nA + st->g.nB));
     float *dA = st->dAB, *dB = st->dAB + st->g.nA;
     const int drop = dropout_on(st);
@@ -630,7 +639,7 @@ void lora_begin_step(linear_layer *L, long step) {
     lora_state *st = L->state;
     st->step = step;
     st->in_step = 1;
-    if (!merge_due(&st->sp, step) || st->merged_at == step || st->merge_err[0]) return;
+    if (!st->g.r || !merge_due(&st->sp, step) || st->merged_at == step || st->merge_err[0]) return;
     if (merge_restart(L, step)) snprintf(st->merge_err, sizeof st->merge_err, "%s", loqt_last_error());
     else st->merged_at = step;
 }
@@ -752,7 +761,7 @@ void lora_mem_bytes(const linear_layer *L, size_t bytes[MEM_NCAT]) {
 void lora_export(const linear_layer *L, float *W) {
     const lora_state *st = L->state;
     qmat_get(&st->W, W);
-    gemm(false, false, L->out, L->in, st->g.r, st->s, B_of(st), st->g.r, A_of(st), L->in, 1.0f, W, L->in);
+    if (st->g.r) gemm(false, false, L->out, L->in, st->g.r, st->s, B_of(st), st->g.r, A_of(st), L->in, 1.0f, W, L->in);
 }
 
 /* ---- checkpoints: the base under the HF name (a plain tensor when 16 or 32 bits), the adapters
@@ -763,6 +772,7 @@ void lora_save(const linear_layer *L, st_writer *model, st_writer *state) {
     char nm[200];
     snprintf(nm, sizeof nm, "%s.weight", L->name);
     qmat_save(&st->W, model, nm);
+    if (!st->g.r) return; /* outside --target-modules */
     const int64_t sa[2] = {st->g.r, L->in}, sb[2] = {L->out, st->g.r};
     snprintf(nm, sizeof nm, "%s.lora_A.weight", L->name);
     st_writer_add(model, nm, ST_F32, 2, sa, A_of(st));
@@ -777,6 +787,7 @@ int lora_load(linear_layer *L, const st_file *model, const st_file *state) {
     char nm[200];
     snprintf(nm, sizeof nm, "%s.weight", L->name);
     if (qmat_load(&st->W, model, nm)) return -1;
+    if (!st->g.r) return 0;
     const int64_t sa[2] = {st->g.r, L->in}, sb[2] = {L->out, st->g.r};
     snprintf(nm, sizeof nm, "%s.lora_A.weight", L->name);
     if (st_read_f32(model, nm, A_of(st), 2, sa)) return -1;
@@ -832,9 +843,11 @@ static void plan_quailora(const linear_plan *p, const lora_spec *sp, const lora_
 static void plan_init(const linear_plan *p, const lora_spec *sp, const lora_geom *g, mem_sim *s) {
     const size_t f = sizeof(float), n = g->n;
     qmat_plan_init(s, sp->base, n, sp->double_quant, MEM_DENSE);
-    mem_sim_alloc(s, MEM_FACTORS, f * (g->nA + g->nB));
+    if (g->r) mem_sim_alloc(s, MEM_FACTORS, f * (g->nA + g->nB));
     if (!p->init_W0) mem_sim_alloc(s, MEM_SCRATCH, f * n); /* the random initial W (a pretraining run) */
-    if (sp->init == LORA_INIT_LOFTQ) {
+    if (!g->r) {
+        qmat_plan_set(s, sp->base, n, sp->double_quant);
+    } else if (sp->init == LORA_INIT_LOFTQ) {
         mem_sim_alloc(s, MEM_SCRATCH, f * n); /* T */
         mem_sim_alloc(s, MEM_SCRATCH, f * n); /* Q */
         mem_sim_alloc(s, MEM_SCRATCH, f * loftq_cur_floats(g));
@@ -868,7 +881,7 @@ static void plan_merge(const linear_plan *p, const lora_spec *sp, const lora_geo
 }
 
 void lora_engine_plan(linear_plan *p, linear_phase phase, mem_sim *s, const lora_spec *sp) {
-    const lora_geom g = lora_geom_of(p->out, p->in, sp);
+    const lora_geom g = lora_geom_of(p->out, p->in, p->proj, sp);
     const size_t f = sizeof(float);
     long *sl = p->slot;
     switch (phase) {
@@ -876,11 +889,12 @@ void lora_engine_plan(linear_plan *p, linear_phase phase, mem_sim *s, const lora
     case LPHASE_FORWARD: mem_sim_workspace(s, f * work_floats(sp, &g, p->out, p->in, p->N)); break;
     case LPHASE_BACKWARD:
         mem_sim_workspace(s, f * work_floats(sp, &g, p->out, p->in, p->N));
+        if (!g.r) break;
         if (!sl[PS_DAB]) mem_sim_alloc(s, MEM_GRADS, f * (g.nA + g.nB));
         sl[PS_DAB] = 1;
         break;
     case LPHASE_BEGIN_STEP:
-        if (merge_due(sp, p->step)) plan_merge(p, sp, &g, s);
+        if (g.r && merge_due(sp, p->step)) plan_merge(p, sp, &g, s);
         break;
     case LPHASE_STEP:
         if (sl[PS_DAB]) {
@@ -899,8 +913,8 @@ void lora_engine_plan(linear_plan *p, linear_phase phase, mem_sim *s, const lora
 
 /* The papers' estimate: the base in its bits, A and B in 16 bits and Adam's two moments of both
  * in 16 bits (LoQT's table: "LoRA: optimizer 2mr + 2nr") */
-double lora_engine_paper_bytes(int out, int in, const lora_spec *sp) {
-    const lora_geom g = lora_geom_of(out, in, sp);
+double lora_engine_paper_bytes(int out, int in, int proj, const lora_spec *sp) {
+    const lora_geom g = lora_geom_of(out, in, proj, sp);
     static const double base_bytes[] = {[QMAT_F32] = 4, [QMAT_BF16] = 2, [QMAT_NF4] = 0.5, [QMAT_INT8] = 1, [QMAT_INT4] = 0.5};
     const double np = (double)(g.nA + g.nB);
     return base_bytes[sp->base] * (double)g.n + 2.0 * np + 4.0 * np;
@@ -917,13 +931,13 @@ int lora_grad_views(linear_layer *L, grad_view *v, int cap) {
 
 size_t lora_params_get(const linear_layer *L, float *x) {
     const lora_state *st = L->state;
-    if (x) memcpy(x, st->AB, sizeof(float) * (st->g.nA + st->g.nB));
+    if (x && st->AB) memcpy(x, st->AB, sizeof(float) * (st->g.nA + st->g.nB));
     return st->g.nA + st->g.nB;
 }
 
 void lora_params_set(linear_layer *L, const float *x) {
     lora_state *st = L->state;
-    memcpy(st->AB, x, sizeof(float) * (st->g.nA + st->g.nB));
+    if (st->AB) memcpy(st->AB, x, sizeof(float) * (st->g.nA + st->g.nB));
 }
 
 void lora_stats(const linear_layer *L, method_stats *acc) {
@@ -951,8 +965,8 @@ int lora_init_errors(const linear_layer *L, double *err, int cap) {
 void lora_get_factors(const linear_layer *L, float *W, float *A, float *B) {
     const lora_state *st = L->state;
     if (W) qmat_get(&st->W, W);
-    if (A) memcpy(A, A_of(st), sizeof(float) * st->g.nA);
-    if (B) memcpy(B, B_of(st), sizeof(float) * st->g.nB);
+    if (A && st->g.r) memcpy(A, A_of(st), sizeof(float) * st->g.nA);
+    if (B && st->g.r) memcpy(B, B_of(st), sizeof(float) * st->g.nB);
 }
 
 void lora_factors(linear_layer *L, float **A, float **B) {
@@ -988,9 +1002,9 @@ static void lora_plan(linear_plan *p, linear_phase phase, mem_sim *s) {
     lora_engine_plan(p, phase, s, &sp);
 }
 
-static double lora_paper_bytes(int out, int in, const method_opts *o) {
+static double lora_paper_bytes(int out, int in, int proj, const method_opts *o) {
     const lora_spec sp = method_spec(o);
-    return lora_engine_paper_bytes(out, in, &sp);
+    return lora_engine_paper_bytes(out, in, proj, &sp);
 }
 
 static int lora_calibration(const method_opts *o) {

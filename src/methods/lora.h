@@ -27,7 +27,10 @@ typedef struct {
     int base_bits, use_double_quant, init, loftq_iterations, svd;
     int calibration_sequences, quailora_iterations;
     double quailora_ridge;
+    int target_modules; /* bit j: projection j (LINEAR_PROJECTIONS) has adapters */
 } lora_config;
+
+enum { LORA_ALL_TARGETS = (1 << LINEAR_N_PROJECTIONS) - 1 };
 
 /* One table line per shared option, over the struct T whose lora_config is reached by the member
  * prefix P (empty, or "l." for a struct that embeds one as `l`); DROPOUT is the method's default. */
@@ -43,7 +46,8 @@ typedef struct {
     MOPT_C(T, P svd, "svd", LORA_SVD_RANDOMIZED, "randomized|exact", "the truncated SVD of LoftQ and QuAILoRA: randomized range finder, or exact one-sided Jacobi (slow; small layers, tests)"), \
     MOPT_I(T, P calibration_sequences, "calibration-sequences", 64, 1, 1 << 20, "QuAILoRA: training sequences (of --max-length tokens, evenly spaced over the training split) whose activations in the dense model calibrate the init"), \
     MOPT_I(T, P quailora_iterations, "quailora-iterations", 10, 0, LORA_QUAILORA_MAX, "--init quailora: alternating least-squares rounds (each solves B, then A) from the uncalibrated SVD start"), \
-    MOPT_F(T, P quailora_ridge, "quailora-ridge", 0.01, 0, 1e3, "QuAILoRA: ridge lambda added to the calibration Gram X^T X, relative to the Gram's mean diagonal entry trace(H) / in (GPTQ's dampening)")
+    MOPT_F(T, P quailora_ridge, "quailora-ridge", 0.01, 0, 1e3, "QuAILoRA: ridge lambda added to the calibration Gram X^T X, relative to the Gram's mean diagonal entry trace(H) / in (GPTQ's dampening)"), \
+    MOPT_S(T, P target_modules, "target-modules", LORA_ALL_TARGETS, LINEAR_PROJECTIONS, "the projections that get adapters (PEFT's target_modules); the others keep only their frozen base, stored as --base-bits says")
 
 typedef struct {
     int rank;          /* as given; a layer uses min(rank, its smaller side) */
@@ -61,6 +65,7 @@ typedef struct {
     int merge_every;
     int opt_reset;     /* LORA_RESET_* */
     double prune_ratio; /* the fraction of each moment tensor's entries zeroed (smallest |value|) */
+    unsigned targets;  /* the projections with adapters (lora_config.target_modules) */
 } lora_spec;
 
 lora_spec lora_spec_of(const lora_config *c);
@@ -68,16 +73,17 @@ lora_spec lora_spec_of(const lora_config *c);
  * engine's `calibration` hook. */
 int lora_spec_calibration(const lora_spec *sp);
 
-/* Shapes and sizes, shared by the code and its planning twin. */
+/* Shapes and sizes, shared by the code and its planning twin.  A projection outside the targets
+ * has r = 0: no adapters, no gradient, no optimizer state; its base alone. */
 typedef struct {
     int r;
     size_t n, nA, nB; /* elements of W, A (r x in), B (out x r) */
 } lora_geom;
-lora_geom lora_geom_of(int out, int in, const lora_spec *sp);
+lora_geom lora_geom_of(int out, int in, int proj, const lora_spec *sp);
 
 int lora_engine_init(linear_layer *L, const method_opts *o, const linear_init *ini, const lora_spec *sp);
 void lora_engine_plan(linear_plan *p, linear_phase phase, mem_sim *s, const lora_spec *sp);
-double lora_engine_paper_bytes(int out, int in, const lora_spec *sp);
+double lora_engine_paper_bytes(int out, int in, int proj, const lora_spec *sp);
 
 /* The hooks that take only the layer. */
 void lora_forward(linear_layer *L, const float *X, float *Y, int N);
@@ -110,6 +116,7 @@ int lora_init_errors(const linear_layer *L, double *err, int cap);
 void lora_dropout_mask(const linear_layer *L, const float *X, int N, unsigned char *keep);
 /* The base W (dequantized, out x in), A (r x in), B (out x r); any may be NULL. */
 void lora_get_factors(const linear_layer *L, float *W, float *A, float *B);
+/* The layer's r: min(rank, its smaller side), 0 for a projection outside --target-modules. */
 int lora_rank(const linear_layer *L);
 /* The layer's own A (r x in) and B (out x r), to be written in place (a PEFT adapter loaded
  * onto the layer, model/peft.h: no copy, so nothing for the memory planner to add). */

@@ -70,7 +70,8 @@ static long qgalore_next_refresh(const method_opts *o, long after) {
 
 /* As the Q-GaLore paper counts: W in 8 bits, P in its bits, Adam's two moments of R in 8 bits
  * (16 with --optimizer adamw); scales and zero points are left out, as the papers leave them. */
-static double qgalore_paper_bytes(int out, int in, const method_opts *o) {
+static double qgalore_paper_bytes(int out, int in, int proj, const method_opts *o) {
+    (void)proj; /* every projection alike */
     const galore_spec sp = qgalore_spec_of(o);
     const galore_geom g = galore_geom_of(out, in, &sp);
     const double p_bytes = sp.pk == QMAT_INT4 ? 0.5 : sp.pk == QMAT_INT8 ? 1.0 : 2.0;

@@ -2,6 +2,7 @@
  * range checks, checkpoint JSON, run descriptions. */
 #include "methods/linear.h"
 
+#include "core/choices.h"
 #include "core/error.h"
 #include "core/json.h"
 #include "core/rng.h"
@@ -97,28 +98,6 @@ const method_option *method_option_find(const linear_method *m, const char *name
     return NULL;
 }
 
-/* the k-th entry of "a|b|c" into buf; 0 if there is none */
-static int choice_at(const char *choices, int k, char *buf, size_t cap) {
-    const char *p = choices;
-    for (int i = 0; p && i < k; i++) {
-        p = strchr(p, '|');
-        if (p) p++;
-    }
-    if (!p || k < 0) return 0;
-    size_t len = strcspn(p, "|");
-    if (len + 1 > cap) len = cap - 1;
-    memcpy(buf, p, len);
-    buf[len] = 0;
-    return 1;
-}
-
-static int choice_index(const char *choices, const char *v) {
-    char buf[64];
-    for (int k = 0; choice_at(choices, k, buf, sizeof buf); k++)
-        if (!strcmp(buf, v)) return k;
-    return -1;
-}
-
 static int check_option(const method_option *opt, double v) {
     switch (opt->type) {
     case MOPT_INT:
@@ -139,6 +118,10 @@ static int check_option(const method_option *opt, double v) {
             return loqt_set_error("--%s must be one of %s", opt->name, opt->choices);
         return 0;
     }
+    case MOPT_SET:
+        if (v != floor(v) || v < 1 || v > choice_all(opt->choices))
+            return loqt_set_error("--%s must be a non-empty list of %s", opt->name, opt->choices);
+        return 0;
     }
     return loqt_set_error("--%s: unknown option type", opt->name);
 }
@@ -166,9 +149,13 @@ void method_config_write_json(const linear_method *m, const method_opts *o, FILE
         json_key(opt->name, key, sizeof key);
         fprintf(f, "%s\"%s\": ", i ? ", " : "", key);
         double v = method_option_get(o, opt);
-        if (opt->type == MOPT_CHOICE && choice_at(opt->choices, (int)v, choice, sizeof choice))
+        if (opt->type == MOPT_CHOICE && choice_at(opt->choices, (int)v, choice, sizeof choice)) {
             json_write_string(f, choice);
-        else if (opt->type == MOPT_FLOAT) fprintf(f, "%.17g", v);
+        } else if (opt->type == MOPT_SET) {
+            char list[512];
+            choice_set_format(opt->choices, (unsigned)v, list, sizeof list);
+            json_write_string(f, list);
+        } else if (opt->type == MOPT_FLOAT) fprintf(f, "%.17g", v);
         else fprintf(f, "%d", (int)v);
     }
     fprintf(f, "}");
@@ -195,9 +182,18 @@ int method_config_parse_json(const linear_method *m, method_opts *o, const char 
             goto done;
         }
         double val;
+        unsigned set;
+        char bad[64];
         if (opt->type == MOPT_CHOICE && x->type == JSON_STRING) {
             val = choice_index(opt->choices, x->string);
-        } else if (opt->type != MOPT_CHOICE && x->type == JSON_NUMBER) {
+        } else if (opt->type == MOPT_SET && x->type == JSON_STRING) {
+            if (choice_set_parse(opt->choices, x->string, &set, bad, sizeof bad)) {
+                loqt_set_error("method options: '%s': %s%s%s (a comma-separated list of %s, or all)", v->keys[i],
+                               *bad ? "unknown name '" : "an empty name", bad, *bad ? "'" : "", opt->choices);
+                goto done;
+            }
+            val = set;
+        } else if (opt->type != MOPT_CHOICE && opt->type != MOPT_SET && x->type == JSON_NUMBER) {
             val = x->number;
         } else {
             loqt_set_error("method options: '%s' has a value of the wrong type", v->keys[i]);
@@ -221,8 +217,9 @@ void method_config_describe(const linear_method *m, const method_opts *o, char *
     for (int i = 0; i < m->n_options && k < cap; i++) {
         const method_option *opt = &m->options[i];
         double v = method_option_get(o, opt);
-        char val[64];
+        char val[512];
         if (opt->type == MOPT_CHOICE) choice_at(opt->choices, (int)v, val, sizeof val);
+        else if (opt->type == MOPT_SET) choice_set_format(opt->choices, (unsigned)v, val, sizeof val);
         else if (opt->type == MOPT_FLAG) snprintf(val, sizeof val, "%s", v ? "on" : "off");
         else snprintf(val, sizeof val, "%g", v);
         int w = snprintf(buf + k, cap - k, "%s%s %s", i ? ", " : "", opt->name, val);

@@ -77,9 +77,9 @@ static double relora_lr_scale(const method_opts *o, long step) {
     return j < W ? (double)(j + 1) / (double)W : 1.0;
 }
 
-static double relora_paper_bytes(int out, int in, const method_opts *o) {
+static double relora_paper_bytes(int out, int in, int proj, const method_opts *o) {
     const lora_spec sp = relora_spec_of(o);
-    return lora_engine_paper_bytes(out, in, &sp);
+    return lora_engine_paper_bytes(out, in, proj, &sp);
 }
 
 const linear_method method_relora = {

@@ -273,6 +273,7 @@ static int create(llama_model *m, const llama_config *cfg, const linear_method *
         for (int j = 0; j < LIN_PER_BLOCK; j++) {
             linear_layer *L = &b->lin[j];
             L->m = method;
+            L->proj = j;
             llama_linear_shape(cfg, j, &L->out, &L->in);
             snprintf(L->name, sizeof L->name, "model.layers.%d.%s", l, lin_names[j]);
             if (!bad && !calibrate) bad = linear_from(L, &m->mopts, w);

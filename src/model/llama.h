@@ -15,7 +15,9 @@
 
 #include <stdint.h>
 
+/* in the order of methods/linear.h's LINEAR_PROJECTIONS (a layer's proj) */
 enum { LIN_Q, LIN_K, LIN_V, LIN_O, LIN_GATE, LIN_UP, LIN_DOWN, LIN_PER_BLOCK };
+_Static_assert((int)LIN_PER_BLOCK == (int)LINEAR_N_PROJECTIONS, "the projections of linear.h");
 
 /* A dense parameter with its gradient and optimizer state.  The vocabulary-sized matrices
  * (embedding, lm_head) get their gradient buffer at its first use, and per-layer updates without

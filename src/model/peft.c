@@ -4,6 +4,7 @@
  * the LoraConfig fields). */
 #include "model/peft.h"
 
+#include "core/choices.h"
 #include "core/error.h"
 #include "core/json.h"
 #include "core/mem.h"
@@ -17,31 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
-const char *const peft_module_names[LIN_PER_BLOCK] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                                       "gate_proj", "up_proj", "down_proj"};
-static const unsigned ALL_TARGETS = (1u << LIN_PER_BLOCK) - 1;
 static const char *const PREFIX = "base_model.model.";
-
-static int module_index(const char *name, size_t len) {
-    for (int j = 0; j < LIN_PER_BLOCK; j++)
-        if (strlen(peft_module_names[j]) == len && !strncmp(peft_module_names[j], name, len)) return j;
-    return -1;
-}
-
-int peft_parse_targets(const char *list, unsigned *targets) {
-    *targets = 0;
-    for (const char *p = list; *p;) {
-        const size_t len = strcspn(p, ",");
-        const int j = module_index(p, len);
-        if (j < 0)
-            return loqt_set_error("--target-modules: unknown module '%.*s' (the projections are q_proj, k_proj, "
-                                  "v_proj, o_proj, gate_proj, up_proj, down_proj)", (int)len, p);
-        *targets |= 1u << j;
-        p += len + (p[len] == ',');
-    }
-    if (!*targets) return loqt_set_error("--target-modules: no module given");
-    return 0;
-}
 
 /* ---- adapter_config.json in ----------------------------------------------------------------- */
 
@@ -59,12 +36,13 @@ static int read_targets(const json_value *cfg, const char *path, unsigned *targe
     *targets = 0;
     for (size_t i = 0; i < t->len; i++) {
         const json_value *s = &t->items[i];
-        const int j = s->type == JSON_STRING ? module_index(s->string, strlen(s->string)) : -1;
+        const int j = s->type == JSON_STRING ? choice_index(LINEAR_PROJECTIONS, s->string) : -1;
         if (j < 0)
             return loqt_set_error("%s: target_modules: '%s' is not a LLaMA projection (q_proj ... down_proj)", path,
                                   s->type == JSON_STRING ? s->string : "?");
         *targets |= 1u << j;
     }
+    if (!*targets) return loqt_set_error("%s: target_modules is empty", path);
     return 0;
 }
 
@@ -120,19 +98,23 @@ static double opt_value(const llama_model *m, const char *name) {
     return method_option_get(&m->mopts, method_option_find(m->method, name));
 }
 
-/* The model's adapter settings as a peft_config (every layer targeted). */
+static int targeted(const peft_config *pc, int j) { return pc->targets >> j & 1u; }
+
+/* The model's adapter settings as a peft_config. */
 static int model_config(const llama_model *m, peft_config *pc) {
     if (!lora_is_engine(m->method))
         return loqt_set_error("the model's method is %s; PEFT adapters belong to --method lora (or relora)",
                               m->method->name);
-    pc->r = lora_rank(&m->blocks[0].lin[0]);
     pc->lora_alpha = opt_value(m, "lora-alpha");
     pc->lora_dropout = opt_value(m, "lora-dropout");
     pc->use_rslora = (int)opt_value(m, "rslora");
-    pc->targets = ALL_TARGETS;
+    pc->targets = (unsigned)opt_value(m, "target-modules");
+    int first = 0;
+    while (!targeted(pc, first)) first++; /* the option is never empty */
+    pc->r = lora_rank(&m->blocks[0].lin[first]);
     for (int l = 0; l < m->cfg.num_hidden_layers; l++)
         for (int j = 0; j < LIN_PER_BLOCK; j++)
-            if (lora_rank(&m->blocks[l].lin[j]) != pc->r) /* PEFT has one r for all (no rank_pattern) */
+            if (targeted(pc, j) && lora_rank(&m->blocks[l].lin[j]) != pc->r) /* PEFT has one r for all (no rank_pattern) */
                 return loqt_set_error("%s has rank %d, the others %d: PEFT's r is one value", m->blocks[l].lin[j].name,
                                       lora_rank(&m->blocks[l].lin[j]), pc->r);
     return 0;
@@ -145,6 +127,7 @@ int peft_method_opts(const peft_config *pc, const char *base_bits, method_opts *
     method_option_set(mo, method_option_find(lm, "lora-alpha"), pc->lora_alpha);
     method_option_set(mo, method_option_find(lm, "rslora"), pc->use_rslora);
     method_option_set(mo, method_option_find(lm, "lora-dropout"), pc->lora_dropout);
+    method_option_set(mo, method_option_find(lm, "target-modules"), pc->targets);
     const method_option *bb = method_option_find(lm, "base-bits");
     const char *choices[] = {"4", "8", "16", "32"};
     for (int k = 0; k < 4; k++)
@@ -163,8 +146,9 @@ static void write_config(FILE *f, const peft_config *pc, const char *base_model)
                "  \"lora_alpha\": %.17g,\n  \"lora_dropout\": %.17g,\n  \"modules_to_save\": null,\n"
                "  \"peft_type\": \"LORA\",\n  \"r\": %d,\n  \"rank_pattern\": {},\n  \"revision\": null,\n"
                "  \"target_modules\": [", pc->lora_alpha, pc->lora_dropout, pc->r);
-    for (int j = 0, k = 0; j < LIN_PER_BLOCK; j++)
-        if (pc->targets & (1u << j)) fprintf(f, "%s\"%s\"", k++ ? ", " : "", peft_module_names[j]);
+    char name[32];
+    for (int j = 0, k = 0; choice_at(LINEAR_PROJECTIONS, j, name, sizeof name); j++)
+        if (targeted(pc, j)) fprintf(f, "%s\"%s\"", k++ ? ", " : "", name);
     fprintf(f, "],\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_dora\": false,\n  \"use_rslora\": %s\n}\n",
             pc->use_rslora ? "true" : "false");
 }
@@ -177,6 +161,7 @@ static int write_tensors(const llama_model *m, const peft_config *pc, const char
     st_writer_meta(w, "format", "pt"); /* what PEFT's save_pretrained records */
     for (int l = 0, k = 0; l < m->cfg.num_hidden_layers; l++)
         for (int j = 0; j < LIN_PER_BLOCK; j++, k++) {
+            if (!targeted(pc, j)) continue; /* PEFT writes tensors of the target modules only */
             const linear_layer *L = &m->blocks[l].lin[j];
             const size_t nA = (size_t)pc->r * L->in, nB = (size_t)L->out * pc->r;
             AB[k] = mem_alloc(MEM_SCRATCH, sizeof(float) * (nA + nB));
@@ -242,9 +227,12 @@ static int read_layer(linear_layer *L, const st_file *f, int r, const char *dir)
 int peft_load_adapter(llama_model *m, const char *dir) {
     peft_config want, have;
     if (model_config(m, &want) || peft_read_config(dir, &have)) return -1;
-    if (have.targets != ALL_TARGETS)
-        return loqt_set_error("--adapter %s: target_modules must be all seven projections (loqt's LoRA layers are "
-                              "all of them)", dir);
+    if (have.targets != want.targets) {
+        char a[256], b[256];
+        choice_set_format(LINEAR_PROJECTIONS, have.targets, a, sizeof a);
+        choice_set_format(LINEAR_PROJECTIONS, want.targets, b, sizeof b);
+        return loqt_set_error("--adapter %s: target_modules %s, but the model has --target-modules %s", dir, a, b);
+    }
     if (!same_scale(&want, &have))
         return loqt_set_error("--adapter %s: r %d, lora_alpha %g%s, but the model has --rank %d, --lora-alpha %g%s",
                               dir, have.r, have.lora_alpha, have.use_rslora ? ", use_rslora" : "", want.r,
@@ -256,7 +244,8 @@ int peft_load_adapter(llama_model *m, const char *dir) {
     int rc = st_check_finite(&f);
     if (rc) loqt_set_error("--adapter %s: %s", dir, loqt_last_error());
     for (int l = 0; l < m->cfg.num_hidden_layers && !rc; l++)
-        for (int j = 0; j < LIN_PER_BLOCK && !rc; j++) rc = read_layer(&m->blocks[l].lin[j], &f, have.r, dir);
+        for (int j = 0; j < LIN_PER_BLOCK && !rc; j++)
+            if (targeted(&have, j)) rc = read_layer(&m->blocks[l].lin[j], &f, have.r, dir);
     const char *extra = rc ? NULL : st_first_unused(&f);
     if (extra)
         rc = loqt_set_error("--adapter %s: tensor '%s' is not a LoRA factor of this model's projections", dir, extra);

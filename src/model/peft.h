@@ -15,21 +15,16 @@
 
 #include "model/llama.h"
 
-/* The projections PEFT names in target_modules, in LIN_Q .. LIN_DOWN order. */
-extern const char *const peft_module_names[LIN_PER_BLOCK];
-
 typedef struct {
     int r;
     double lora_alpha, lora_dropout;
     int use_rslora;
-    unsigned targets; /* bit j: projection j (LIN_Q ...) is in target_modules */
+    unsigned targets; /* bit j: projection j (LINEAR_PROJECTIONS, LIN_Q ...) is in target_modules */
 } peft_config;
 
-/* Parses "q_proj,k_proj,..." into a bit set of projections; -1 with an error naming an unknown
- * module. */
-int peft_parse_targets(const char *list, unsigned *targets);
 /* Reads DIR/adapter_config.json; -1 with a one-line error (missing file, not LORA, a feature
- * loqt does not have: DoRA, biases, rank or alpha patterns, fan_in_fan_out, a subset of layers). */
+ * loqt does not have: DoRA, biases, rank or alpha patterns, fan_in_fan_out, a subset of layers,
+ * target_modules as a regular expression). */
 int peft_read_config(const char *dir, peft_config *pc);
 
 /* Writes the adapters of a LoRA-engine model (--method lora or relora) to DIR; base_model (may be
@@ -45,8 +40,8 @@ int peft_load_adapter(llama_model *m, const char *dir);
 /* A LoRA model (fp32 base, rank and scale from the adapter's config) from the pretrained
  * directory base_dir with the adapter of adapter_dir on it (eval, generate). */
 int peft_create_model(llama_model *m, const char *base_dir, const char *adapter_dir);
-/* The method options of such a model: the lora method's defaults with r, alpha, use_rslora and
- * dropout from pc; base_bits as a value of --base-bits ("4", "8", "16", "32"). */
+/* The method options of such a model: the lora method's defaults with r, alpha, use_rslora,
+ * dropout and the target modules from pc; base_bits as a value of --base-bits ("4", "8", "16", "32"). */
 int peft_method_opts(const peft_config *pc, const char *base_bits, method_opts *mo);
 
 #endif

@@ -101,6 +101,7 @@ static void create(replay *r) {
         for (int j = 0; j < LIN_PER_BLOCK; j++) {
             linear_plan *p = layer(r, l, j);
             llama_linear_shape(c, j, &p->out, &p->in);
+            p->proj = j;
             p->o = &r->in->mo;
             p->init_W0 = r->in->init_from;
             p->init_gram = calib;
@@ -369,9 +370,9 @@ int plan_make(plan *p, const plan_input *in) {
 
 /* ---- data parallelism: the units' sizes and owners ------------------------------------------ */
 
-size_t plan_linear_optim_bytes(const linear_method *lm, int out, int in, const method_opts *mo) {
+size_t plan_linear_optim_bytes(const linear_method *lm, int out, int in, int proj, const method_opts *mo) {
     mem_sim s = {0};
-    linear_plan p = {.out = out, .in = in, .o = mo, .N = 1};
+    linear_plan p = {.out = out, .in = in, .proj = proj, .o = mo, .N = 1};
     const linear_phase first_step[] = {LPHASE_INIT, LPHASE_BEGIN_STEP, LPHASE_BACKWARD, LPHASE_END_STEP, LPHASE_STEP};
     for (size_t i = 0; i < sizeof first_step / sizeof first_step[0]; i++) lm->plan(&p, first_step[i], &s);
     return s.peak[MEM_OPTIM];
@@ -390,7 +391,7 @@ static void unit_sizes(const llama_config *c, const linear_method *lm, const met
     for (int j = 0; j < LIN_PER_BLOCK; j++) {
         int out, in;
         llama_linear_shape(c, j, &out, &in);
-        per[j] = plan_linear_optim_bytes(lm, out, in, mo);
+        per[j] = plan_linear_optim_bytes(lm, out, in, j, mo);
     }
     for (int l = 0; l < c->num_hidden_layers; l++)
         for (int j = 0; j < LIN_PER_BLOCK; j++) n[linear_unit(c, l, j)] = per[j];

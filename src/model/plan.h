@@ -93,9 +93,9 @@ size_t plan_overhead_bytes(int threads, int heap_churn);
  * layers as its paper_bytes hook counts them), in bytes; 0 when the method has no such hook. */
 double plan_paper_estimate(const llama_config *cfg, const char *method, const method_opts *mo);
 
-/* Data parallelism (model/dp.h).  The optimizer-state bytes of one linear layer of this shape after
- * its first step, from the method's plan hook. */
-size_t plan_linear_optim_bytes(const linear_method *lm, int out, int in, const method_opts *mo);
+/* Data parallelism (model/dp.h).  The optimizer-state bytes of one linear layer of this shape and
+ * projection (linear_layer.proj) after its first step, from the method's plan hook. */
+size_t plan_linear_optim_bytes(const linear_method *lm, int out, int in, int proj, const method_opts *mo);
 /* The owner of each unit (llama_unit_count order) under --zero 1, so that the ranks hold about the
  * same optimizer state: units by decreasing optimizer-state bytes (ties: lower unit first), each to
  * the rank with the least so far (ties: lower rank).  0, or -1 with an error. */

@@ -197,7 +197,7 @@ double plan_paper_estimate(const llama_config *c, const char *method, const meth
     for (int j = 0; j < LIN_PER_BLOCK; j++) {
         int out, in;
         llama_linear_shape(c, j, &out, &in);
-        b += c->num_hidden_layers * lm->paper_bytes(out, in, mo);
+        b += c->num_hidden_layers * lm->paper_bytes(out, in, j, mo);
     }
     return b;
 }
