@@ -92,7 +92,7 @@ int cmd_finetune(int argc, char **argv) {
             t[n++] = argv[i];
         }
     }
-    const int rc = cmd_train(n, t);
+    const int rc = cmd_train_as("finetune", n, t);
     free(t);
     return rc;
 }

@@ -214,6 +214,9 @@ static double do_eval(train_run *t, long max_tokens, long step) {
     return loss;
 }
 
+/* the command whose options are parsed: "train", or "finetune" (which runs train), for messages */
+static const char *command_name = "train";
+
 static void parse_args(train_args *a, int argc, char **argv) {
     *a = (train_args){
         .data = "data/corpus", .scheduler = "cosine", .log_every = 1, .num_training_steps = 1000, .max_bad_steps = 5,
@@ -251,7 +254,7 @@ static void parse_args(train_args *a, int argc, char **argv) {
         {"zero", OPT_INT, &a->zero, "under mpirun: 1 shards the optimizer state across the ranks (each keeps and updates the state of the layers it owns, ZeRO stage 1); 0 keeps a copy on every rank", NULL},
         {"dist-timeout", OPT_FLOAT, &a->dist_timeout, "under mpirun: seconds a rank waits for another before it stops with an error (a rank died or hangs)", NULL},
     };
-    cli_parse_run(&a->run, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, "train", SUMMARY);
+    cli_parse_run(&a->run, specs, (int)(sizeof specs / sizeof specs[0]), argc, argv, command_name, SUMMARY);
     if (a->num_training_steps <= 0) loqt_usage_die("--num-training-steps must be positive");
     if (!(a->lr > 0)) loqt_usage_die("--lr must be positive");
     if (a->min_lr_ratio < 0 || a->min_lr_ratio > 1) loqt_usage_die("--min-lr-ratio must be in [0, 1]");
@@ -738,6 +741,11 @@ static void release(train_run *t) {
     llama_free(&t->m);
     loader_close(&t->train);
     loader_close(&t->val);
+}
+
+int cmd_train_as(const char *command, int argc, char **argv) {
+    command_name = command;
+    return cmd_train(argc, argv);
 }
 
 int cmd_train(int argc, char **argv) {

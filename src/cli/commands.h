@@ -6,6 +6,8 @@
 #include "model/llama.h"
 
 int cmd_train(int argc, char **argv);
+/* train, with option errors under another command's name (finetune runs train) */
+int cmd_train_as(const char *command, int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
