@@ -40,9 +40,11 @@ NOTES = {
               "P from the gradient's SVD every 200 steps, lr 0.01, --galore-state reset (the default); the "
               "same tokens, schedule and clipping as loqt and full.",
     "lora": "LoRA (--method lora): a frozen random bf16 W plus s B A, rank 128, alpha 32 (s = 0.25), "
-            "lr 0.01; the same tokens, schedule and clipping as loqt and full.",
+            "lr 0.01; the same tokens, schedule and clipping as loqt and full. Ran (2026-12) beside "
+            "relora with one thread each, so its tokens/s is that of one core.",
     "relora": "ReLoRA (--method relora): lora's settings, merged into W every 100 steps with a "
-              "10-step restarted warmup and 99% of A's and B's Adam moments pruned, dropout 0.1.",
+              "10-step restarted warmup and 99% of A's and B's Adam moments pruned, dropout 0.1 "
+              "(the reference's); one thread, beside lora.",
     "loqt-plu": "LoQT as loqt, with --per-layer-updates (each layer's refresh and update run inside "
                 "backward and every gradient but the norms' is freed after its update), one "
                 "micro-batch of 16 and no gradient clipping (per-layer updates have no global norm "
