@@ -14,6 +14,8 @@
  * registered method without an entry, or an entry without a method, fails. */
 #include "test.h"
 
+#include "core/choices.h"
+
 #include "core/error.h"
 #include "core/rng.h"
 #include "kernels/gemm.h"
@@ -83,14 +85,6 @@ static const method_entry *entry_of(const char *name) {
     for (int i = 0; i < N_ENTRIES; i++)
         if (!strcmp(entries[i].method, name)) return &entries[i];
     return NULL;
-}
-
-/* index of v in "a|b|c", -1 if absent */
-static int choice_index(const char *choices, const char *v) {
-    int k = 0;
-    for (const char *p = choices; p; p = strchr(p, '|') ? strchr(p, '|') + 1 : NULL, k++)
-        if (strncmp(p, v, strlen(v)) == 0 && (p[strlen(v)] == '|' || !p[strlen(v)])) return k;
-    return -1;
 }
 
 static void set_opt(method_opts *o, const linear_method *m, const char *name, double v) {
