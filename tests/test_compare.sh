@@ -33,6 +33,9 @@ rc=$?
 check compare_runs "exit $rc: $(tail -n 2 "$T/err" | tr '\n' '|')" test $rc -eq 0
 check compare_table "compare.md lacks two finished rows" test "$(grep -c '| finished |' "$C/compare.md" 2>/dev/null)" = 2
 check compare_steps "the runs did not train 20 steps" grep -q '"final": true, "step": 20,' "$C/runs/loqt/metrics.jsonl"
+# the method's statistics at the end: in the final record, and listed under the table
+check compare_stats_record "no method_stats in loqt's final record" grep -q '"final": true.*"method_stats": {"refresh_s": ' "$C/runs/loqt/metrics.jsonl"
+check compare_stats_listed "compare.md does not list loqt's statistics" grep -q '^- loqt: refresh_s [0-9]' "$C/compare.md"
 
 # the SVG is well-formed, has a polyline per run and curve, a legend and bars
 "$PY" - "$C/compare.svg" >"$T/svg" 2>&1 <<'EOF'

@@ -378,6 +378,7 @@ typedef struct {
     double mem[MEM_NCAT], accounted, rss; /* measured peaks (MiB) */
     double plan[MEM_NCAT], plan_accounted, plan_total;
     int have_mem, have_plan;
+    char stats[640];         /* the method's statistics at the end: "svd_saved 96, refreshes 24" */
 } run_result;
 
 static void push(double **x, double **y, int *n, int *cap, double a, double b) {
@@ -403,6 +404,19 @@ static void read_memory(const json_value *o, const char *prefix, double *cat, do
         json_get_number(o, key, &cat[c]);
     }
     json_get_number(o, "accounted_peak_mib", accounted);
+}
+
+/* A final record's "method_stats" object as "name value, ..." (numbers only, as loqt train writes them). */
+static void read_stats(const json_value *o, char *out, size_t cap) {
+    size_t used = 0;
+    out[0] = 0;
+    if (!o || o->type != JSON_OBJECT) return;
+    for (size_t i = 0; i < o->len && used + 1 < cap; i++) {
+        if (o->items[i].type != JSON_NUMBER) continue;
+        int w = snprintf(out + used, cap - used, "%s%s %.4g", used ? ", " : "", o->keys[i], o->items[i].number);
+        if (w < 0) break;
+        used += (size_t)w < cap - used ? (size_t)w : cap - used - 1;
+    }
 }
 
 static void read_result(const compare_args *a, const compare_run *r, run_result *res) {
@@ -435,6 +449,7 @@ static void read_result(const compare_args *a, const compare_run *r, run_result 
                 json_get_number(m, "peak_rss_mib", &res->rss);
                 res->have_mem = 1;
             }
+            read_stats(json_get(v, "method_stats"), res->stats, sizeof res->stats);
         } else if (json_get_number(v, "eval_loss", &loss) == 0) {
             push(&res->etok, &res->eloss, &res->ne, &res->ecap, tok / 1e6, loss);
         } else if (json_get_number(v, "loss", &loss) == 0) {
@@ -525,6 +540,16 @@ static void write_breakdown(FILE *f, const compare_args *a, const run_result *re
     }
 }
 
+/* What each method reported of its layers at the end (refreshes, SVDs saved, ...), for the runs that have it. */
+static void write_stats(FILE *f, const compare_args *a, const run_result *res) {
+    int any = 0;
+    for (int i = 0; i < a->n_runs; i++) any |= res[i].stats[0] != 0;
+    if (!any) return;
+    fprintf(f, "\nThe methods' statistics at the end of each run (over all layers: a sum, or a mean for subspace_cos and proj_gap; `docs/methods.md`):\n\n");
+    for (int i = 0; i < a->n_runs; i++)
+        if (res[i].stats[0]) fprintf(f, "- %s: %s\n", a->runs[i].label, res[i].stats);
+}
+
 static void write_markdown(FILE *f, const compare_args *a, const run_result *res) {
     fprintf(f, "# Comparison\n\n`%s`\n\n", a->command);
     fprintf(f, "Every run: %ld steps of %d tokens (%.2fM tokens), the same model, data order, seed and schedule. "
@@ -532,6 +557,7 @@ static void write_markdown(FILE *f, const compare_args *a, const run_result *res
                "training steps.\n\n", a->steps, a->tokens_per_step, a->steps * (double)a->tokens_per_step / 1e6);
     write_table(f, a, res);
     write_breakdown(f, a, res);
+    write_stats(f, a, res);
     fprintf(f, "\n![training and held-out loss, memory](compare.svg)\n\n"
                "Left: training loss (thin, moving average over 2%% of the steps) and held-out loss (dots) against "
                "tokens. Right: each category's measured peak, stacked (categories peak at different moments, so the "

@@ -463,16 +463,27 @@ static void write_plan(const train_args *a, const train_run *t) {
     if (fclose(f)) loqt_die("cannot write %s: %s", path, strerror(errno));
 }
 
-/* What the linear method reports of its layers right after their init from a checkpoint, e.g.
- * LoftQ's or QuAILoRA's remaining error relative to zero init's: the user's evidence that the
- * init did its work before a step is taken. */
-static void print_init_stats(const llama_model *m) {
+/* What the linear method reports of its layers (WHEN: "after init", "at the end"). Right after
+ * their init from a checkpoint, e.g. LoftQ's or QuAILoRA's remaining error relative to zero
+ * init's: the user's evidence that the init did its work before a step is taken. */
+static void print_stats(const llama_model *m, const char *when) {
     method_stats st;
     llama_method_stats(m, &st);
     if (st.n == 0) return;
-    printf("method statistics after init:");
+    printf("method statistics %s:", when);
     for (int i = 0; i < st.n; i++) printf("%s %s %.4g", i ? "," : "", st.s[i].name, method_stats_value(&st, i));
     printf("\n");
+}
+
+/* The same statistics at the end of a run, in its final metrics record ("method_stats": {...}),
+ * e.g. Q-GaLore's SVDs saved by its adaptive refresh: `loqt compare` lists them under its table. */
+static void write_stats_json(const llama_model *m, FILE *f) {
+    method_stats st;
+    llama_method_stats(m, &st);
+    if (st.n == 0) return;
+    fprintf(f, ", \"method_stats\": {");
+    for (int i = 0; i < st.n; i++) fprintf(f, "%s\"%s\": %.6g", i ? ", " : "", st.s[i].name, method_stats_value(&st, i));
+    fprintf(f, "}");
 }
 
 static void create_model(const train_args *a, train_run *t, const trainer_meta *tm) {
@@ -489,7 +500,7 @@ static void create_model(const train_args *a, train_run *t, const trainer_meta *
             loqt_die_last("--init-from");
         mem_free(tok);
         printf("initialized from %s (%.1f s)\n", a->init_from, cli_now() - t0);
-        print_init_stats(&t->m);
+        print_stats(&t->m, "after init");
         if (a->adapter && peft_load_adapter(&t->m, a->adapter)) loqt_die_last(NULL);
         if (a->adapter) printf("adapters from %s\n", a->adapter);
     } else if (llama_create(&t->m, &t->cfg, a->run.m, &a->run.mo, (uint64_t)a->seed)) {
@@ -719,10 +730,12 @@ static void finish(const train_args *a, train_run *t, double last_loss, double t
     }
     printf("trained %ld steps, %.2fM tokens in %.1f s; final held-out perplexity %.3f\n",
            step - t->start_step, (double)(t->tokens) / 1e6, cli_now() - t_start, exp(final_loss));
+    print_stats(&t->m, "at the end");
     mem_report(stdout);
     if (t->metrics) {
         fprintf(t->metrics, "{\"final\": true, \"step\": %ld, \"eval_loss\": %.6f, \"memory\": ", step, final_loss);
         mem_report_json(t->metrics);
+        write_stats_json(&t->m, t->metrics);
     }
     if (t->ranks > 1) dp_summary(t, t->metrics);
     if (t->metrics) {
