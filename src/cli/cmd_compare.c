@@ -545,7 +545,7 @@ static void write_stats(FILE *f, const compare_args *a, const run_result *res) {
     int any = 0;
     for (int i = 0; i < a->n_runs; i++) any |= res[i].stats[0] != 0;
     if (!any) return;
-    fprintf(f, "\nThe methods' statistics at the end of each run (over all layers: a sum, or a mean for subspace_cos and proj_gap; `docs/methods.md`):\n\n");
+    fprintf(f, "\nThe methods' statistics at the end of each run (over all layers, each a sum or a mean as `docs/methods.md` says):\n\n");
     for (int i = 0; i < a->n_runs; i++)
         if (res[i].stats[0]) fprintf(f, "- %s: %s\n", a->runs[i].label, res[i].stats);
 }
