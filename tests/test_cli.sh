@@ -70,12 +70,22 @@ def raw(line, key):  # the number exactly as written
 
 cmd, path = sys.argv[1], sys.argv[2]
 L = lines(path)
+def strict(word):  # JSON has no NaN or Infinity; Python's reader would take them
+    raise ValueError("%s is not JSON" % word)
+
+if cmd == "strict":  # strict PATH: every line an object in strict JSON; prints the final line's eval_loss
+    for i, l in enumerate(L):
+        try:
+            o = json.loads(l, parse_constant=strict)
+        except Exception as e:
+            print("line %d is not JSON (%s): %s" % (i + 1, e, l[:80])); sys.exit()
+    print("final eval_loss %s" % json.dumps(o.get("eval_loss", "missing")) if o.get("final") else "no final line")
 if cmd == "valid":  # every line a JSON object; steps 1..N in order; eval lines; a final line
     nsteps = int(sys.argv[3])
     objs = []
     for i, l in enumerate(L):
         try:
-            o = json.loads(l)
+            o = json.loads(l, parse_constant=strict)
         except Exception as e:
             print("line %d is not JSON (%s): %s" % (i + 1, e, l[:80])); sys.exit()
         if not isinstance(o, dict):
@@ -192,6 +202,12 @@ tmps=$(find "$A" -name '*.tmp*' | head -n 3)
 check train_no_tmp_left "left behind: $tmps" test -z "$tmps"
 check train_progress_lines "stdout lacks 'step 12/12' or 'saved checkpoint'" \
     bash -c "grep -q 'step 12/12' '$T/out' && grep -q 'saved checkpoint' '$T/out'"
+# --num-eval-tokens 0: no evaluation, and a metrics.jsonl that is still strict JSON (its final
+# line's eval_loss is null, never NaN)
+run "$LOQT" train "${COMMON[@]}" --num-eval-tokens 0 --num-training-steps 2 --output-dir "$T/noeval"
+probs=$(metrics strict "$T/noeval/metrics.jsonl")
+check train_no_eval_metrics_json "exit $RC, $probs, stdout: $(grep -c '^eval' "$T/out") eval lines" \
+    bash -c "[ $RC -eq 0 ] && [ '$probs' = 'final eval_loss null' ] && ! grep -q '^eval' '$T/out' && grep -q 'no held-out evaluation' '$T/out'"
 
 # ---- 2. the loss falls on the learnable pattern ----------------------------------------------
 first=$(metrics get "$A/metrics.jsonl" first loss 2>/dev/null)

@@ -36,6 +36,11 @@ check compare_steps "the runs did not train 20 steps" grep -q '"final": true, "s
 # the method's statistics at the end: in the final record, and listed under the table
 check compare_stats_record "no method_stats in loqt's final record" grep -q '"final": true.*"method_stats": {"refresh_s": ' "$C/runs/loqt/metrics.jsonl"
 check compare_stats_listed "compare.md does not list loqt's statistics" grep -q '^- loqt: refresh_s [0-9]' "$C/compare.md"
+# a run without held-out evaluation (--num-eval-tokens 0) that reached its last step is finished
+"$LOQT" compare --methods full --tokens 128 "${COMMON[@]}" --num-eval-tokens 0 --out "$T/cmp0" >"$T/out" 2>"$T/err"
+rc=$?
+check compare_no_eval_finished "exit $rc, row: $(grep '^| full' "$T/cmp0/compare.md" 2>/dev/null)" \
+    bash -c "[ $rc -eq 0 ] && grep -q '^| full .*| finished |' '$T/cmp0/compare.md'"
 
 # the SVG is well-formed, has a polyline per run and curve, a legend and bars
 "$PY" - "$C/compare.svg" >"$T/svg" 2>&1 <<'EOF'

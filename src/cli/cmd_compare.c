@@ -377,7 +377,7 @@ typedef struct {
     double step_tps_median;
     double mem[MEM_NCAT], accounted, rss; /* measured peaks (MiB) */
     double plan[MEM_NCAT], plan_accounted, plan_total;
-    int have_mem, have_plan;
+    int have_final, have_mem, have_plan;
     char stats[640];         /* the method's statistics at the end: "svd_saved 96, refreshes 24" */
 } run_result;
 
@@ -442,7 +442,8 @@ static void read_result(const compare_args *a, const compare_run *r, run_result 
         int fin = 0;
         json_get_number(v, "tokens", &tok);
         if (json_get_bool(v, "final", &fin) == 0 && fin) {
-            json_get_number(v, "eval_loss", &res->final_loss);
+            res->have_final = 1;
+            json_get_number(v, "eval_loss", &res->final_loss); /* null without a held-out evaluation */
             const json_value *m = json_get(v, "memory");
             if (m && m->type == JSON_OBJECT) {
                 read_memory(m, "", res->mem, &res->accounted);
@@ -518,7 +519,7 @@ static void write_table(FILE *f, const compare_args *a, const run_result *res) {
         pair(f, x->have_plan ? x->plan_accounted : NAN, x->have_mem ? x->accounted : NAN);
         pair(f, x->have_plan ? x->plan_total : NAN, x->have_mem ? x->rss : NAN);
         if (r->failed) fprintf(f, " failed (exit %d) |\n", r->failed);
-        else if (isfinite(x->final_loss)) fprintf(f, " finished |\n");
+        else if (x->have_final) fprintf(f, " finished |\n");
         else fprintf(f, " unfinished: %.2fM of %.2fM tokens |\n", x->n ? x->tok[x->n - 1] : 0.0, a->steps * (double)a->tokens_per_step / 1e6);
     }
 }

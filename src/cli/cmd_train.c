@@ -193,6 +193,7 @@ static void save_checkpoint(train_run *t, const train_args *a, long step, double
 
 /* Held-out loss; data-parallel ranks evaluate every ranks-th batch each and add up. */
 static double do_eval(train_run *t, long max_tokens, long step) {
+    if (max_tokens <= 0) return NAN; /* --num-eval-tokens 0: no held-out evaluation */
     double t0 = cli_now(), part[2];
     part[1] = (double)cli_evaluate_part(&t->m, &t->val, (uint64_t)max_tokens, t->rank, t->ranks, &part[0]);
     if (dp_sum(&t->dp, part, 2)) loqt_die_last("evaluation");
@@ -206,10 +207,11 @@ static double do_eval(train_run *t, long max_tokens, long step) {
     printf("eval step %ld: loss %.4f, perplexity %.3f over %llu tokens (%.1f s)\n", step, loss,
            exp(loss), (unsigned long long)n, cli_now() - t0);
     if (!metrics) return loss; /* not rank 0 */
-    fprintf(metrics,
-            "{\"step\": %ld, \"tokens\": %llu, \"eval_loss\": %.6f, \"eval_ppl\": %.4f, "
-            "\"eval_tokens\": %llu}\n",
-            step, (unsigned long long)tokens, loss, exp(loss), (unsigned long long)n);
+    fprintf(metrics, "{\"step\": %ld, \"tokens\": %llu, \"eval_loss\": ", step, (unsigned long long)tokens);
+    json_write_number(metrics, "%.6f", loss);
+    fprintf(metrics, ", \"eval_ppl\": ");
+    json_write_number(metrics, "%.4f", exp(loss));
+    fprintf(metrics, ", \"eval_tokens\": %llu}\n", (unsigned long long)n);
     check_metrics_written(metrics);
     return loss;
 }
@@ -237,7 +239,7 @@ static void parse_args(train_args *a, int argc, char **argv) {
         {"beta2", OPT_FLOAT, &a->beta2, "Adam beta2", NULL},
         {"adam-eps", OPT_FLOAT, &a->adam_eps, "Adam epsilon", NULL},
         {"eval-every", OPT_INT, &a->eval_every, "evaluate held-out perplexity every N steps (and at the end); 0 = only at the end", NULL},
-        {"num-eval-tokens", OPT_LONG, &a->num_eval_tokens, "validation tokens per evaluation", NULL},
+        {"num-eval-tokens", OPT_LONG, &a->num_eval_tokens, "validation tokens per evaluation (0: no held-out evaluation)", NULL},
         {"save-every", OPT_INT, &a->save_every, "write a checkpoint every N steps (and at the end); 0 = only at the end", NULL},
         {"log-every", OPT_INT, &a->log_every, "write a metrics line every N steps", NULL},
         {"progress-every", OPT_FLOAT, &a->progress_every, "when stdout is not a terminal (a log file), a progress line at most every this many seconds, and at the first and last step; 0 = every step (on a terminal one line updates in place)", NULL},
@@ -482,7 +484,10 @@ static void write_stats_json(const llama_model *m, FILE *f) {
     llama_method_stats(m, &st);
     if (st.n == 0) return;
     fprintf(f, ", \"method_stats\": {");
-    for (int i = 0; i < st.n; i++) fprintf(f, "%s\"%s\": %.6g", i ? ", " : "", st.s[i].name, method_stats_value(&st, i));
+    for (int i = 0; i < st.n; i++) {
+        fprintf(f, "%s\"%s\": ", i ? ", " : "", st.s[i].name);
+        json_write_number(f, "%.6g", method_stats_value(&st, i));
+    }
     fprintf(f, "}");
 }
 
@@ -603,11 +608,21 @@ static void on_stop_signal(int sig) {
     stop_signal = sig;
 }
 
+/* The handler runs on a stack of its own: a signal can land inside oneDNN's JIT kernels, whose
+ * stack pointer the sanitizers (and any code that checks the stack) do not expect a handler's
+ * frame below (a second Ctrl-C was once reported as a heap overflow there). */
+static char stop_signal_stack[1 << 16];
+
 static void install_signal_handlers(void) {
+    stack_t ss = {.ss_sp = stop_signal_stack, .ss_size = sizeof stop_signal_stack, .ss_flags = 0};
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_stop_signal;
+    sa.sa_flags = sigaltstack(&ss, NULL) == 0 ? SA_ONSTACK : 0;
     sigemptyset(&sa.sa_mask);
+    sigaddset(&sa.sa_mask, SIGINT);
+    sigaddset(&sa.sa_mask, SIGTERM);
+    sigaddset(&sa.sa_mask, SIGHUP);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
@@ -728,12 +743,16 @@ static void finish(const train_args *a, train_run *t, double last_loss, double t
         if (llama_export_dense(&t->m, dir)) loqt_die_last("--save-original-model");
         printf("wrote the merged dense model to %s\n", dir);
     }
-    printf("trained %ld steps, %.2fM tokens in %.1f s; final held-out perplexity %.3f\n",
-           step - t->start_step, (double)(t->tokens) / 1e6, cli_now() - t_start, exp(final_loss));
+    printf("trained %ld steps, %.2fM tokens in %.1f s; ", step - t->start_step, (double)(t->tokens) / 1e6,
+           cli_now() - t_start);
+    if (isfinite(final_loss)) printf("final held-out perplexity %.3f\n", exp(final_loss));
+    else printf("no held-out evaluation (--num-eval-tokens 0, or a validation split too small)\n");
     print_stats(&t->m, "at the end");
     mem_report(stdout);
     if (t->metrics) {
-        fprintf(t->metrics, "{\"final\": true, \"step\": %ld, \"eval_loss\": %.6f, \"memory\": ", step, final_loss);
+        fprintf(t->metrics, "{\"final\": true, \"step\": %ld, \"eval_loss\": ", step);
+        json_write_number(t->metrics, "%.6f", final_loss); /* null: no held-out evaluation */
+        fprintf(t->metrics, ", \"memory\": ");
         mem_report_json(t->metrics);
         write_stats_json(&t->m, t->metrics);
     }

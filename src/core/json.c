@@ -460,3 +460,8 @@ void json_write_string_n(FILE *f, const char *s, size_t len) {
 }
 
 void json_write_string(FILE *f, const char *s) { json_write_string_n(f, s ? s : "", s ? strlen(s) : 0); }
+
+void json_write_number(FILE *f, const char *fmt, double v) {
+    if (isfinite(v)) fprintf(f, fmt, v);
+    else fputs("null", f);
+}

@@ -38,6 +38,10 @@ void json_write_string(FILE *f, const char *s);
 /* The same for s[0..len), which may contain NUL bytes (written as \u0000). */
 void json_write_string_n(FILE *f, const char *s, size_t len);
 
+/* Writes v with the printf format fmt (one double conversion, e.g. "%.6f"), or null when v is
+ * not finite: JSON has no NaN or infinity, and a line holding one would not parse. */
+void json_write_number(FILE *f, const char *fmt, double v);
+
 /* 1 if s[0..len) is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF). */
 int json_utf8_valid(const char *s, size_t len);
 
