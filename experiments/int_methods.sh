@@ -37,17 +37,29 @@ METHODS+=",dqt@dqt-4bit:bits=4,lr=1e-3"
 METHODS+=",dqt@dqt-ternary:bits=ternary,lr=1e-3"
 METHODS+=",bitnet:lr=1e-3"
 
+# one run's entry a line: METHOD[@LABEL][:OPTION=VALUE,...]; an item with ':' starts an entry, the
+# items after it are its options
+entries() {
+    local item entry=""
+    IFS=, read -r -a items <<<"$1"
+    for item in "${items[@]}"; do
+        if [[ $item == *:* ]] && [ -n "$entry" ]; then echo "$entry"; entry=$item
+        else entry+="${entry:+,}$item"; fi
+    done
+    [ -z "$entry" ] || echo "$entry"
+}
+label_of() { local l=${1%%:*}; echo "${l#*@}"; }
+
 # ONLY: keep the listed labels (a run's label is the part before ':', after '@' if it has one)
 if [ -n "${ONLY:-}" ]; then
-    IFS=, read -r -a all <<<"$METHODS"
-    METHODS=""
-    for m in "${all[@]}"; do
-        label=${m%%:*}; label=${label#*@}
+    kept=""
+    while read -r entry; do
         for want in $ONLY; do
-            [ "$label" = "$want" ] && METHODS+="${METHODS:+,}$m"
+            [ "$(label_of "$entry")" = "$want" ] && kept+="${kept:+,}$entry"
         done
-    done
-    [ -n "$METHODS" ] || { echo "int_methods.sh: ONLY names no run (labels: full galore qgalore qgalore-nosr dqt-8bit dqt-4bit dqt-ternary bitnet)" >&2; exit 2; }
+    done < <(entries "$METHODS")
+    [ -n "$kept" ] || { echo "int_methods.sh: ONLY names no run (labels: full galore qgalore qgalore-nosr dqt-8bit dqt-4bit dqt-ternary bitnet)" >&2; exit 2; }
+    METHODS=$kept
 fi
 
 "$LOQT" compare --methods "$METHODS" --model "$MODEL" --data data/corpus --tokens "$TOKENS" \
@@ -59,6 +71,28 @@ if [ -n "${ONLY:-}" ]; then
     echo "int_methods.sh: trained $ONLY; run again without ONLY for the rest and docs/int_methods.md"
     exit 0
 fi
+
+# Throughput on one machine, one method after another (`loqt bench`, the runs' batch, length,
+# accumulation and method options): the table's tokens/s come from runs trained two at a time,
+# one thread each, in different sessions, so they compare only runs of one session.
+throughput() {
+    local base="" entry method opts tps
+    echo "| run | tokens/s | vs full |"
+    echo "|---|---|---|"
+    while read -r entry; do
+        method=${entry%%[:@]*}
+        opts=${entry#*:}; [ "$opts" = "$entry" ] && opts=""
+        args=()
+        for kv in ${opts//,/ }; do [ "${kv%%=*}" = lr ] || args+=("--$kv"); done   # bench does not take --lr
+        tps=$("$LOQT" bench --model "$MODEL" --method "$method" "${args[@]}" --batch-size 8 --total-batch-size 16 \
+              --max-length 256 --steps 5 --warmup-steps 1 --seed 0 --threads "${THREADS:-0}" | sed -n 's/^tokens_per_s: //p')
+        [ -n "$base" ] || base=$tps
+        echo "| $(label_of "$entry") | $tps | $(awk -v a="$tps" -v b="$base" 'BEGIN { printf "%.2fx", a / b }') |"
+    done < <(entries "$METHODS")
+}
+throughput > "$OUT/throughput.md"
+cat "$OUT/throughput.md"
+
 cp "$OUT/compare.md" docs/int_methods.md
 cp "$OUT/compare.svg" docs/int_methods.svg
 sed -i 's/(compare.svg)/(int_methods.svg)/' docs/int_methods.md
