@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The integer-weight methods' experiment (Q-GaLore, DQT, BitNet b1.58 beside full rank and GaLore):
 # one `loqt compare` of eight runs on the same 20m model, corpus, tokens, seed and schedule, then
-# its table and plot copied into docs/int_methods.md and docs/int_methods.svg.
+# its table, plot and a throughput table (loqt bench) written into docs/int_methods.md (after its
+# written part, which is kept) and docs/int_methods.svg.
 #
 #   bash experiments/int_methods.sh                 # run (or resume) every run, then report
 #   nohup bash experiments/int_methods.sh > int_methods.log 2>&1 &
@@ -93,7 +94,20 @@ throughput() {
 throughput > "$OUT/throughput.md"
 cat "$OUT/throughput.md"
 
-cp "$OUT/compare.md" docs/int_methods.md
+# docs/int_methods.md: its written part (the reading of the results) is kept, everything after the
+# marker line is replaced by the compare report and the throughput table
+DOC=docs/int_methods.md
+MARK='<!-- Everything below is written by experiments/int_methods.sh. -->'
+{
+    if grep -qxF "$MARK" "$DOC" 2>/dev/null; then awk -v m="$MARK" '{ print } $0 == m { exit }' "$DOC"
+    else printf '# Integer-weight methods experiment\n\n%s\n' "$MARK"; fi
+    echo
+    sed 's/(compare.svg)/(int_methods.svg)/' "$OUT/compare.md"
+    printf '\n## Throughput on one machine\n\n'
+    echo "\`loqt bench\` of each run's method and options, one after another, ${THREADS:-0} threads (0: all cores), the runs' batch (8 x 256 tokens, 2 micro-batches a step), 5 timed steps:"
+    echo
+    cat "$OUT/throughput.md"
+} > "$DOC.tmp"
+mv "$DOC.tmp" "$DOC"
 cp "$OUT/compare.svg" docs/int_methods.svg
-sed -i 's/(compare.svg)/(int_methods.svg)/' docs/int_methods.md
 echo "wrote docs/int_methods.md and docs/int_methods.svg"
