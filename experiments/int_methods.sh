@@ -11,7 +11,7 @@
 # (`loqt compare`, docs/compare.md). Settings (environment): MODEL (20m), TOKENS (5M), THREADS
 # (0 = all cores), ONLY (labels of the runs to train now, e.g. ONLY="full galore"; default all).
 # At about 700-1000 tokens/s on 2 cores a run of 5M tokens takes 1.5-2 hours, so the eight runs
-# can be trained a few at a time: ONLY trains those, and the docs/ copies are written once
+# can be trained a few at a time: ONLY trains those (compare --only), and docs/ is written once
 # every run has finished, by a run without ONLY (the run directories must still be there:
 # compare skips finished runs by their metrics.jsonl). Two halves side by side, one thread each:
 #   ONLY="full dqt-8bit" THREADS=1 bash experiments/int_methods.sh &
@@ -38,8 +38,8 @@ METHODS+=",dqt@dqt-4bit:bits=4,lr=1e-3"
 METHODS+=",dqt@dqt-ternary:bits=ternary,lr=1e-3"
 METHODS+=",bitnet:lr=1e-3"
 
-# one run's entry a line: METHOD[@LABEL][:OPTION=VALUE,...]; an item with ':' starts an entry, the
-# items after it are its options
+# one run's entry a line, for the throughput table: METHOD[@LABEL][:OPTION=VALUE,...]; an item
+# with ':' starts an entry, the items after it are its options
 entries() {
     local item entry=""
     IFS=, read -r -a items <<<"$1"
@@ -51,19 +51,11 @@ entries() {
 }
 label_of() { local l=${1%%:*}; echo "${l#*@}"; }
 
-# ONLY: keep the listed labels (a run's label is the part before ':', after '@' if it has one)
-if [ -n "${ONLY:-}" ]; then
-    kept=""
-    while read -r entry; do
-        for want in $ONLY; do
-            [ "$(label_of "$entry")" = "$want" ] && kept+="${kept:+,}$entry"
-        done
-    done < <(entries "$METHODS")
-    [ -n "$kept" ] || { echo "int_methods.sh: ONLY names no run (labels: full galore qgalore qgalore-nosr dqt-8bit dqt-4bit dqt-ternary bitnet)" >&2; exit 2; }
-    METHODS=$kept
-fi
+# ONLY: train only the listed runs now (compare --only); the report covers them all
+ONLY_ARG=()
+[ -z "${ONLY:-}" ] || ONLY_ARG=(--only "${ONLY// /,}")
 
-"$LOQT" compare --methods "$METHODS" --model "$MODEL" --data data/corpus --tokens "$TOKENS" \
+"$LOQT" compare --methods "$METHODS" "${ONLY_ARG[@]}" --model "$MODEL" --data data/corpus --tokens "$TOKENS" \
     --batch-size 8 --total-batch-size 16 --max-length 256 --warmup-steps 100 --min-lr-ratio 0.1 \
     --grad-clipping 1.0 --num-eval-tokens 51200 --seed 0 --threads "${THREADS:-0}" --out "$OUT"
 

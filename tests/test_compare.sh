@@ -36,6 +36,15 @@ check compare_steps "the runs did not train 20 steps" grep -q '"final": true, "s
 # the method's statistics at the end: in the final record, and listed under the table
 check compare_stats_record "no method_stats in loqt's final record" grep -q '"final": true.*"method_stats": {"refresh_s": ' "$C/runs/loqt/metrics.jsonl"
 check compare_stats_listed "compare.md does not list loqt's statistics" grep -q '^- loqt: refresh_s [0-9]' "$C/compare.md"
+# --only trains the listed runs and reports every run; a label that names no run is refused
+"$LOQT" compare --methods full,loqt:rank=4,lora-alpha=1 --only loqt --tokens 128 "${COMMON[@]}" --out "$T/only" >"$T/out" 2>"$T/err"
+rc=$?
+check compare_only_trains_listed "exit $rc, runs with metrics: $(ls "$T"/only/runs/*/metrics.jsonl 2>/dev/null | tr '\n' ' ')" \
+    bash -c "[ $rc -eq 0 ] && [ -f '$T/only/runs/loqt/metrics.jsonl' ] && [ ! -e '$T/only/runs/full/metrics.jsonl' ] && grep -q 'full: not in --only' '$T/out'"
+check compare_only_reports_all "compare.md rows: $(grep -c '^| \(full\|loqt\) ' "$T/only/compare.md" 2>/dev/null)" \
+    bash -c "grep -q '^| full .*| unfinished' '$T/only/compare.md' && grep -q '^| loqt .*| finished |' '$T/only/compare.md'"
+expect_error compare_only_unknown "no run is labelled 'galore'" compare --methods full,loqt --only loqt,galore "${COMMON[@]}" --out "$T/b10"
+
 # a run without held-out evaluation (--num-eval-tokens 0) that reached its last step is finished
 "$LOQT" compare --methods full --tokens 128 "${COMMON[@]}" --num-eval-tokens 0 --out "$T/cmp0" >"$T/out" 2>"$T/err"
 rc=$?

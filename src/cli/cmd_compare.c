@@ -44,6 +44,9 @@ static const char *USAGE =
     "  --out DIR        the comparison's directory\n"
     "  --tokens N       training tokens of every run (K, M, G = 1e3, 1e6, 1e9) [default: 5M]; the\n"
     "                   steps are N / (total batch size x max length), rounded down\n"
+    "  --only LABELS    train only these runs now (comma-separated labels), e.g. to train a long\n"
+    "                   comparison a few runs at a time or side by side; the report still covers every\n"
+    "                   run, finished or not [default: all]\n"
     "  --help           show this help\n\n"
     "Every other option is passed to each 'loqt train' (see loqt train --help): --model, --data,\n"
     "--batch-size, --total-batch-size, --max-length, --seed, --threads, ... . Unless given,\n"
@@ -60,10 +63,11 @@ typedef struct {
     char options[512];      /* "rank=128, lr=0.01" as given, for the report */
     char dir[4096];
     int failed;             /* exit status of a run that failed, 0 otherwise */
+    int skip;               /* not in --only: not trained now */
 } compare_run;
 
 typedef struct {
-    const char *methods, *out;
+    const char *methods, *out, *only;
     uint64_t tokens;
     long steps;
     int tokens_per_step;
@@ -188,6 +192,27 @@ static void parse_methods(compare_args *a) {
     if (!a->n_runs) loqt_usage_die("--methods: no method given");
 }
 
+/* --only: every run not listed is skipped; each listed label must name a run */
+static void select_runs(compare_args *a) {
+    if (!a->only) return;
+    for (int i = 0; i < a->n_runs; i++) a->runs[i].skip = 1;
+    char *list = strdup(a->only);
+    int n = 0;
+    for (char *save = NULL, *l = strtok_r(list, ",", &save); l; l = strtok_r(NULL, ",", &save), n++) {
+        int found = 0;
+        for (int i = 0; i < a->n_runs; i++)
+            if (!strcmp(a->runs[i].label, l)) a->runs[i].skip = 0, found = 1;
+        if (!found) {
+            char labels[MAX_RUNS * 66] = "";
+            for (int i = 0; i < a->n_runs; i++)
+                snprintf(labels + strlen(labels), sizeof labels - strlen(labels), "%s%s", i ? " " : "", a->runs[i].label);
+            loqt_usage_die("--only: no run is labelled '%s' (the runs: %s)", l, labels);
+        }
+    }
+    free(list);
+    if (!n) loqt_usage_die("--only: no label given");
+}
+
 /* compare's own options out of argv; everything else is forwarded to train */
 static void parse_args(compare_args *a, int argc, char **argv) {
     const char *tokens = "5M";
@@ -200,11 +225,12 @@ static void parse_args(compare_args *a, int argc, char **argv) {
             fputs(USAGE, stdout);
             exit(0);
         }
-        if (!strcmp(name, "methods") || !strcmp(name, "out") || !strcmp(name, "tokens")) {
+        if (!strcmp(name, "methods") || !strcmp(name, "out") || !strcmp(name, "tokens") || !strcmp(name, "only")) {
             const char *v = eq ? eq + 1 : i + 1 < argc ? argv[++i] : NULL;
             if (!v) loqt_usage_die("--%s needs a value", name);
             if (!strcmp(name, "methods")) a->methods = v;
             else if (!strcmp(name, "out")) a->out = v;
+            else if (!strcmp(name, "only")) a->only = v;
             else tokens = v;
             continue;
         }
@@ -216,6 +242,7 @@ static void parse_args(compare_args *a, int argc, char **argv) {
     if (!a->methods) loqt_usage_die("--methods is required (e.g. --methods full,loqt,galore)");
     if (!a->out) loqt_usage_die("--out is required: the directory of the comparison");
     parse_methods(a);
+    select_runs(a);
     a->tokens = parse_tokens(tokens);
     const int batch = positive_int(find_value(a->common, a->n_common, "batch-size"), "batch-size", 8);
     const int total = positive_int(find_value(a->common, a->n_common, "total-batch-size"), "total-batch-size", batch);
@@ -357,7 +384,7 @@ static void check_runs(const compare_args *a) {
     for (int i = 0; i < a->n_runs; i++) {
         const compare_run *r = &a->runs[i];
         int has_metrics, state = run_state(a, r, &has_metrics);
-        if (state == 2) continue;
+        if (state == 2 || r->skip) continue;
         char err[1024];
         int rc = run_train(a, r, state, has_metrics, 1, err, sizeof err);
         if (got_signal) exit(128 + got_signal);
@@ -645,8 +672,8 @@ int cmd_compare(int argc, char **argv) {
     for (int i = 0; i < a.n_runs; i++) {
         compare_run *r = &a.runs[i];
         int has_metrics, state = run_state(&a, r, &has_metrics);
-        if (state == 2) {
-            printf("== compare [%d/%d] %s: finished\n", i + 1, a.n_runs, r->label);
+        if (state == 2 || r->skip) {
+            printf("== compare [%d/%d] %s: %s\n", i + 1, a.n_runs, r->label, state == 2 ? "finished" : "not in --only");
             continue;
         }
         printf("== compare [%d/%d] %s: %s (--method %s%s%s; %ld steps)\n", i + 1, a.n_runs, r->label,
