@@ -29,26 +29,16 @@ TOKENS=${TOKENS:-5M}
 OUT=experiments/results/int_methods
 ensure_loqt_and_corpus
 
-METHODS="full:lr=1e-3"
-METHODS+=",galore:lr=0.01,rank=128,galore-scale=0.25,update-proj-gap=200"
-METHODS+=",qgalore:rank=128,update-proj-gap=200"
-METHODS+=",qgalore@qgalore-nosr:rank=128,update-proj-gap=200,stochastic-round=0"
-METHODS+=",dqt@dqt-8bit:bits=8,lr=1e-3"
-METHODS+=",dqt@dqt-4bit:bits=4,lr=1e-3"
-METHODS+=",dqt@dqt-ternary:bits=ternary,lr=1e-3"
-METHODS+=",bitnet:lr=1e-3"
-
-# one run's entry a line, for the throughput table: METHOD[@LABEL][:OPTION=VALUE,...]; an item
-# with ':' starts an entry, the items after it are its options
-entries() {
-    local item entry=""
-    IFS=, read -r -a items <<<"$1"
-    for item in "${items[@]}"; do
-        if [[ $item == *:* ]] && [ -n "$entry" ]; then echo "$entry"; entry=$item
-        else entry+="${entry:+,}$item"; fi
-    done
-    [ -z "$entry" ] || echo "$entry"
-}
+# one run an element: METHOD[@LABEL][:OPTION=VALUE,...]; --methods is their comma-joined list
+RUNS=("full:lr=1e-3"
+      "galore:lr=0.01,rank=128,galore-scale=0.25,update-proj-gap=200"
+      "qgalore:rank=128,update-proj-gap=200"
+      "qgalore@qgalore-nosr:rank=128,update-proj-gap=200,stochastic-round=0"
+      "dqt@dqt-8bit:bits=8,lr=1e-3"
+      "dqt@dqt-4bit:bits=4,lr=1e-3"
+      "dqt@dqt-ternary:bits=ternary,lr=1e-3"
+      "bitnet:lr=1e-3")
+METHODS=$(IFS=,; echo "${RUNS[*]}")
 label_of() { local l=${1%%:*}; echo "${l#*@}"; }
 
 # ONLY: train only the listed runs now (compare --only); the report covers them all
@@ -66,13 +56,13 @@ if [ -n "${ONLY:-}" ]; then
 fi
 
 # Throughput on one machine, one method after another (`loqt bench`, the runs' batch, length,
-# accumulation and method options): the table's tokens/s come from runs trained two at a time,
-# one thread each, in different sessions, so they compare only runs of one session.
+# accumulation and method options): the table's tokens/s come from runs trained side by side, a
+# few at a time, in different sessions and on different machines, so they are not comparable.
 throughput() {
     local base="" entry method opts tps
     echo "| run | tokens/s | vs full |"
     echo "|---|---|---|"
-    while read -r entry; do
+    for entry in "${RUNS[@]}"; do
         method=${entry%%[:@]*}
         opts=${entry#*:}; [ "$opts" = "$entry" ] && opts=""
         args=()
@@ -81,7 +71,7 @@ throughput() {
               --max-length 256 --steps 5 --warmup-steps 1 --seed 0 --threads "${THREADS:-0}" | sed -n 's/^tokens_per_s: //p')
         [ -n "$base" ] || base=$tps
         echo "| $(label_of "$entry") | $tps | $(awk -v a="$tps" -v b="$base" 'BEGIN { printf "%.2fx", a / b }') |"
-    done < <(entries "$METHODS")
+    done
 }
 throughput > "$OUT/throughput.md"
 cat "$OUT/throughput.md"
