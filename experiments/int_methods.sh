@@ -9,7 +9,8 @@
 #
 # Rerunning resumes unfinished runs from their newest checkpoint and skips finished ones
 # (`loqt compare`, docs/compare.md). Settings (environment): MODEL (20m), TOKENS (5M), THREADS
-# (0 = all cores), ONLY (labels of the runs to train now, e.g. ONLY="full galore"; default all).
+# (0 = all cores), BENCH_REPS (3, benches per throughput figure), ONLY (labels of the runs to
+# train now, e.g. ONLY="full galore"; default all).
 # At about 700-1000 tokens/s on 2 cores a run of 5M tokens takes 1.5-2 hours, so the eight runs
 # can be trained a few at a time: ONLY trains those (compare --only), and docs/ is written once
 # every run has finished, by a run without ONLY (the run directories must still be there:
@@ -58,6 +59,9 @@ fi
 # Throughput on one machine, one method after another (`loqt bench`, the runs' batch, length,
 # accumulation and method options): the table's tokens/s come from runs trained side by side, a
 # few at a time, in different sessions and on different machines, so they are not comparable.
+# Each figure is the median of BENCH_REPS (3) benches: one bench of 5 steps on 2 cores varies by
+# 10-15% from one try to the next, more than some of the differences measured.
+BENCH_REPS=${BENCH_REPS:-3}
 throughput() {
     local base="" entry method opts tps
     echo "| run | tokens/s | vs full |"
@@ -67,8 +71,11 @@ throughput() {
         opts=${entry#*:}; [ "$opts" = "$entry" ] && opts=""
         args=()
         for kv in ${opts//,/ }; do [ "${kv%%=*}" = lr ] || args+=("--$kv"); done   # bench does not take --lr
-        tps=$("$LOQT" bench --model "$MODEL" --method "$method" "${args[@]}" --batch-size 8 --total-batch-size 16 \
-              --max-length 256 --steps 5 --warmup-steps 1 --seed 0 --threads "${THREADS:-0}" | sed -n 's/^tokens_per_s: //p')
+        tps=$(for rep in $(seq "$BENCH_REPS"); do
+                  "$LOQT" bench --model "$MODEL" --method "$method" "${args[@]}" --batch-size 8 --total-batch-size 16 \
+                      --max-length 256 --steps 5 --warmup-steps 1 --seed 0 --threads "${THREADS:-0}" |
+                      sed -n 's/^tokens_per_s: //p'
+              done | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
         [ -n "$base" ] || base=$tps
         echo "| $(label_of "$entry") | $tps | $(awk -v a="$tps" -v b="$base" 'BEGIN { printf "%.2fx", a / b }') |"
     done
@@ -86,7 +93,7 @@ MARK='<!-- Everything below is written by experiments/int_methods.sh. -->'
     echo
     sed 's/(compare.svg)/(int_methods.svg)/' "$OUT/compare.md"
     printf '\n## Throughput on one machine\n\n'
-    echo "\`loqt bench\` of each run's method and options, one after another, ${THREADS:-0} threads (0: all cores), the runs' batch (8 x 256 tokens, 2 micro-batches a step), 5 timed steps:"
+    echo "\`loqt bench\` of each run's method and options, one after another, ${THREADS:-0} threads (0: all cores), the runs' batch (8 x 256 tokens, 2 micro-batches a step), 5 timed steps; each figure the median of $BENCH_REPS benches:"
     echo
     cat "$OUT/throughput.md"
 } > "$DOC.tmp"
