@@ -60,7 +60,7 @@ fi
 # accumulation and method options): the table's tokens/s come from runs trained side by side, a
 # few at a time, in different sessions and on different machines, so they are not comparable.
 # Each figure is the median of BENCH_REPS (3) benches: one bench of 5 steps on 2 cores varies by
-# 10-15% from one try to the next, more than some of the differences measured.
+# 10-30% from one try to the next, more than some of the differences measured.
 BENCH_REPS=${BENCH_REPS:-3}
 throughput() {
     local base="" entry method opts tps
